@@ -1,0 +1,1 @@
+"""vision_jax: image classification with CNNs and ResNets in JAX/Flax."""
