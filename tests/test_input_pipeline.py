@@ -1,0 +1,77 @@
+"""The input stream: a pure function of (seed, step), split over hosts, eval counted once."""
+import numpy as np
+import pytest
+
+from vision_jax.config import base_config
+from vision_jax.data import input_pipeline as ip
+from vision_jax.data import preprocess, sources
+
+
+@pytest.fixture(scope='module')
+def train_source(data_dir):
+  config = base_config()
+  config.dataset.data_dir = data_dir
+  return sources.open_split(config.dataset, 'train')[0]
+
+
+def _cifar_fn():
+  return preprocess.make_preprocess('cifar', 8, train=True)
+
+
+def test_resume_at_step_k_gives_the_same_batches(train_source):
+  ds = ip.train_dataset(train_source, _cifar_fn(), global_batch=64, seed=3)
+  full = ip.iterate(ds, 0, num_threads=2)
+  uninterrupted = [next(full) for _ in range(30)]  # 30 * 64 > 1437: crosses an epoch.
+  resumed = ip.iterate(ds, 22, num_threads=2)
+  for k in range(22, 30):
+    batch = next(resumed)
+    np.testing.assert_array_equal(batch['image'], uninterrupted[k]['image'])
+    np.testing.assert_array_equal(batch['label'], uninterrupted[k]['label'])
+
+
+def test_every_epoch_is_a_permutation_and_epochs_differ(train_source):
+  ident = lambda ex, rng: {'label': np.asarray(ex['label']), 'image': ex['image']}
+  n = len(train_source)
+  ds = ip.train_dataset(train_source, ident, global_batch=n, seed=0)
+  epoch0, epoch1 = ds[0]['image'], ds[1]['image']
+  # Same multiset of images in each epoch, in a different order.
+  key = lambda imgs: sorted(map(bytes, imgs))
+  assert key(epoch0) == key(epoch1)
+  assert not np.array_equal(epoch0, epoch1)
+
+
+def test_hosts_read_disjoint_blocks_of_the_same_global_batch(train_source):
+  one = ip.train_dataset(train_source, _cifar_fn(), global_batch=32, seed=1)
+  parts = [ip.train_dataset(train_source, _cifar_fn(), global_batch=32, seed=1,
+                            shard=ip.HostShard(i, 2)) for i in range(2)]
+  for step in (0, 5, 50):
+    joined = np.concatenate([p[step]['image'] for p in parts])
+    np.testing.assert_array_equal(joined, one[step]['image'])  # Same examples, same order,
+    # same augmentation: the crops and flips depend on the global position only.
+
+
+@pytest.mark.parametrize('hosts', [1, 3])
+def test_eval_counts_every_example_once(data_dir, hosts):
+  config = base_config()
+  config.dataset.data_dir = data_dir
+  source = sources.open_split(config.dataset, 'test')[0]  # 360 examples.
+  fn = preprocess.make_preprocess('resize', 8, train=False)
+  seen = []
+  for host in range(hosts):
+    ds = ip.eval_dataset(source, fn, global_batch=48 * hosts,
+                         shard=ip.HostShard(host, hosts))
+    for batch in ds:
+      seen.append(batch['label'][batch['mask'] > 0])
+  labels = np.concatenate(seen)
+  assert labels.size == 360
+  np.testing.assert_array_equal(np.bincount(labels), np.bincount(
+      np.array([source[i]['label'] for i in range(360)])))
+
+
+def test_absent_dataset_fails_fast_with_instructions(tmp_path):
+  config = base_config()
+  config.dataset.name, config.dataset.data_dir = 'cifar10', str(tmp_path)
+  with pytest.raises(sources.DatasetNotFoundError) as err:
+    sources.open_split(config.dataset, 'train')
+  message = str(err.value)
+  assert 'cifar10' in message and str(tmp_path) in message and 'tfds build' in message

@@ -1,0 +1,95 @@
+"""The real entry point, end to end, and its answers to bad input."""
+import json
+import os
+
+import pytest
+
+from conftest import run_cli
+
+SHORT = ['--config', 'configs/default.py', '--config.train.steps=30',
+         '--config.train.log_every=10', '--config.train.eval_every=20',
+         '--config.checkpoint.every_steps=20', '--config.optim.warmup_steps=5']
+
+
+def test_trains_evaluates_and_checkpoints(tmp_path, data_dir):
+  workdir = tmp_path / 'run'
+  proc = run_cli(SHORT + ['--workdir', str(workdir)], data_dir)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  results = json.loads((workdir / 'results.json').read_text())
+  assert results['step'] == 30
+  test = results['eval']['test']
+  assert test['num_examples'] == 360  # The stratified 20% split, every example once.
+  assert 0.5 < test['accuracy'] <= 1.0  # 30 steps already learn most digits.
+  assert sorted(os.listdir(workdir / 'checkpoints')) == ['20', '30']
+  assert any(f.startswith('events.out.tfevents') for f in os.listdir(workdir))
+  config = json.loads((workdir / 'config.json').read_text())
+  assert config['train']['steps'] == 30 and config['model']['name'] == 'convnet'
+  logged = [json.loads(line)['step'] for line in (workdir / 'metrics.jsonl').open()]
+  assert logged == [10, 20, 30]
+
+  # Same command again: training is finished, so it re-evaluates without training.
+  again = run_cli(SHORT + ['--workdir', str(workdir)], data_dir)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert 'already finished' in again.stderr
+  assert json.loads((workdir / 'results.json').read_text()) == results
+  assert [json.loads(line)['step'] for line in (workdir / 'metrics.jsonl').open()] == logged
+
+  # Asking for more steps resumes from step 30 rather than starting over.
+  longer = run_cli(SHORT + ['--workdir', str(workdir), '--config.train.steps=40'], data_dir)
+  assert longer.returncode == 0, longer.stderr[-3000:]
+  assert 'Resumed from checkpoint at step 30' in longer.stderr
+  assert json.loads((workdir / 'results.json').read_text())['step'] == 40
+
+
+@pytest.mark.parametrize('override, expected', [
+    ('--config.optim.lr=0.1', "config.optim has no key 'lr'"),
+    ('--config.optimm.learning_rate=0.1', "Did you mean 'optim'?"),
+    ('--config.model.name=resnet5', 'Unknown model'),
+    ('--config.train.batch_size=0', 'config.train.batch_size must be a positive integer'),
+    ('--config.train.steps=-3', 'config.train.steps must be a positive integer'),
+    ('--config.model.depth=3', "config.model.depth is not an option of model 'convnet'"),
+])
+def test_bad_config_is_one_clear_error(tmp_path, data_dir, override, expected):
+  workdir = tmp_path / 'run'
+  workdir.mkdir()
+  (workdir / 'keep.txt').write_text('precious')
+  proc = run_cli(['--config', 'configs/default.py', '--workdir', str(workdir), override],
+                 data_dir)
+  assert proc.returncode == 2
+  assert expected in proc.stderr
+  assert 'Traceback' not in proc.stderr
+  assert (workdir / 'keep.txt').read_text() == 'precious'
+  assert sorted(os.listdir(workdir)) == ['keep.txt']
+
+
+def test_batch_not_divisible_by_devices(tmp_path, data_dir):
+  proc = run_cli(['--config', 'configs/default.py', '--workdir', str(tmp_path / 'w'),
+                  '--config.train.batch_size=100'], data_dir,
+                 env={'XLA_FLAGS': '--xla_force_host_platform_device_count=8'})
+  assert proc.returncode == 2
+  assert 'config.train.batch_size=100 is not divisible by the 8 devices' in proc.stderr
+  assert 'e.g. 96' in proc.stderr or 'e.g. 104' in proc.stderr
+  assert 'Traceback' not in proc.stderr
+
+
+def test_workdir_that_is_a_file(tmp_path, data_dir):
+  path = tmp_path / 'a_file'
+  path.write_text('not a directory')
+  proc = run_cli(['--config', 'configs/default.py', '--workdir', str(path)], data_dir)
+  assert proc.returncode == 2
+  assert 'is a file, not a directory' in proc.stderr
+  assert path.read_text() == 'not a directory'
+
+
+def test_workdir_not_writable(data_dir):
+  # /proc refuses new directories even to root, so this holds in CI too.
+  proc = run_cli(['--config', 'configs/default.py', '--workdir', '/proc/vision_jax/run'],
+                 data_dir)
+  assert proc.returncode == 2
+  assert 'cannot be created' in proc.stderr and 'Traceback' not in proc.stderr
+
+
+def test_missing_config_file(tmp_path, data_dir):
+  proc = run_cli(['--config', 'configs/nope.py', '--workdir', str(tmp_path)], data_dir)
+  assert proc.returncode == 2
+  assert 'configs/nope.py' in proc.stderr and 'Traceback' not in proc.stderr

@@ -1,0 +1,160 @@
+"""The run config: every key with its default, and validation before anything compiles.
+
+`base_config()` is the single list of keys a run understands. Recipes in `configs/` start
+from it and change what they need, so a typo in a recipe or in a `--config.x=y` override is
+caught here with the list of keys that do exist. `config.model` is the exception: its keys
+besides `name` and `dtype` go to the model's constructor, which validates them.
+"""
+from __future__ import annotations
+
+import difflib
+import inspect
+from typing import Any
+
+import ml_collections
+from ml_collections import config_flags  # pylint: disable=unused-import
+
+# Sections whose keys are checked against base_config(); config.model is checked against
+# the chosen model's constructor instead.
+_CHECKED_SECTIONS = ('dataset', 'optim', 'train', 'eval', 'checkpoint', 'mesh', 'init_from')
+
+
+class ConfigError(ValueError):
+  """A config value that cannot work; the message names the key and the fix."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every key a run understands, with its default (the digits default run)."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.dataset = ml_collections.ConfigDict()
+  c.dataset.name = 'digits'         # A tfds name, 'digits', or 'folder:/path/to/root'.
+  c.dataset.data_dir = ''           # '' = tfds default ($TFDS_DATA_DIR or ~/tensorflow_datasets).
+  c.dataset.download = False        # Never download implicitly.
+  c.dataset.train_split = 'train'   # tfds split syntax, e.g. 'train[:90%]'.
+  c.dataset.eval_splits = ('test',)
+  c.dataset.image_size = 0          # 0 = the dataset's native size.
+  c.dataset.preprocess = 'resize'   # Train-time recipe: 'resize' | 'cifar' | 'inception'.
+  c.dataset.mean = ()               # Per-channel mean/std in [0, 1] units; () = 0.5 / 0.5.
+  c.dataset.std = ()
+  c.dataset.num_threads = 4         # Host threads decoding and augmenting examples.
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = 'convnet'          # vision_jax.models.list_models()
+  c.model.dtype = 'float32'         # Compute dtype; parameters stay float32.
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.name = 'adamw'
+  c.optim.learning_rate = 1e-3
+  c.optim.schedule = 'warmup_cosine'
+  c.optim.warmup_steps = 50
+  c.optim.weight_decay = 1e-4
+  c.optim.grad_clip_norm = 0.0      # 0 = off.
+
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 128          # Global batch over all devices and hosts.
+  c.train.steps = 600
+  c.train.log_every = 50
+  c.train.eval_every = 300          # 0 = only at the end.
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.batch_size = 256
+
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every_steps = 300
+  c.checkpoint.keep = 3
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1                  # -1 = every device.
+  return c
+
+
+def _close(name: str, options) -> str:
+  match = difflib.get_close_matches(name, list(options), n=1)
+  return f' Did you mean {match[0]!r}?' if match else ''
+
+
+def check_keys(config: ml_collections.ConfigDict) -> None:
+  """Every key of `config` must exist in base_config() (model kwargs excepted)."""
+  base = base_config()
+  for key in config.keys():
+    if key not in base and key != 'sweep':
+      raise ConfigError(f'Unknown config key {key!r}.{_close(key, base.keys())} Known '
+                        f'top-level keys: {", ".join(sorted(base.keys()))}.')
+  for section in _CHECKED_SECTIONS:
+    if section not in config or section not in base:
+      continue
+    for key in config[section].keys():
+      if key not in base[section]:
+        raise ConfigError(
+            f'Unknown config key {section}.{key}.{_close(key, base[section].keys())} '
+            f'Known keys of config.{section}: {", ".join(sorted(base[section].keys()))}.')
+
+
+def explain_override_error(argv: list[str], error: Exception) -> str:
+  """One paragraph for a failure while loading --config and its --config.x=y overrides."""
+  path = None
+  for i, arg in enumerate(argv):
+    if arg.startswith('--config='):
+      path = arg.split('=', 1)[1]
+    elif arg == '--config' and i + 1 < len(argv):
+      path = argv[i + 1]
+  overrides = [a[len('--config.'):].split('=', 1)[0] for a in argv
+               if a.startswith('--config.')]
+  if path is None:
+    return f'--config could not be loaded ({error}). Pass --config=configs/<name>.py.'
+  try:
+    config = ml_collections.config_flags.config_flags._LoadConfigModule(  # pylint: disable=protected-access
+        'config', path).get_config()
+  except Exception as e:  # pylint: disable=broad-except
+    return (f'--config={path} could not be loaded: {type(e).__name__}: {e}. Pass an '
+            'existing config file with a get_config() function, e.g. configs/default.py.')
+  for dotted in overrides:
+    node, walked = config, []
+    for key in dotted.split('.'):
+      if not isinstance(node, ml_collections.ConfigDict) or key not in node:
+        known = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+        where = 'config.' + '.'.join(walked) if walked else 'config'
+        return (f'Unknown config key --config.{dotted}: {where} has no key {key!r}.'
+                f'{_close(key, known)} Known keys of {where}: {", ".join(known)}.')
+      node, walked = node[key], walked + [key]
+  return f'Could not apply the --config overrides: {type(error).__name__}: {error}.'
+
+
+def _positive(config, dotted: str) -> None:
+  section, key = dotted.split('.')
+  value = config[section][key]
+  if not isinstance(value, int) or value <= 0:
+    raise ConfigError(f'config.{dotted} must be a positive integer, got {value!r}.')
+
+
+def model_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """config.model minus its name: the keyword arguments of the model's constructor."""
+  return {k: v for k, v in config.model.items() if k != 'name'}
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Raises ConfigError naming the key, the bad value and what is allowed."""
+  from vision_jax import models  # pylint: disable=g-import-not-at-top
+  check_keys(config)
+  for dotted in ('train.batch_size', 'train.steps', 'eval.batch_size', 'train.log_every',
+                 'checkpoint.every_steps', 'checkpoint.keep'):
+    _positive(config, dotted)
+  if config.model.name not in models.list_models():
+    raise ConfigError(f'Unknown model config.model.name={config.model.name!r}.'
+                      f'{_close(config.model.name, models.list_models())} Known models: '
+                      f'{", ".join(models.list_models())}.')
+  accepted = inspect.signature(models._REGISTRY[config.model.name].__init__).parameters  # pylint: disable=protected-access
+  for key in model_kwargs(config):
+    if key not in accepted:
+      options = [p for p in accepted if p not in ('self', 'num_classes', 'rngs')]
+      raise ConfigError(f'config.model.{key} is not an option of model '
+                        f'{config.model.name!r}. Its options: {", ".join(options)}.')
+  for dotted in ('train.batch_size', 'eval.batch_size'):
+    section, key = dotted.split('.')
+    if config[section][key] % num_devices:
+      raise ConfigError(
+          f'config.{dotted}={config[section][key]} is not divisible by the {num_devices} '
+          f'devices. Use a multiple of {num_devices}, e.g. '
+          f'{max(1, round(config[section][key] / num_devices)) * num_devices}.')

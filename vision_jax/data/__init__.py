@@ -1,0 +1,1 @@
+"""Data: tfds builders, preprocessing and the deterministic input pipeline."""

@@ -1,0 +1,159 @@
+"""train_and_evaluate(config, workdir): the training loop, top to bottom.
+
+mesh -> data -> state (fresh, or restored from the workdir's latest checkpoint) -> jitted
+steps -> loop: step, log, evaluate, checkpoint -> final evaluation -> results.json.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from clu import metric_writers
+from clu import periodic_actions
+
+from vision_jax import checkpoint
+from vision_jax import evaluate
+from vision_jax import parallel
+from vision_jax import steps
+from vision_jax import train_state
+from vision_jax.data import input_pipeline
+
+
+class NonFiniteError(RuntimeError):
+  """Training produced a non-finite loss or gradient."""
+
+
+def _write_json(path: str, obj) -> None:
+  if jax.process_index() == 0:
+    with open(path + '.tmp', 'w') as f:
+      json.dump(obj, f, indent=2)
+    os.replace(path + '.tmp', path)  # Never a half-written file.
+
+
+def _run_evals(eval_step, state, data, mesh, config) -> dict:
+  results = {}
+  for split, dataset in data.evals.items():
+    batches = input_pipeline.iterate(dataset, 0, config.dataset.num_threads)
+    results[split] = evaluate.summarize(evaluate.collect(eval_step, state, batches, mesh),
+                                        data.num_classes)
+  return results
+
+
+def _log_evals(writer, step: int, results: dict) -> None:
+  scalars = {f'eval/{split}/{k}': v for split, r in results.items()
+             for k, v in r.items() if isinstance(v, float)}
+  writer.write_scalars(step, scalars)
+
+
+def _finish(workdir: str, step: int, results: dict) -> dict:
+  """Writes results.json (scalars) and confusion_<split>.json; returns what it wrote."""
+  for split, r in results.items():
+    _write_json(os.path.join(workdir, f'confusion_{split}.json'), r.pop('confusion_matrix'))
+  out = {'step': step, 'eval': results}
+  _write_json(os.path.join(workdir, 'results.json'), out)
+  return out
+
+
+class _MetricLog:
+  """Collects per-step device metrics; flushes means to the writers every `log_every`."""
+
+  def __init__(self, writer, workdir: str):
+    self.writer, self.pending = writer, []
+    self.path = os.path.join(workdir, 'metrics.jsonl')
+
+  def add(self, step: int, metrics) -> None:
+    self.pending.append((step, metrics))
+
+  def flush(self, ckpt: checkpoint.Checkpointer) -> None:
+    if not self.pending:
+      return
+    fetched = [(s, parallel.fetch(m)) for s, m in self.pending]
+    self.pending = []
+    for s, m in fetched:
+      if not m['finite']:
+        raise NonFiniteError(
+            f'Non-finite loss or gradient at step {s} (loss={m["loss"]}). The update was '
+            f'not applied and training stopped. The last good checkpoint is step '
+            f'{ckpt.latest_step()} in {ckpt.directory} (kept); lower the learning rate or '
+            'enable config.optim.grad_clip_norm and rerun to resume from it.')
+    step = fetched[-1][0]
+    means = {f'train/{k}': float(np.mean([m[k] for _, m in fetched]))
+             for k in fetched[-1][1] if k != 'finite'}
+    self.writer.write_scalars(step, means)
+    if jax.process_index() == 0:
+      with open(self.path, 'a') as f:
+        f.write(json.dumps({'step': step, **means}) + '\n')
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains (or resumes) the configured run in `workdir`; returns the final results."""
+  mesh = parallel.make_mesh(config)
+  shard = input_pipeline.HostShard(jax.process_index(), jax.process_count())
+  data = input_pipeline.build(config, shard)
+  logging.info('Dataset %s: %d train examples, eval %s, %d classes, %dx%dx%d images.',
+               config.dataset.name, data.num_train, data.eval_sizes, data.num_classes,
+               data.image_size, data.image_size, data.channels)
+  steps_per_epoch = max(1, data.num_train // config.train.batch_size)
+  graphdef, state, tx, schedule, shardings = train_state.create(
+      config, mesh, num_classes=data.num_classes, image_size=data.image_size,
+      in_channels=data.channels, steps_per_epoch=steps_per_epoch)
+  logging.info('Parameters: %d', sum(x.size for x in jax.tree.leaves(state.params)))
+
+  ckpt = checkpoint.Checkpointer(workdir, keep=config.checkpoint.keep)
+  start = ckpt.latest_step() or 0
+  if start:
+    state, stream = ckpt.restore(start, train_state.abstract(state))
+    logging.info('Resumed from checkpoint at step %d (%s).', start, stream)
+
+  norm = dict(mean=data.mean, std=data.std)
+  batch_sharding, replicated = parallel.batch_sharding(mesh), parallel.replicated(mesh)
+  train_step = jax.jit(steps.make_train_step(graphdef, tx, schedule, **norm),
+                       in_shardings=(shardings, batch_sharding),
+                       out_shardings=(shardings, replicated), donate_argnums=0)
+  eval_step = jax.jit(steps.make_eval_step(graphdef, **norm),
+                      in_shardings=(shardings, batch_sharding), out_shardings=replicated)
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  total = config.train.steps
+  if start >= total:
+    logging.info('Training already finished at step %d; re-evaluating only.', start)
+    return _finish(workdir, start, _run_evals(eval_step, state, data, mesh, config))
+
+  metric_log = _MetricLog(writer, workdir)
+  hooks = [periodic_actions.ReportProgress(num_train_steps=total, writer=writer)]
+  # XLA:CPU collectives over simulated devices can deadlock when many steps are in flight.
+  sync_every_step = jax.default_backend() == 'cpu'
+  show_bar = sys.stdout.isatty() and jax.process_index() == 0
+  batches = input_pipeline.iterate(data.train, start, config.dataset.num_threads)
+  t0 = time.time()
+  for step in range(start + 1, total + 1):
+    state, metrics = train_step(state, parallel.to_global(next(batches), mesh))
+    if sync_every_step:
+      jax.block_until_ready(metrics)
+    metric_log.add(step, metrics)
+    for hook in hooks:
+      hook(step)
+    if show_bar:
+      print(f'\rstep {step}/{total} ({(step - start) / (time.time() - t0):.1f} steps/s)',
+            end='', flush=True)
+    if step % config.train.log_every == 0 or step == total:
+      metric_log.flush(ckpt)
+    if config.train.eval_every and step % config.train.eval_every == 0 and step < total:
+      _log_evals(writer, step, _run_evals(eval_step, state, data, mesh, config))
+    if step % config.checkpoint.every_steps == 0 or step == total:
+      metric_log.flush(ckpt)  # Never save parameters from after a non-finite step.
+      ckpt.save(step, state, {'next_step': step, 'seed': config.seed,
+                              'global_batch': config.train.batch_size})
+  if show_bar:
+    print()
+  results = _run_evals(eval_step, state, data, mesh, config)
+  _log_evals(writer, total, results)
+  writer.flush()
+  ckpt.wait()
+  ckpt.close()
+  return _finish(workdir, total, results)
