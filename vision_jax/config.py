@@ -12,6 +12,8 @@ import inspect
 from typing import Any
 
 import ml_collections
+
+from vision_jax.errors import UserError
 from ml_collections import config_flags  # pylint: disable=unused-import
 
 # Sections whose keys are checked against base_config(); config.model is checked against
@@ -19,7 +21,7 @@ from ml_collections import config_flags  # pylint: disable=unused-import
 _CHECKED_SECTIONS = ('dataset', 'optim', 'train', 'eval', 'checkpoint', 'mesh', 'init_from')
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
   """A config value that cannot work; the message names the key and the fix."""
 
 
@@ -49,8 +51,29 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.learning_rate = 1e-3
   c.optim.schedule = 'warmup_cosine'
   c.optim.warmup_steps = 50
+  c.optim.warmup_epochs = 0.0       # Alternative to warmup_steps (set one of them).
+  c.optim.min_lr_ratio = 0.0        # Cosine/linear decay ends at learning_rate * this.
+  c.optim.scale_lr_by_batch = False  # learning_rate * batch_size / 256.
+  c.optim.poly_power = 2.0          # 'warmup_poly' exponent.
+  c.optim.rsqrt_timescale = 10_000  # 'rsqrt' decay timescale, steps.
+  c.optim.piecewise_boundaries = ()  # 'piecewise': absolute steps ...
+  c.optim.piecewise_boundary_epochs = ()  # ... or epochs,
+  c.optim.piecewise_scales = ()     # and the factor applied from each boundary on.
+  c.optim.b1 = 0.9                  # adamw / lamb.
+  c.optim.b2 = 0.999
+  c.optim.eps = 1e-8
+  c.optim.momentum = 0.9            # sgd / lars.
+  c.optim.nesterov = False
+  c.optim.trust_coefficient = 0.001  # lars.
+  c.optim.adafactor_decay_rate = 0.8
   c.optim.weight_decay = 1e-4
+  c.optim.wd_rules = ()             # ((regex, multiplier), ...); first match wins.
+  c.optim.lr_rules = ()             # ((regex, multiplier), ...).
+  c.optim.freeze = ()               # (regex, ...): never updated, no optimiser state.
   c.optim.grad_clip_norm = 0.0      # 0 = off.
+  c.optim.ema_decay = 0.0           # > 0: evaluate an EMA of the parameters.
+  c.optim.label_smoothing = 0.0
+  c.optim.accum_steps = 1           # Gradient accumulation over this many micro-batches.
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 128          # Global batch over all devices and hosts.

@@ -1,7 +1,10 @@
 """Command line entry point.
 
   python -m vision_jax.main --config configs/default.py --workdir /tmp/vision_jax/default \
-      [--config.optim.learning_rate=0.01] [--mode=train]
+      [--config.optim.learning_rate=0.01] [--mode=train|eval|predict|export]
+
+Bad input (an unknown config key or model, a missing dataset, a checkpoint that does not
+fit) is reported as one paragraph on stderr with exit code 2; nothing in the workdir is lost.
 """
 from __future__ import annotations
 
@@ -15,20 +18,33 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')  # tf.data/tfds only; keep lo
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 from absl import logging
+import ml_collections
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Run config file (configs/*.py).')
+from vision_jax.errors import UserError
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Run config file (configs/*.py). Optional outside --mode=train: the '
+    "workdir's config.json is used by default.")
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs, results.')
-_MODE = flags.DEFINE_enum('mode', 'train', ['train'], 'What to do with the run.')
-flags.mark_flags_as_required(['config', 'workdir'])
+_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict', 'export'],
+                          'train (or resume); eval, predict or export a trained workdir.')
+_IMAGES = flags.DEFINE_multi_string('images', [], 'predict: image files or folders.')
+_OUTPUT = flags.DEFINE_string('output', None, 'predict: also write predictions as JSON here.')
+_TOP_K = flags.DEFINE_integer('top_k', 5, 'predict: how many classes to print per image.')
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator_address', None, 'Multi-host: host:port of process 0. Without it, '
+    'jax.distributed is initialised automatically on TPU pods and SLURM clusters.')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Multi-host: process count.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'Multi-host: this process index.')
+flags.mark_flags_as_required(['workdir'])
 
 
-class UsageError(Exception):
-  """Bad input from the user: printed as one paragraph, exit code 2."""
+class UsageError(UserError):
+  """Bad command-line input."""
 
 
 def _check_workdir(workdir: str) -> str:
-  workdir = os.path.abspath(os.path.expanduser(workdir))
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise UsageError(f'--workdir={workdir} is a file, not a directory. Pass a directory '
                      '(it is created if missing).')
@@ -43,38 +59,49 @@ def _check_workdir(workdir: str) -> str:
   return workdir
 
 
-def _save_config(config, workdir: str) -> None:
+def _save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   path = os.path.join(workdir, 'config.json')
   with open(path + '.tmp', 'w') as f:
     f.write(config.to_json_best_effort(indent=2))
   os.replace(path + '.tmp', path)
 
 
-def run(argv) -> None:
+def _load_config(workdir: str) -> ml_collections.ConfigDict:
+  """--config if given; else, outside training, the config the workdir was trained with."""
+  if _CONFIG.value is not None:
+    return _CONFIG.value
+  path = os.path.join(workdir, 'config.json')
+  if _MODE.value == 'train' or not os.path.exists(path):
+    raise UsageError(f'--config is required (there is no {path} to reuse). Pass '
+                     '--config=configs/<name>.py.')
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def run(argv: list[str]) -> None:
+  """Validates everything cheap first, then dispatches on --mode."""
   if len(argv) > 1:
     raise UsageError(f'Unexpected arguments: {" ".join(argv[1:])}.')
+  from vision_jax import parallel  # pylint: disable=g-import-not-at-top
+  parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   import jax  # pylint: disable=g-import-not-at-top
   from vision_jax import config as config_lib  # pylint: disable=g-import-not-at-top
-  config = _CONFIG.value
+  workdir = os.path.abspath(os.path.expanduser(_WORKDIR.value))
+  config = _load_config(workdir)
   config_lib.validate(config, num_devices=jax.device_count())
-  workdir = _check_workdir(_WORKDIR.value)
-  logging.info('JAX %s, backend %s, %d process(es), devices: %s', jax.__version__,
-               jax.default_backend(), jax.process_count(), jax.devices())
+  workdir = _check_workdir(workdir)
+  logging.info('JAX %s, backend %s, process %d of %d, devices: %s', jax.__version__,
+               jax.default_backend(), jax.process_index(), jax.process_count(), jax.devices())
   logging.info('Config:\n%s', config)
+  if _MODE.value == 'train':
+    if jax.process_index() == 0:
+      _save_config(config, workdir)
+    from vision_jax import train  # pylint: disable=g-import-not-at-top
+    results = train.train_and_evaluate(config, workdir)
+  else:
+    raise UsageError(f'--mode={_MODE.value} is not available yet.')
   if jax.process_index() == 0:
-    _save_config(config, workdir)
-  from vision_jax import train  # pylint: disable=g-import-not-at-top
-  results = train.train_and_evaluate(config, workdir)
-  if jax.process_index() == 0:
-    print(json.dumps(results['eval'] | {'step': results['step']}))
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-  from vision_jax import config as config_lib  # pylint: disable=g-import-not-at-top
-  from vision_jax import train  # pylint: disable=g-import-not-at-top
-  from vision_jax.data import sources  # pylint: disable=g-import-not-at-top
-  return (UsageError, config_lib.ConfigError, sources.DatasetNotFoundError,
-          train.NonFiniteError)
+    print(json.dumps(results))
 
 
 def _fail(message: str) -> None:
@@ -103,16 +130,13 @@ class _QuietOrbax(logging_std.Filter):
     return record.levelno >= logging_std.WARNING or 'orbax' not in record.pathname
 
 
-def main(argv) -> None:
+def main(argv: list[str]) -> None:
   logging.get_absl_handler().addFilter(_QuietOrbax())
   try:
     run(argv)
-  except Exception as e:  # pylint: disable=broad-except
-    if isinstance(e, _user_errors()):
-      logging.flush()
-      print(f'\nerror: {e}', file=sys.stderr)
-      sys.exit(2)
-    raise
+  except UserError as e:
+    logging.flush()
+    _fail(str(e))
 
 
 if __name__ == '__main__':

@@ -45,3 +45,25 @@ def to_global(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
 def fetch(tree: Any) -> Any:
   """Device arrays -> numpy on this host (fully replicated values only)."""
   return jax.tree.map(np.asarray, jax.device_get(tree))
+
+
+def initialize_distributed(coordinator_address: str | None = None,
+                           num_processes: int | None = None,
+                           process_id: int | None = None) -> None:
+  """Starts jax.distributed when there is more than one process to connect.
+
+  Explicit flags win; otherwise JAX's own cluster detection (TPU pods, SLURM, ...) decides.
+  On CPU the collectives between processes use gloo.
+  """
+  if coordinator_address is not None:
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+  elif _in_cluster():
+    jax.distributed.initialize()
+
+
+def _in_cluster() -> bool:
+  import os  # pylint: disable=g-import-not-at-top
+  if os.environ.get('SLURM_NTASKS', '1') not in ('', '1'):
+    return True
+  return bool(os.environ.get('TPU_WORKER_HOSTNAMES', '').count(','))

@@ -23,9 +23,10 @@ from vision_jax import parallel
 from vision_jax import steps
 from vision_jax import train_state
 from vision_jax.data import input_pipeline
+from vision_jax.errors import UserError
 
 
-class NonFiniteError(RuntimeError):
+class NonFiniteError(UserError):
   """Training produced a non-finite loss or gradient."""
 
 

@@ -11,8 +11,10 @@ import os
 import ml_collections
 import tensorflow_datasets as tfds
 
+from vision_jax.errors import UserError
 
-class DatasetNotFoundError(RuntimeError):
+
+class DatasetNotFoundError(UserError):
   """The dataset is not prepared locally; the message says how to prepare it."""
 
 
