@@ -100,6 +100,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   logging.info('Dataset %s: %d train examples, eval %s, %d classes, %dx%dx%d images.',
                config.dataset.name, data.num_train, data.eval_sizes, data.num_classes,
                data.image_size, data.image_size, data.channels)
+  _write_json(os.path.join(workdir, 'dataset.json'), data.describe())
   steps_per_epoch = max(1, data.num_train // config.train.batch_size)
   graphdef, state, tx, schedule, shardings = train_state.create(
       config, mesh, num_classes=data.num_classes, image_size=data.image_size,

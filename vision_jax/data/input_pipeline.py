@@ -91,6 +91,13 @@ class Data:
   mean: tuple[float, ...]
   std: tuple[float, ...]
 
+  def describe(self) -> dict:
+    """What inference needs without the dataset: written to the workdir as dataset.json."""
+    return {'num_classes': self.num_classes, 'image_size': self.image_size,
+            'channels': self.channels, 'class_names': self.class_names,
+            'mean': list(self.mean), 'std': list(self.std), 'num_train': self.num_train,
+            'eval_sizes': self.eval_sizes}
+
 
 def build(config: ml_collections.ConfigDict, shard: HostShard = HostShard()) -> Data:
   """Opens the configured dataset (failing fast if absent) and builds both streams."""
