@@ -2,8 +2,10 @@
 
 A checkpoint holds two items: `state` (params, batch statistics, optimiser state, step,
 dropout RNG state) and `data` (JSON: the next step of the input stream and the seed and
-batch size it depends on). Saves are asynchronous; only finished saves are ever listed, so
-a run killed mid-save resumes from the previous one.
+batch size it depends on). Saves are asynchronous and atomic (orbax writes a temporary
+directory and renames it when complete), so a save cut short by a kill is never listed and
+the run resumes from the previous one. A finished checkpoint that fails to restore stops
+the run unless `checkpoint.on_corrupt='previous'` allows falling back.
 """
 from __future__ import annotations
 
@@ -12,6 +14,14 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
+from orbax.checkpoint import checkpoint_managers
+
+from vision_jax.errors import UserError
+
+
+class CheckpointError(UserError):
+  """A checkpoint that cannot be used; the message names it and the way out."""
 
 
 def _is_key(x) -> bool:
@@ -40,25 +50,44 @@ def _from_saveable(restored: Any, abstract_state: Any) -> Any:
   return jax.tree.map(convert, restored, abstract_state)
 
 
-class Checkpointer:
-  """Saves and restores (state, data position) under `workdir/checkpoints`."""
+def _preservation(keep: int, best_metric: str, best_mode: str):
+  latest = checkpoint_managers.LatestN(n=keep)
+  if not best_metric:
+    return latest
+  best = checkpoint_managers.BestN(get_metric_fn=lambda m: m[best_metric],
+                                   reverse=best_mode == 'min', n=1,
+                                   keep_checkpoints_without_metrics=False)
+  return checkpoint_managers.AnyPreservationPolicy([latest, best])
 
-  def __init__(self, workdir: str, *, keep: int, async_save: bool = True):
+
+class Checkpointer:
+  """Saves and restores (state, data position) under `workdir/checkpoints`.
+
+  Keeps the latest `keep` checkpoints, plus the best one by `best_metric` (an eval scalar
+  such as 'test/accuracy') when given.
+  """
+
+  def __init__(self, workdir: str, *, keep: int, best_metric: str = '',
+               best_mode: str = 'max', async_save: bool = True):
     self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+    self._best_metric = best_metric
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=True, enable_async_checkpointing=async_save),
+            create=True, enable_async_checkpointing=async_save,
+            preservation_policy=_preservation(keep, best_metric, best_mode)),
         item_names=('state', 'data'))
 
   def all_steps(self) -> list[int]:
-    return list(self._manager.all_steps())
+    return sorted(self._manager.all_steps())
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
-  def save(self, step: int, state: Any, data: dict) -> None:
-    self._manager.save(step, args=ocp.args.Composite(
+  def save(self, step: int, state: Any, data: dict, metrics: dict | None = None) -> None:
+    if self._best_metric and (metrics is None or self._best_metric not in metrics):
+      metrics = None  # Kept by recency only.
+    self._manager.save(step, metrics=metrics, args=ocp.args.Composite(
         state=ocp.args.StandardSave(_to_saveable(state)), data=ocp.args.JsonSave(data)))
 
   def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
@@ -68,9 +97,70 @@ class Checkpointer:
         data=ocp.args.JsonRestore()))
     return _from_saveable(restored['state'], abstract_state), dict(restored['data'])
 
+  def restore_latest(self, abstract_state: Any, on_corrupt: str = 'error'
+                     ) -> tuple[int, Any, dict] | None:
+    """(step, state, data) of the newest usable checkpoint; None if there are none.
+
+    A checkpoint that fails to restore raises CheckpointError, unless on_corrupt is
+    'previous': then older checkpoints are tried, newest first. Never returns None
+    when checkpoints exist, so a run does not silently start over.
+    """
+    steps = self.all_steps()
+    for i, step in enumerate(reversed(steps)):
+      try:
+        state, data = self.restore(step, abstract_state)
+      except Exception as e:  # pylint: disable=broad-except
+        path = os.path.join(self.directory, str(step))
+        problem = f'Checkpoint {path} cannot be restored ({type(e).__name__}: {e}).'
+        if on_corrupt != 'previous':
+          raise CheckpointError(
+              f'{problem} If the config changed since it was written, rerun with the '
+              'original config or a new --workdir. If the checkpoint is damaged, rerun with '
+              '--config.checkpoint.on_corrupt=previous to resume from the one before it.'
+          ) from e
+        if i == len(steps) - 1:
+          raise CheckpointError(f'{problem} No older checkpoint in {self.directory} '
+                                'restores either; move the directory away to start '
+                                'over.') from e
+        logging.warning('%s Falling back to the previous checkpoint.', problem)
+        continue
+      return step, state, data
+    return None
+
   def wait(self) -> None:
     """Blocks until pending async saves are on disk."""
     self._manager.wait_until_finished()
 
   def close(self) -> None:
     self._manager.close()
+
+
+def read_state(path: str) -> tuple[int, dict]:
+  """(step, raw nested-dict state) of a workdir's latest checkpoint, or of a step dir.
+
+  For fine-tuning: the arrays come back as saved, without a target structure, so a
+  checkpoint of a different model (another head, say) can be read and matched by path.
+  """
+  path = os.path.abspath(os.path.expanduser(path))
+  if os.path.isdir(os.path.join(path, 'checkpoints')):
+    path = os.path.join(path, 'checkpoints')
+  if os.path.isdir(os.path.join(path, 'state')):  # A step directory.
+    directory, step = os.path.dirname(path), os.path.basename(path)
+    if not step.isdigit():
+      raise CheckpointError(f'{path} is not a step directory of a checkpoints folder.')
+    step = int(step)
+  else:
+    directory, step = path, None
+  if not os.path.isdir(directory):
+    raise CheckpointError(f'config.init_from.checkpoint={path} does not exist. Pass a '
+                          'workdir of an earlier run, or one of its checkpoints/<step> '
+                          'directories.')
+  manager = ocp.CheckpointManager(directory, item_names=('state', 'data'),
+                                  options=ocp.CheckpointManagerOptions(read_only=True))
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    raise CheckpointError(f'No finished checkpoint in {directory}. Pass a workdir of a run '
+                          'that saved at least one checkpoint.')
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  manager.close()
+  return step, restored['state']

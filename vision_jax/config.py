@@ -86,7 +86,15 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every_steps = 300
-  c.checkpoint.keep = 3
+  c.checkpoint.keep = 3              # Latest checkpoints kept ...
+  c.checkpoint.keep_best = ''        # ... plus the best by this eval metric ('test/accuracy').
+  c.checkpoint.keep_best_mode = 'max'
+  c.checkpoint.on_corrupt = 'error'  # Newest checkpoint unreadable: 'error' | 'previous'.
+
+  c.init_from = ml_collections.ConfigDict()
+  c.init_from.checkpoint = ''        # A workdir or checkpoints/<step> dir to start from.
+  c.init_from.skip = ('head/.*',)    # Regexes of variables re-initialised, not loaded.
+  c.init_from.zero_init_skipped = True  # Re-initialise skipped variables to zeros.
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1                  # -1 = every device.

@@ -13,18 +13,11 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from vision_jax import optim
 from vision_jax import train_state as ts
 from vision_jax.data.preprocess import normalize
 
 Batch = dict[str, jax.Array]
-
-
-def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0):
-  """Per-example softmax cross-entropy with optional label smoothing."""
-  targets = jax.nn.one_hot(labels, logits.shape[-1])
-  if label_smoothing:
-    targets = optax.smooth_labels(targets, label_smoothing)
-  return optax.softmax_cross_entropy(logits, targets)
 
 
 def _all_finite(tree) -> jax.Array:
@@ -34,50 +27,62 @@ def _all_finite(tree) -> jax.Array:
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                     schedule: Callable, *, mean: Sequence[float], std: Sequence[float],
-                    label_smoothing: float = 0.0):
-  """Returns train_step(state, batch) -> (state, metrics); jit it with shardings."""
+                    label_smoothing: float = 0.0, accum_steps: int = 1):
+  """Returns train_step(state, batch) -> (state, metrics); jit it with shardings.
+
+  With accum_steps=k the batch is split into k micro-batches whose gradients are averaged
+  before one update (BatchNorm statistics advance once per micro-batch).
+  """
 
   def train_step(state: ts.TrainState, batch: Batch):
-    model = ts.merge(graphdef, state)
-    images = normalize(batch['image'], mean, std)
 
-    def loss_fn(model):
-      logits = model(images, train=True)
-      loss = cross_entropy(logits, batch['label'], label_smoothing).mean()
-      return loss, logits
+    def micro_step(micro: Batch, rest: nnx.State):
+      """Loss, gradients and metrics of one micro-batch; threads the BatchNorm stats."""
+      model = nnx.merge(graphdef, state.params, rest)
 
-    (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
-    _, _, rest = ts.split(model)
+      def loss_fn(model):
+        logits = model(micro['image'], train=True)
+        loss = optim.cross_entropy(logits, micro['label'], logits.shape[-1],
+                                   label_smoothing).mean()
+        return loss, logits
+
+      (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+      labels = micro['label']
+      hard = labels if labels.ndim == 1 else jnp.argmax(labels, -1)
+      accuracy = jnp.mean(jnp.argmax(logits, -1) == hard)
+      return (grads, {'loss': loss, 'accuracy': accuracy}), ts.split(model)[2]
+
+    inputs = {'image': normalize(batch['image'], mean, std), 'label': batch['label']}
+    (grads, metrics), rest = optim.accumulate_gradients(micro_step, inputs, accum_steps,
+                                                         state.rest)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    new_params = optax.apply_updates(state.params, updates)
     # A non-finite loss or gradient leaves the state untouched; the loop stops on it.
-    finite = jnp.isfinite(loss) & _all_finite(grads)
+    finite = jnp.isfinite(metrics['loss']) & _all_finite(grads)
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-    new_state = ts.TrainState(step=state.step + 1, params=keep(params, state.params),
+    new_state = ts.TrainState(step=state.step + 1, params=keep(new_params, state.params),
                               rest=keep(rest, state.rest),
                               opt_state=keep(opt_state, state.opt_state))
-    metrics = {
-        'loss': loss,
-        'accuracy': jnp.mean(jnp.argmax(logits, -1) == batch['label']),
-        'learning_rate': schedule(state.step),
-        'grad_norm': optax.global_norm(grads),
-        'finite': finite,
-    }
+    metrics |= {'learning_rate': schedule(state.step), 'grad_norm': optax.global_norm(grads),
+                'finite': finite}
     return new_state, metrics
 
   return train_step
 
 
 def make_eval_step(graphdef: nnx.GraphDef, *, mean: Sequence[float], std: Sequence[float],
-                   top_k: int = 5):
+                   top_k: int = 5, use_ema: bool = False):
   """Returns eval_step(state, batch) -> per-example loss, top-k predictions, label, mask."""
 
   def eval_step(state: ts.TrainState, batch: Batch):
-    model = ts.merge(graphdef, state)
+    params = state.params
+    if use_ema:  # Evaluate the moving average of the weights instead of the weights.
+      params = optim.ema_params(state.opt_state, state.params)
+    model = nnx.merge(graphdef, params, state.rest)
     logits = model(normalize(batch['image'], mean, std), train=False)
     k = min(top_k, logits.shape[-1])
     return {
-        'loss': cross_entropy(logits, batch['label']),
+        'loss': optim.cross_entropy(logits, batch['label'], logits.shape[-1]),
         'top_k': jax.lax.top_k(logits, k)[1],
         'label': batch['label'],
         'mask': batch['mask'],

@@ -19,11 +19,13 @@ from clu import periodic_actions
 
 from vision_jax import checkpoint
 from vision_jax import evaluate
+from vision_jax import finetune
 from vision_jax import parallel
 from vision_jax import steps
 from vision_jax import train_state
 from vision_jax.data import input_pipeline
 from vision_jax.errors import UserError
+from vision_jax.preemption import PreemptionWatcher
 
 
 class NonFiniteError(UserError):
@@ -107,18 +109,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       in_channels=data.channels, steps_per_epoch=steps_per_epoch)
   logging.info('Parameters: %d', sum(x.size for x in jax.tree.leaves(state.params)))
 
-  ckpt = checkpoint.Checkpointer(workdir, keep=config.checkpoint.keep)
-  start = ckpt.latest_step() or 0
-  if start:
-    state, stream = ckpt.restore(start, train_state.abstract(state))
+  ckpt = checkpoint.Checkpointer(workdir, keep=config.checkpoint.keep,
+                                best_metric=config.checkpoint.keep_best,
+                                best_mode=config.checkpoint.keep_best_mode)
+  start = 0
+  restored = ckpt.restore_latest(train_state.abstract(state), config.checkpoint.on_corrupt)
+  if restored:
+    start, state, stream = restored
     logging.info('Resumed from checkpoint at step %d (%s).', start, stream)
+  elif config.init_from.checkpoint:
+    state, report = finetune.init_from_checkpoint(config, state, tx, shardings)
+    logging.info('Initialised from %s: %s', config.init_from.checkpoint, report['counts'])
+    _write_json(os.path.join(workdir, 'init_report.json'), report)
 
   norm = dict(mean=data.mean, std=data.std)
   batch_sharding, replicated = parallel.batch_sharding(mesh), parallel.replicated(mesh)
-  train_step = jax.jit(steps.make_train_step(graphdef, tx, schedule, **norm),
-                       in_shardings=(shardings, batch_sharding),
-                       out_shardings=(shardings, replicated), donate_argnums=0)
-  eval_step = jax.jit(steps.make_eval_step(graphdef, **norm),
+  train_step = jax.jit(
+      steps.make_train_step(graphdef, tx, schedule, **norm,
+                            label_smoothing=config.optim.label_smoothing,
+                            accum_steps=config.optim.accum_steps),
+      in_shardings=(shardings, batch_sharding), out_shardings=(shardings, replicated),
+      donate_argnums=0)
+  eval_step = jax.jit(steps.make_eval_step(graphdef, **norm,
+                                           use_ema=config.optim.ema_decay > 0),
                       in_shardings=(shardings, batch_sharding), out_shardings=replicated)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   total = config.train.steps
@@ -132,6 +145,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   sync_every_step = jax.default_backend() == 'cpu'
   show_bar = sys.stdout.isatty() and jax.process_index() == 0
   batches = input_pipeline.iterate(data.train, start, config.dataset.num_threads)
+  preemption = PreemptionWatcher()
   t0 = time.time()
   for step in range(start + 1, total + 1):
     state, metrics = train_step(state, parallel.to_global(next(batches), mesh))
@@ -145,17 +159,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             end='', flush=True)
     if step % config.train.log_every == 0 or step == total:
       metric_log.flush(ckpt)
-    if config.train.eval_every and step % config.train.eval_every == 0 and step < total:
-      _log_evals(writer, step, _run_evals(eval_step, state, data, mesh, config))
-    if step % config.checkpoint.every_steps == 0 or step == total:
+    evals = {}
+    if step == total or (config.train.eval_every and step % config.train.eval_every == 0):
+      evals = _run_evals(eval_step, state, data, mesh, config)
+      _log_evals(writer, step, evals)
+    stop = preemption.should_stop(step)
+    if step % config.checkpoint.every_steps == 0 or step == total or stop:
       metric_log.flush(ckpt)  # Never save parameters from after a non-finite step.
       ckpt.save(step, state, {'next_step': step, 'seed': config.seed,
-                              'global_batch': config.train.batch_size})
+                              'global_batch': config.train.batch_size},
+                metrics={f'{split}/{k}': v for split, r in evals.items()
+                         for k, v in r.items() if isinstance(v, float)})
+    if stop:
+      ckpt.wait()
+      logging.warning('Preempted: saved step %d in %s; rerun the same command to resume.',
+                      step, ckpt.directory)
+      return {'preempted_at_step': step}
   if show_bar:
     print()
-  results = _run_evals(eval_step, state, data, mesh, config)
-  _log_evals(writer, total, results)
   writer.flush()
   ckpt.wait()
   ckpt.close()
-  return _finish(workdir, total, results)
+  return _finish(workdir, total, evals)
