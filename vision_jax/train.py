@@ -80,11 +80,14 @@ class _MetricLog:
     self.pending = []
     for s, m in fetched:
       if not m['finite']:
+        ckpt.wait()
+        last = ckpt.latest_step()
+        kept = (f'The last good checkpoint is step {last} in {ckpt.directory} (kept); rerun '
+                'to resume from it' if last else 'No checkpoint was saved before it; rerun')
         raise NonFiniteError(
-            f'Non-finite loss or gradient at step {s} (loss={m["loss"]}). The update was '
-            f'not applied and training stopped. The last good checkpoint is step '
-            f'{ckpt.latest_step()} in {ckpt.directory} (kept); lower the learning rate or '
-            'enable config.optim.grad_clip_norm and rerun to resume from it.')
+            f'Non-finite loss or gradient at step {s} (loss={m["loss"]}). The update was not '
+            f'applied and training stopped. {kept} with a lower config.optim.learning_rate '
+            'or with config.optim.grad_clip_norm set.')
     step = fetched[-1][0]
     means = {f'train/{k}': float(np.mean([m[k] for _, m in fetched]))
              for k in fetched[-1][1] if k != 'finite'}
