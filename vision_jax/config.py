@@ -83,6 +83,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 256
+  c.eval.checkpoint = ''            # eval/predict/export: '' = latest, a step, or its folder.
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every_steps = 300

@@ -2,13 +2,19 @@
 
 The eval step returns per-example losses and top-k predictions (replicated on every host),
 so the masked padding rows of the last batch are dropped here and any metric, top-1, top-5,
-per-class accuracy or a confusion matrix, comes from the same arrays.
+per-class accuracy or a confusion matrix, comes from the same arrays. `run` is --mode=eval:
+the same evaluation on a saved checkpoint, without training.
 """
 from __future__ import annotations
 
+import json
+import os
 from typing import Callable, Iterable
 
+import jax
+import ml_collections
 import numpy as np
+from absl import logging
 from jax.sharding import Mesh
 
 from vision_jax import parallel
@@ -45,3 +51,73 @@ def summarize(arrays: dict[str, np.ndarray], num_classes: int) -> dict:
       'per_class_accuracy': [float(a) for a in per_class],
       'confusion_matrix': confusion.tolist(),
   }
+
+
+def evaluate_splits(eval_step: Callable, state, evals: dict, mesh: Mesh,
+                    num_classes: int, num_threads: int = 4) -> dict[str, dict]:
+  """summarize(collect(...)) for every eval split of `input_pipeline.Data.evals`."""
+  from vision_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  return {split: summarize(collect(eval_step, state,
+                                   input_pipeline.iterate(dataset, 0, num_threads), mesh),
+                           num_classes)
+          for split, dataset in evals.items()}
+
+
+def _write_json(path: str, obj) -> None:
+  with open(path + '.tmp', 'w') as f:
+    json.dump(obj, f, indent=2)
+  os.replace(path + '.tmp', path)
+
+
+def merge_results(workdir: str, step: int, results: dict[str, dict]) -> dict:
+  """results.json after evaluating `step`: splits of the same step are kept, else replaced.
+
+  results.json always describes one checkpoint (its "step"), so evaluating another step
+  starts the file afresh rather than mixing numbers from two checkpoints.
+  """
+  path = os.path.join(workdir, 'results.json')
+  old = {}
+  if os.path.exists(path):
+    with open(path) as f:
+      old = json.load(f)
+  if old.get('step') != step:
+    return {'step': step, 'eval': dict(results)}
+  return {**old, 'eval': {**old.get('eval', {}), **results}}
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """--mode=eval: the latest (or config.eval.checkpoint) checkpoint on the eval splits.
+
+  Writes results.json (eval/<split>), confusion_<split>.json and confusion_<split>.png
+  into the workdir; never trains or changes a checkpoint.
+  """
+  from vision_jax import inference  # pylint: disable=g-import-not-at-top
+  from vision_jax import steps  # pylint: disable=g-import-not-at-top
+  from vision_jax import visualize  # pylint: disable=g-import-not-at-top
+  from vision_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  loaded = inference.load(workdir, config)
+  data = input_pipeline.build(
+      config, input_pipeline.HostShard(jax.process_index(), jax.process_count()))
+  if (data.num_classes, data.channels) != (loaded.num_classes, loaded.image_shape[2]):
+    raise inference.WorkdirError(
+        f'The configured dataset {config.dataset.name!r} has {data.num_classes} classes and '
+        f'{data.channels} channels; the run in {workdir} was trained on '
+        f'{loaded.num_classes} and {loaded.image_shape[2]}. Evaluate on the dataset it was '
+        'trained on.')
+  eval_step = jax.jit(steps.make_eval_step(loaded.graphdef, mean=loaded.mean, std=loaded.std,
+                                           use_ema=config.optim.get('ema_decay', 0) > 0),
+                      out_shardings=parallel.replicated(loaded.mesh))  # As training does.
+  logging.info('Evaluating checkpoint %d of %s on %s.', loaded.step, workdir, list(data.evals))
+  results = evaluate_splits(eval_step, loaded.state, data.evals, loaded.mesh,
+                            data.num_classes, config.dataset.num_threads)
+  confusions = {split: r.pop('confusion_matrix') for split, r in results.items()}
+  if jax.process_index() != 0:
+    return {'step': loaded.step, 'eval': results}
+  for split, counts in confusions.items():
+    _write_json(os.path.join(workdir, f'confusion_{split}.json'), counts)
+    visualize.write_confusion(np.asarray(counts), loaded.class_names,
+                              os.path.join(workdir, f'confusion_{split}.png'),
+                              title=f'{split}, step {loaded.step}')
+  out = merge_results(workdir, loaded.step, results)
+  _write_json(os.path.join(workdir, 'results.json'), out)
+  return out

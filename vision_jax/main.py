@@ -98,8 +98,16 @@ def run(argv: list[str]) -> None:
       _save_config(config, workdir)
     from vision_jax import train  # pylint: disable=g-import-not-at-top
     results = train.train_and_evaluate(config, workdir)
+  elif _MODE.value == 'eval':
+    from vision_jax import evaluate  # pylint: disable=g-import-not-at-top
+    results = evaluate.run(config, workdir)
+  elif _MODE.value == 'predict':
+    from vision_jax import predict  # pylint: disable=g-import-not-at-top
+    predict.run(config, workdir, _IMAGES.value, output=_OUTPUT.value, top_k=_TOP_K.value)
+    return  # It printed one line per image.
   else:
-    raise UsageError(f'--mode={_MODE.value} is not available yet.')
+    from vision_jax import export  # pylint: disable=g-import-not-at-top
+    results = export.run(config, workdir)
   if jax.process_index() == 0:
     print(json.dumps(results))
 

@@ -23,6 +23,7 @@ from vision_jax import finetune
 from vision_jax import parallel
 from vision_jax import steps
 from vision_jax import train_state
+from vision_jax import visualize
 from vision_jax.data import input_pipeline
 from vision_jax.errors import UserError
 from vision_jax.preemption import PreemptionWatcher
@@ -48,10 +49,13 @@ def _run_evals(eval_step, state, data, mesh, config) -> dict:
   return results
 
 
-def _log_evals(writer, step: int, results: dict) -> None:
+def _log_evals(writer, step: int, results: dict, workdir: str) -> None:
   scalars = {f'eval/{split}/{k}': v for split, r in results.items()
              for k, v in r.items() if isinstance(v, float)}
   writer.write_scalars(step, scalars)
+  if jax.process_index() == 0:  # For curves.png: one line per evaluation.
+    with open(os.path.join(workdir, 'eval_metrics.jsonl'), 'a') as f:
+      f.write(json.dumps({'step': step, **scalars}) + '\n')
 
 
 def _finish(workdir: str, step: int, results: dict) -> dict:
@@ -60,6 +64,8 @@ def _finish(workdir: str, step: int, results: dict) -> dict:
     _write_json(os.path.join(workdir, f'confusion_{split}.json'), r.pop('confusion_matrix'))
   out = {'step': step, 'eval': results}
   _write_json(os.path.join(workdir, 'results.json'), out)
+  if jax.process_index() == 0:
+    visualize.write_run_pictures(workdir)  # curves.png, confusion_<split>.png
   return out
 
 
@@ -165,7 +171,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     evals = {}
     if step == total or (config.train.eval_every and step % config.train.eval_every == 0):
       evals = _run_evals(eval_step, state, data, mesh, config)
-      _log_evals(writer, step, evals)
+      _log_evals(writer, step, evals, workdir)
     stop = preemption.should_stop(step)
     if step % config.checkpoint.every_steps == 0 or step == total or stop:
       metric_log.flush(ckpt)  # Never save parameters from after a non-finite step.

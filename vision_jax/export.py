@@ -1,0 +1,167 @@
+"""--mode=export: a serving artefact of a trained workdir, and `load` to run it.
+
+  python -m vision_jax.main --mode=export --workdir W
+
+writes W/export/:
+
+  model.stablehlo      jax.export of serve(weights, images) -> logits: the run's
+                       normalisation + the model in eval mode, for uint8 NHWC images of any
+                       batch size (a symbolic batch dimension), lowered for CPU, CUDA and TPU
+  weights.npz          the arrays `weights` stands for (w0000, w0001, ...), in order
+  metadata.json        input shape and dtype, normalisation, class names, step, files
+  saved_model/<step>/  the same function as a TF SavedModel (jax2tf, weights as variables):
+                       signature serving_default(images: uint8[None, H, W, C]) ->
+                       {logits, probabilities}; <step> is the version TF Serving serves
+
+Weights travel next to the function rather than inside it as constants, so the StableHLO
+stays small and a 100 MB ResNet does not become a 100 MB program. `load(dir)` needs only
+jax, numpy and json: none of vision_jax's training code, flax or TensorFlow.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+PLATFORMS = ('cpu', 'cuda', 'tpu')
+FUNCTION_FILE, WEIGHTS_FILE, METADATA_FILE = 'model.stablehlo', 'weights.npz', 'metadata.json'
+
+
+class Served:
+  """An exported model: `served(uint8 images NHWC or HWC) -> float32 logits` (numpy)."""
+
+  def __init__(self, export_dir: str):
+    import jax  # pylint: disable=g-import-not-at-top
+    if not os.path.exists(os.path.join(export_dir, METADATA_FILE)):
+      raise FileNotFoundError(f'No exported model in {export_dir}: write one with '
+                              'python -m vision_jax.main --mode=export --workdir <workdir>.')
+    with open(os.path.join(export_dir, METADATA_FILE)) as f:
+      self.metadata: dict[str, Any] = json.load(f)
+    with open(os.path.join(export_dir, FUNCTION_FILE), 'rb') as f:
+      exported = jax.export.deserialize(bytearray(f.read()))
+    with np.load(os.path.join(export_dir, WEIGHTS_FILE)) as npz:
+      self._weights = [jax.device_put(npz[f'w{i:04d}'])
+                       for i in range(self.metadata['num_weights'])]
+    self._call = jax.jit(exported.call)
+    self.input_shape = tuple(self.metadata['input']['shape'][1:])
+    self.class_names: list[str] = self.metadata['class_names']
+
+  def __call__(self, images: np.ndarray) -> np.ndarray:
+    images = np.asarray(images)
+    single = images.ndim == 3
+    images = images[None] if single else images
+    if images.dtype != np.uint8 or tuple(images.shape[1:]) != self.input_shape:
+      shape = ', '.join(map(str, self.input_shape))
+      raise ValueError(f'Expected uint8 images of shape (N, {shape}), got {images.dtype} '
+                       f"{images.shape}: resize to the model's input size with its channel "
+                       'count first.')
+    logits = np.asarray(self._call(self._weights, images))
+    return logits[0] if single else logits
+
+  def probabilities(self, images: np.ndarray) -> np.ndarray:
+    logits = self(images)
+    z = np.exp(logits - logits.max(-1, keepdims=True))
+    return z / z.sum(-1, keepdims=True)
+
+
+def load(export_dir: str) -> Served:
+  """The artefact in `export_dir` (a workdir's export/) as a callable; jax + numpy only."""
+  return Served(export_dir)
+
+
+def _key_data(tree):
+  """Typed PRNG keys (e.g. dropout state) -> raw uint32 data, storable in npz and TF."""
+  import jax  # pylint: disable=g-import-not-at-top
+  is_key = lambda x: jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+  return jax.tree.map(lambda x: jax.random.key_data(x) if is_key(x) else x, tree)
+
+
+def _serve_fn(loaded):
+  """serve(weights: list of arrays, uint8 images) -> logits, and those weights (numpy)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  state = loaded.serving_state  # Params (or their EMA) and statistics; no optimiser state.
+  leaves, treedef = jax.tree.flatten(_key_data(state))
+  templates = jax.tree.leaves(state)
+
+  def serve(weights: list, images: jax.Array) -> jax.Array:
+    restored = [jax.random.wrap_key_data(w, impl=jax.random.key_impl(t))
+                if jax.dtypes.issubdtype(t.dtype, jax.dtypes.prng_key) else w
+                for w, t in zip(weights, templates)]
+    return loaded.apply(jax.tree.unflatten(treedef, restored), images)
+
+  return serve, [np.asarray(x) for x in leaves]
+
+
+def _write_saved_model(serve, weights: list[np.ndarray], shape: tuple[int, int, int],
+                       path: str) -> None:
+  """serve as a TF SavedModel (serving_default: uint8 images -> logits, probabilities)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from jax.experimental import jax2tf  # pylint: disable=g-import-not-at-top
+  module = tf.Module()
+  module.weights = [tf.Variable(w, trainable=False, name=f'w{i:04d}')
+                    for i, w in enumerate(weights)]
+  tf_serve = jax2tf.convert(serve, polymorphic_shapes=[None, f'(b, {", ".join(map(str, shape))})'],
+                            with_gradient=False, native_serialization_platforms=PLATFORMS)
+
+  @tf.function(input_signature=[tf.TensorSpec((None,) + shape, tf.uint8, name='images')],
+               autograph=False)
+  def serving_default(images):
+    logits = tf_serve(module.weights, images)
+    return {'logits': logits, 'probabilities': tf.nn.softmax(logits)}
+
+  module.serving_default = serving_default
+  tf.saved_model.save(module, path, signatures={'serving_default': serving_default})
+
+
+def export(loaded, export_dir: str, *, saved_model: bool = True) -> dict:
+  """Writes the artefact of `loaded` (an inference.Loaded) into export_dir; its metadata."""
+  import jax  # pylint: disable=g-import-not-at-top
+  serve, weights = _serve_fn(loaded)
+  height, width, channels = loaded.image_shape
+  batch = jax.export.symbolic_shape(f'b, {height}, {width}, {channels}')
+  specs = ([jax.ShapeDtypeStruct(w.shape, w.dtype) for w in weights],
+           jax.ShapeDtypeStruct(batch, np.uint8))
+  exported = jax.export.export(jax.jit(serve), platforms=PLATFORMS)(*specs)
+  os.makedirs(export_dir, exist_ok=True)
+  with open(os.path.join(export_dir, FUNCTION_FILE), 'wb') as f:
+    f.write(exported.serialize())
+  np.savez(os.path.join(export_dir, WEIGHTS_FILE),
+           **{f'w{i:04d}': w for i, w in enumerate(weights)})
+  metadata = {
+      'step': loaded.step,
+      'model': loaded.config.model.name,
+      'input': {'shape': [None, height, width, channels], 'dtype': 'uint8', 'layout': 'NHWC',
+                'image_size': height, 'channels': channels,
+                'preprocessing': f'resize to {height}x{width} (bilinear), values 0..255'},
+      'normalization': {'mean': list(loaded.mean), 'std': list(loaded.std),
+                        'formula': '(x / 255 - mean) / std, inside the function'},
+      'output': {'logits': [None, loaded.num_classes], 'dtype': 'float32'},
+      'num_classes': loaded.num_classes,
+      'class_names': loaded.class_names,
+      'num_weights': len(weights),
+      'files': {'function': FUNCTION_FILE, 'weights': WEIGHTS_FILE},
+      'platforms': list(PLATFORMS),
+      'jax_version': jax.__version__,
+      'calling_convention_version': exported.calling_convention_version,
+  }
+  if saved_model:
+    relative = os.path.join('saved_model', str(loaded.step))
+    _write_saved_model(serve, weights, loaded.image_shape, os.path.join(export_dir, relative))
+    metadata['files']['saved_model'] = relative
+  with open(os.path.join(export_dir, METADATA_FILE), 'w') as f:
+    json.dump(metadata, f, indent=2)
+  return metadata
+
+
+def run(config, workdir: str) -> dict:
+  """--mode=export: the latest (or config.eval.checkpoint) checkpoint into workdir/export."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from vision_jax import inference  # pylint: disable=g-import-not-at-top
+  loaded = inference.load(workdir, config)
+  export_dir = os.path.join(workdir, 'export')
+  if jax.process_index() != 0:
+    return {}
+  metadata = export(loaded, export_dir)
+  return {'export_dir': export_dir, 'step': metadata['step'], 'files': metadata['files']}

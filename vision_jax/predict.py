@@ -1,0 +1,222 @@
+"""--mode=predict: class probabilities for image files, with the run's own eval preprocessing.
+
+  python -m vision_jax.main --mode=predict --workdir W --images a.png b.jpg DIR [--top_k 3]
+      [--output preds.json]
+
+Each image is read with PIL, given the model's channel count, preprocessed by the very
+function evaluation used (`preprocess.make_preprocess(<the run's eval recipe>, train=False)`,
+e.g. a bilinear resize to the training size) and normalised on device with the run's mean
+and std. Folders are searched recursively for image files, in sorted order.
+
+Channels are converted only where no information is lost: greyscale -> RGB by repeating
+it, a palette image to its colours, RGB whose three channels are equal -> greyscale, and a
+fully opaque alpha channel is dropped. A colour image for a greyscale model, real
+transparency, or 16-bit and CMYK images are a per-file error naming what to do: converting
+them means choosing weights or a background, which is the user's decision, not ours. The
+one exception is a run that converted channels itself (config.dataset.channels set): its
+eval preprocessing converts colour to grey, and predict applies it like evaluation did.
+
+A file that cannot be read or converted is reported on stderr and in the JSON (as
+{"image": path, "error": message}, in its place); every other image is still predicted.
+If any failed, the command ends with exit code 2 after writing everything else.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from typing import Sequence
+
+import ml_collections
+import numpy as np
+from PIL import Image
+from PIL import ImageOps
+from PIL import UnidentifiedImageError
+
+from vision_jax.data import preprocess
+from vision_jax.errors import UserError
+
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.tif', '.tiff', '.webp',
+                    '.ppm', '.pgm', '.pbm')
+_CHANNEL_NAMES = {1: 'greyscale', 3: 'RGB colour'}
+_MAX_BATCH = 64
+
+
+class ImageError(UserError):
+  """One image that cannot be used as it is; the message says why and what to do."""
+
+
+class PredictError(UserError):
+  """Some of the given images could not be predicted (the others were)."""
+
+
+@dataclasses.dataclass
+class Item:
+  """One input: its path and either its preprocessed HWC uint8 image or an error."""
+  path: str
+  image: np.ndarray | None = None
+  error: str | None = None
+
+
+def expand(inputs: Sequence[str]) -> list[Item]:
+  """Files as given; folders -> their image files (recursive, sorted); missing -> errors."""
+  items = []
+  for given in inputs:
+    if os.path.isdir(given):
+      found = sorted(os.path.join(root, name) for root, _, names in os.walk(given)
+                     for name in names if name.lower().endswith(IMAGE_EXTENSIONS))
+      items += [Item(p) for p in found] or [Item(given, error=(
+          f'folder has no image files ({", ".join(IMAGE_EXTENSIONS)})'))]
+    elif not os.path.exists(given):
+      items.append(Item(given, error='no such file or folder'))
+    else:
+      items.append(Item(given))
+  return items
+
+
+def _channels(image: Image.Image, channels: int, run_converts: bool = False) -> np.ndarray:
+  """HWC uint8 with `channels` channels, converted only where nothing is lost (or, if
+  `run_converts`, left to the run's own preprocessing, which converts like training did)."""
+  if image.mode in ('P', 'PA'):
+    image = image.convert('RGBA')
+  elif image.mode == '1':
+    image = image.convert('L')
+  if image.mode not in ('L', 'LA', 'RGB', 'RGBA'):
+    raise ImageError(f'pixel format {image.mode!r} is not 8-bit greyscale or RGB (16-bit, '
+                     'CMYK and other formats need a conversion only you can choose). Save it '
+                     'as an 8-bit greyscale or RGB PNG.')
+  array = np.asarray(image)
+  array = array[..., None] if array.ndim == 2 else array
+  if array.shape[-1] in (2, 4):
+    if np.any(array[..., -1] != 255):
+      raise ImageError('has transparent pixels; flatten it onto the background you mean '
+                       '(e.g. white) and save it without an alpha channel.')
+    array = array[..., :-1]
+  have = array.shape[-1]
+  if have == channels or run_converts:
+    return array
+  if have == 1 and channels == 3:
+    return np.repeat(array, 3, axis=-1)
+  if have == 3 and channels == 1 and np.all(array == array[..., :1]):
+    return array[..., :1]
+  raise ImageError(
+      f'has {have} channels ({_CHANNEL_NAMES.get(have, "?")}) but the model was trained on '
+      f'{channels}-channel ({_CHANNEL_NAMES.get(channels, "?")}) images. It is not '
+      'converted silently; convert it yourself if that is what you mean, e.g. '
+      f"PIL.Image.open(path).convert('{'L' if channels == 1 else 'RGB'}').")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalPreprocess:
+  """The run's eval preprocessing, rebuilt from dataset.json and its config."""
+  fn: preprocess.Preprocess
+  channels: int
+  run_converts: bool
+
+  @classmethod
+  def of(cls, loaded) -> 'EvalPreprocess':
+    ds, ds_cfg = loaded.dataset, loaded.config.dataset
+    kwargs = {}
+    if 'crop_fraction' in ds:
+      kwargs['crop_fraction'] = ds['crop_fraction']
+    if ds_cfg.get('channels', 0):  # The run converted channels; evaluation did the same.
+      kwargs['channels'] = ds_cfg.channels
+    fn = preprocess.make_preprocess(ds.get('eval_preprocess', 'resize'),
+                                    loaded.image_shape[0], train=False, **kwargs)
+    return cls(fn, loaded.image_shape[2], 'channels' in kwargs)
+
+  def __call__(self, image: Image.Image) -> np.ndarray:
+    array = _channels(image, self.channels, self.run_converts)
+    return np.ascontiguousarray(self.fn({'image': array, 'label': 0}, None)['image'])
+
+
+def load_image(path: str, prepare: EvalPreprocess) -> np.ndarray:
+  """An image file -> the eval preprocessing's HWC uint8 array, or ImageError."""
+  try:
+    with Image.open(path) as image:
+      image = ImageOps.exif_transpose(image)  # Photos: pixels as the camera meant them.
+      image.load()
+  except UnidentifiedImageError as e:
+    raise ImageError('is not an image file PIL can read (is it truncated, or another '
+                     'format?).') from e
+  except Exception as e:  # pylint: disable=broad-except
+    # PIL reports a damaged or oversized file as OSError, SyntaxError, ValueError, ...
+    raise ImageError(f'cannot be read ({type(e).__name__}: {e}).') from e
+  return prepare(image)
+
+
+def read_images(inputs: Sequence[str], loaded) -> list[Item]:
+  """Every input, in order; unreadable ones carry their error instead of an image."""
+  prepare = EvalPreprocess.of(loaded)
+  items = expand(inputs)
+  for item in items:
+    if item.error is None:
+      try:
+        item.image = load_image(item.path, prepare)
+      except ImageError as e:
+        item.error = str(e)
+  return items
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+  z = np.exp(logits - logits.max(-1, keepdims=True))
+  return z / z.sum(-1, keepdims=True)
+
+
+def batched_logits(loaded, images: np.ndarray) -> np.ndarray:
+  """Logits in chunks padded to a power of two, so a few shapes cover any image count."""
+  out = []
+  for start in range(0, len(images), _MAX_BATCH):
+    chunk = images[start:start + _MAX_BATCH]
+    size = 1 << (len(chunk) - 1).bit_length()
+    padded = np.concatenate([chunk, np.zeros((size - len(chunk),) + chunk.shape[1:],
+                                             chunk.dtype)])
+    out.append(loaded.logits(padded)[:len(chunk)])
+  return np.concatenate(out)
+
+
+def top_k_entries(probs: np.ndarray, class_names: Sequence[str], k: int) -> list[dict]:
+  order = np.argsort(-probs, kind='stable')[:k]
+  return [{'index': int(i), 'label': str(class_names[i]), 'probability': float(probs[i])}
+          for i in order]
+
+
+def predict(loaded, inputs: Sequence[str], top_k: int = 5) -> list[dict]:
+  """[{"image", "top_k": [{"index", "label", "probability"}]} or {"image", "error"}]."""
+  items = read_images(inputs, loaded)
+  good = [item for item in items if item.error is None]
+  probs = softmax(batched_logits(loaded, np.stack([g.image for g in good]))) if good else []
+  next_probs = iter(probs)  # `good` keeps the order of `items`.
+  k = max(1, min(top_k, loaded.num_classes))
+  return [{'image': item.path, 'error': item.error} if item.error is not None else
+          {'image': item.path, 'top_k': top_k_entries(next(next_probs), loaded.class_names, k)}
+          for item in items]
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, inputs: Sequence[str], *,
+        output: str | None = None, top_k: int = 5) -> list[dict]:
+  """--mode=predict: prints one line per image, writes `output`, fails if any image did."""
+  from vision_jax import inference  # pylint: disable=g-import-not-at-top
+  if not inputs:
+    raise UserError('--mode=predict needs images: pass --images a.png b.jpg DIR ...')
+  loaded = inference.load(workdir, config)
+  results = predict(loaded, inputs, top_k)
+  for r in results:
+    if 'error' in r:
+      print(f'error: {r["image"]}: {r["error"]}', file=sys.stderr)
+    else:
+      print(f'{r["image"]}: ' + ', '.join(f'{t["label"]} ({t["probability"]:.3f})'
+                                         for t in r['top_k']))
+  sys.stdout.flush()
+  if output:
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    with open(output, 'w') as f:
+      json.dump(results, f, indent=2)
+  failed = [r['image'] for r in results if 'error' in r]
+  if failed:
+    raise PredictError(f'{len(failed)} of {len(results)} images could not be predicted '
+                       f'({", ".join(failed[:5])}{", ..." if len(failed) > 5 else ""}); '
+                       'the others were (see the lines above'
+                       f'{" and " + output if output else ""}).')
+  return results
