@@ -11,9 +11,11 @@ warmup steps and x0.1 at 30/60/90% of training, no weight decay, MixUp alpha 0.1
 resized to 160 with a random 128 crop (here: an inception crop to 128) and flip, a
 zero-initialised head.
 
-The checkpoint must be a vision_jax checkpoint of `bit_r50x1` (e.g. pretrained with this
-codebase). The official BiT-M .npz weights use other parameter names; vision_jax has no
-converter for them yet, so the 97.2-97.4% anchor has not been reproduced here.
+The checkpoint is a vision_jax checkpoint of `bit_r50x1`: convert the authors' BiT-M
+weights once with
+  python -m vision_jax.bit_weights --npz BiT-M-R50x1.npz --model bit_r50x1 --out /tmp/vision_jax/bit_r50x1
+(tested on synthetic files with the authors' tensor names; the 97.2-97.4% anchor itself has
+not been reproduced here: no network to fetch the weights, no accelerator).
 """
 import ml_collections
 

@@ -139,3 +139,23 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, data_dir
                   data_dir)
   assert again.returncode == 0, again.stderr[-3000:]
   assert f'Training already finished at step {last}' in again.stderr
+
+
+def test_dropout_rng_state_round_trips_through_a_checkpoint(tmp_path):
+  """Typed PRNG keys (dropout streams) are saved as key data and come back as keys."""
+  import jax.numpy as jnp
+  state = {'w': jnp.arange(4.0), 'key': jax.random.key(7),
+           'keys': jax.random.split(jax.random.key(3), 2)}
+  ckpt = checkpoint.Checkpointer(str(tmp_path), keep=2)
+  ckpt.save(1, state, {'next_step': 1})
+  ckpt.wait()
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                          state)
+  step, restored, data = ckpt.restore_latest(abstract)
+  assert step == 1 and data == {'next_step': 1}
+  for name in ('key', 'keys'):
+    assert restored[name].dtype == state[name].dtype
+    np.testing.assert_array_equal(jax.random.key_data(restored[name]),
+                                  jax.random.key_data(state[name]))
+  np.testing.assert_array_equal(jax.random.uniform(restored['key']),
+                                jax.random.uniform(state['key']))

@@ -44,8 +44,9 @@ def _abstract_saveable(abstract_state: Any) -> Any:
 
 def _from_saveable(restored: Any, abstract_state: Any) -> Any:
   def convert(value, target):
-    if _is_key(target):
-      return jax.random.wrap_key_data(value, impl=jax.random.key_impl(target))
+    if _is_key(target):  # target may be abstract: the key's implementation is in its dtype.
+      impl = getattr(target.dtype, '_impl', None) or jax.config.jax_default_prng_impl
+      return jax.random.wrap_key_data(value, impl=impl)
     return value
   return jax.tree.map(convert, restored, abstract_state)
 
