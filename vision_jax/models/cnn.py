@@ -32,3 +32,58 @@ class ConvNet(nnx.Module):
     x = layers.max_pool(nnx.relu(self.conv2(x)), 2, 2)
     x = nnx.relu(self.fc1(x.reshape(x.shape[0], -1)))
     return self.head(x).astype(jnp.float32)
+
+
+def _pool_out(n: int) -> int:
+  """Side after `_overlapping_pool` on an n-pixel side."""
+  return (n - 3) // 2 + 1 if n >= 3 else (n + 1) // 2
+
+
+def _overlapping_pool(x: jax.Array) -> jax.Array:
+  """AlexNet's 3x3 stride-2 max-pool; on maps under 3 pixels it pads ('SAME') so that
+  small inputs (8px digits, 32px CIFAR) still go through. Same result at 224px."""
+  padding = 'VALID' if min(x.shape[1:3]) >= 3 else 'SAME'
+  return layers.max_pool(x, 3, 2, padding)
+
+
+class AlexNet(nnx.Module):
+  """AlexNet, the one-GPU variant of Krizhevsky 2014 ("One weird trick"), as torchvision.
+
+  Convs 64-192-384-256-256 (11x11/4, 5x5, 3x3 x3, all with bias and ReLU), overlapping
+  3x3/2 max-pools after conv1, conv2 and conv5, then dropout-fc(4096)-ReLU,
+  dropout-fc(4096)-ReLU, head. No local response norm (torchvision drops it too).
+  Instead of torchvision's adaptive average pool to 6x6, fc1's input is inferred from
+  `image_size`: 6*6*256 at 224px (torchvision's 61,100,840 parameters at 1,000 classes),
+  1*1*256 at 32px or 8px, so small inputs do not pay for a 9216-wide fc1 of copies.
+  """
+
+  def __init__(self, num_classes: int, *, image_size: int = 224, in_channels: int = 3,
+               hidden: int = 4096, dropout_rate: float = 0.5, dtype='float32',
+               rngs: nnx.Rngs):
+    if image_size < 7:
+      raise ValueError(f'AlexNet needs images of at least 7x7 pixels, got {image_size}.')
+    dtype = layers.as_dtype(dtype)
+    self.conv1 = layers.conv(in_channels, 64, 11, strides=4, padding=((2, 2), (2, 2)),
+                             dtype=dtype, rngs=rngs)
+    self.conv2 = layers.conv(64, 192, 5, dtype=dtype, rngs=rngs)
+    self.conv3 = layers.conv(192, 384, 3, dtype=dtype, rngs=rngs)
+    self.conv4 = layers.conv(384, 256, 3, dtype=dtype, rngs=rngs)
+    self.conv5 = layers.conv(256, 256, 3, dtype=dtype, rngs=rngs)
+    side = (image_size + 4 - 11) // 4 + 1  # conv1; the other convs keep the size.
+    side = _pool_out(_pool_out(_pool_out(side)))
+    self.dropout1 = nnx.Dropout(dropout_rate, rngs=rngs)
+    self.fc1 = nnx.Linear(side * side * 256, hidden, dtype=dtype, rngs=rngs)
+    self.dropout2 = nnx.Dropout(dropout_rate, rngs=rngs)
+    self.fc2 = nnx.Linear(hidden, hidden, dtype=dtype, rngs=rngs)
+    self.head = nnx.Linear(hidden, num_classes, dtype=dtype, rngs=rngs)
+
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    x = _overlapping_pool(nnx.relu(self.conv1(x)))
+    x = _overlapping_pool(nnx.relu(self.conv2(x)))
+    x = nnx.relu(self.conv3(x))
+    x = nnx.relu(self.conv4(x))
+    x = _overlapping_pool(nnx.relu(self.conv5(x)))
+    x = x.reshape(x.shape[0], -1)
+    x = nnx.relu(self.fc1(self.dropout1(x, deterministic=not train)))
+    x = nnx.relu(self.fc2(self.dropout2(x, deterministic=not train)))
+    return self.head(x).astype(jnp.float32)

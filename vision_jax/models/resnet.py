@@ -1,0 +1,241 @@
+"""ResNets with BatchNorm: v1.5 (ImageNet and CIFAR stems) and the pre-activation WideResNet.
+
+ResNet v1.5 is torchvision's ResNet: the stride of a bottleneck sits on its 3x3 conv, not on
+the first 1x1 (He et al. 2015 put it on the 1x1; v1.5 is ~0.5% more accurate on ImageNet).
+Layer shapes follow torchvision exactly, so parameter counts match it at 1,000 classes.
+
+BatchNorm uses momentum 0.9 and epsilon 1e-5 (torchvision's momentum 0.1 is the weight of
+the new batch; Flax's momentum is the weight of the old statistics).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from vision_jax.models import layers
+
+# He init scaled by fan-out, untruncated, as torchvision initialises ResNet convolutions.
+_CONV_INIT = nnx.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+
+
+def _conv(cin: int, cout: int, kernel: int, rngs: nnx.Rngs, dtype,
+          strides: int = 1) -> nnx.Conv:
+  """Bias-free conv padded by kernel // 2 on every side, as torchvision: with stride 2,
+  'SAME' would pad (0, 1) instead and shift every window by one pixel."""
+  pad = (kernel // 2, kernel // 2)
+  return layers.conv(cin, cout, kernel, strides=strides, padding=(pad, pad), use_bias=False,
+                     dtype=dtype, kernel_init=_CONV_INIT, rngs=rngs)
+
+
+def _norm(features: int, rngs: nnx.Rngs, dtype, zero_scale: bool = False) -> nnx.BatchNorm:
+  scale_init = nnx.initializers.zeros if zero_scale else nnx.initializers.ones
+  return nnx.BatchNorm(features, momentum=0.9, epsilon=1e-5, dtype=dtype,
+                       scale_init=scale_init, rngs=rngs)
+
+
+def stem_max_pool(x: jax.Array, pad_value: float = -jnp.inf) -> jax.Array:
+  """3x3 stride-2 max-pool with one pixel of padding on every side, as torchvision/BiT."""
+  x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=pad_value)
+  return layers.max_pool(x, 3, 2, 'VALID')
+
+
+class BasicBlock(nnx.Module):
+  """Two 3x3 convs (ResNet-18/34). The stride sits on the first conv."""
+  expansion = 1
+
+  def __init__(self, cin: int, width: int, strides: int, *, zero_init_residual: bool,
+               dtype, rngs: nnx.Rngs):
+    cout = width * self.expansion
+    self.conv1 = _conv(cin, width, 3, rngs, dtype, strides)
+    self.bn1 = _norm(width, rngs, dtype)
+    self.conv2 = _conv(width, cout, 3, rngs, dtype)
+    self.bn2 = _norm(cout, rngs, dtype, zero_scale=zero_init_residual)
+    project = strides != 1 or cin != cout  # Else the shortcut is the identity.
+    self.proj = _conv(cin, cout, 1, rngs, dtype, strides) if project else None
+    self.proj_bn = _norm(cout, rngs, dtype) if project else None
+
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    ura = not train
+    y = nnx.relu(self.bn1(self.conv1(x), use_running_average=ura))
+    y = self.bn2(self.conv2(y), use_running_average=ura)
+    if self.proj is not None:
+      x = self.proj_bn(self.proj(x), use_running_average=ura)
+    return nnx.relu(x + y)
+
+
+class Bottleneck(nnx.Module):
+  """1x1 reduce, 3x3 (strided: v1.5), 1x1 expand by 4 (ResNet-50 and deeper)."""
+  expansion = 4
+
+  def __init__(self, cin: int, width: int, strides: int, *, zero_init_residual: bool,
+               dtype, rngs: nnx.Rngs):
+    cout = width * self.expansion
+    self.conv1 = _conv(cin, width, 1, rngs, dtype)
+    self.bn1 = _norm(width, rngs, dtype)
+    self.conv2 = _conv(width, width, 3, rngs, dtype, strides)
+    self.bn2 = _norm(width, rngs, dtype)
+    self.conv3 = _conv(width, cout, 1, rngs, dtype)
+    self.bn3 = _norm(cout, rngs, dtype, zero_scale=zero_init_residual)
+    project = strides != 1 or cin != cout  # Else the shortcut is the identity.
+    self.proj = _conv(cin, cout, 1, rngs, dtype, strides) if project else None
+    self.proj_bn = _norm(cout, rngs, dtype) if project else None
+
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    ura = not train
+    y = nnx.relu(self.bn1(self.conv1(x), use_running_average=ura))
+    y = nnx.relu(self.bn2(self.conv2(y), use_running_average=ura))
+    y = self.bn3(self.conv3(y), use_running_average=ura)
+    if self.proj is not None:
+      x = self.proj_bn(self.proj(x), use_running_average=ura)
+    return nnx.relu(x + y)
+
+
+_BLOCKS = {'basic': BasicBlock, 'bottleneck': Bottleneck}
+
+
+class ResNet(nnx.Module):
+  """ResNet v1.5; subclasses fix the depth (STAGES, BLOCK) and the stem (STEM).
+
+  STEM 'imagenet': 7x7/2 conv + 3x3/2 max-pool (224px inputs, /32 overall); 'cifar': one
+  3x3 stride-1 conv and no pool (32px inputs, /8 overall). Variants are classes, not
+  factory functions, so that `__init__`'s signature lists exactly the options a config
+  may set. `zero_init_residual` zero-initialises the last BatchNorm scale of each block so
+  that every block starts as the identity (Goyal et al. 2017): helps large-batch training.
+  """
+  STAGES: tuple[int, ...] = ()
+  BLOCK = 'basic'
+  STEM = 'imagenet'
+
+  def __init__(self, num_classes: int, *, width: int = 64, zero_init_residual: bool = False,
+               in_channels: int = 3, dtype='float32', rngs: nnx.Rngs):
+    if not self.STAGES:
+      raise TypeError('ResNet is a family: build a variant (ResNet18, ..., CifarResNet50).')
+    dtype = layers.as_dtype(dtype)
+    block_cls = _BLOCKS[self.BLOCK]
+    if self.STEM == 'imagenet':
+      self.stem_conv = _conv(in_channels, width, 7, rngs, dtype, 2)
+    else:
+      self.stem_conv = _conv(in_channels, width, 3, rngs, dtype)
+    self.stem_bn = _norm(width, rngs, dtype)
+
+    blocks, cin = [], width
+    for i, num_blocks in enumerate(self.STAGES):
+      for j in range(num_blocks):
+        strides = 2 if i > 0 and j == 0 else 1
+        blocks.append(block_cls(cin, width * 2**i, strides, dtype=dtype, rngs=rngs,
+                                zero_init_residual=zero_init_residual))
+        cin = width * 2**i * block_cls.expansion
+    self.blocks = nnx.List(blocks)
+    self.head = nnx.Linear(cin, num_classes, dtype=dtype, rngs=rngs)
+
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    x = nnx.relu(self.stem_bn(self.stem_conv(x), use_running_average=not train))
+    if self.STEM == 'imagenet':
+      x = stem_max_pool(x)
+    for block in self.blocks:
+      x = block(x, train)
+    x = jnp.mean(x, axis=(1, 2))
+    return self.head(x).astype(jnp.float32)
+
+
+class ResNet18(ResNet):
+  STAGES, BLOCK = (2, 2, 2, 2), 'basic'
+
+
+class ResNet34(ResNet):
+  STAGES, BLOCK = (3, 4, 6, 3), 'basic'
+
+
+class ResNet50(ResNet):
+  STAGES, BLOCK = (3, 4, 6, 3), 'bottleneck'
+
+
+class ResNet101(ResNet):
+  STAGES, BLOCK = (3, 4, 23, 3), 'bottleneck'
+
+
+class ResNet152(ResNet):
+  STAGES, BLOCK = (3, 8, 36, 3), 'bottleneck'
+
+
+class ResNet200(ResNet):
+  STAGES, BLOCK = (3, 24, 36, 3), 'bottleneck'
+
+
+class CifarResNet18(ResNet18):
+  STEM = 'cifar'
+
+
+class CifarResNet34(ResNet34):
+  STEM = 'cifar'
+
+
+class CifarResNet50(ResNet50):
+  STEM = 'cifar'
+
+
+class WideBlock(nnx.Module):
+  """Pre-activation basic block of a WideResNet: BN-ReLU-conv3x3-BN-ReLU-dropout-conv3x3.
+
+  When the shape changes, the 1x1 projection reads the pre-activated input, as in the
+  authors' code; otherwise the shortcut is the raw input.
+  """
+
+  def __init__(self, cin: int, cout: int, strides: int, *, dropout_rate: float,
+               zero_init_residual: bool, dtype, rngs: nnx.Rngs):
+    self.bn1 = _norm(cin, rngs, dtype)
+    self.conv1 = _conv(cin, cout, 3, rngs, dtype, strides)
+    self.bn2 = _norm(cout, rngs, dtype, zero_scale=zero_init_residual)
+    self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
+    self.conv2 = _conv(cout, cout, 3, rngs, dtype)
+    project = strides != 1 or cin != cout
+    self.proj = _conv(cin, cout, 1, rngs, dtype, strides) if project else None
+
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    ura = not train
+    y = nnx.relu(self.bn1(x, use_running_average=ura))
+    shortcut = x if self.proj is None else self.proj(y)
+    y = self.conv1(y)
+    y = nnx.relu(self.bn2(y, use_running_average=ura))
+    y = self.conv2(self.dropout(y, deterministic=not train))
+    return shortcut + y
+
+
+class WideResNet(nnx.Module):
+  """WRN-DEPTH-WIDEN (Zagoruyko & Komodakis 2016) for 32px inputs: a 3x3 conv to 16
+  channels, three groups of (DEPTH - 4) / 6 pre-activation blocks of width 16k, 32k, 64k
+  (k = WIDEN), then BN-ReLU, global average pool and the head. The paper uses dropout 0.3.
+  """
+  DEPTH = 28
+  WIDEN = 10
+
+  def __init__(self, num_classes: int, *, dropout_rate: float = 0.0,
+               zero_init_residual: bool = False, in_channels: int = 3, dtype='float32',
+               rngs: nnx.Rngs):
+    if (self.DEPTH - 4) % 6:
+      raise ValueError(f'WideResNet depth must be 6n + 4 (16, 22, 28, 40), got {self.DEPTH}.')
+    dtype = layers.as_dtype(dtype)
+    self.stem_conv = _conv(in_channels, 16, 3, rngs, dtype)
+    blocks, cin = [], 16
+    for i, cout in enumerate((16 * self.WIDEN, 32 * self.WIDEN, 64 * self.WIDEN)):
+      for j in range((self.DEPTH - 4) // 6):
+        strides = 2 if i > 0 and j == 0 else 1
+        blocks.append(WideBlock(cin, cout, strides, dropout_rate=dropout_rate, dtype=dtype,
+                                zero_init_residual=zero_init_residual, rngs=rngs))
+        cin = cout
+    self.blocks = nnx.List(blocks)
+    self.final_bn = _norm(cin, rngs, dtype)
+    self.head = nnx.Linear(cin, num_classes, dtype=dtype, rngs=rngs)
+
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    x = self.stem_conv(x)
+    for block in self.blocks:
+      x = block(x, train)
+    x = nnx.relu(self.final_bn(x, use_running_average=not train))
+    x = jnp.mean(x, axis=(1, 2))
+    return self.head(x).astype(jnp.float32)
+
+
+class WideResNet28_10(WideResNet):
+  DEPTH, WIDEN = 28, 10
