@@ -50,6 +50,43 @@ def test_hosts_read_disjoint_blocks_of_the_same_global_batch(train_source):
     # same augmentation: the crops and flips depend on the global position only.
 
 
+class _Indices:
+  """A source whose example i is the number i: shows exactly who read what."""
+
+  def __init__(self, n: int):
+    self.n = n
+
+  def __len__(self):
+    return self.n
+
+  def __getitem__(self, i):
+    return {'image': np.asarray(i), 'label': np.asarray(0)}
+
+
+def test_two_hosts_read_disjoint_parts_that_cover_the_split():
+  ident = lambda ex, rng: ex
+  n, batch, hosts = 300, 20, 2  # One epoch = 15 steps.
+  seen = [np.concatenate([ip.train_dataset(_Indices(n), ident, global_batch=batch, seed=5,
+                                           shard=ip.HostShard(h, hosts))[k]['image']
+                          for k in range(n // batch)]) for h in range(hosts)]
+  assert not set(seen[0]) & set(seen[1])  # Disjoint ...
+  assert sorted(np.concatenate(seen)) == list(range(n))  # ... and together the split.
+  assert len(seen[0]) == len(seen[1]) == n // hosts  # Each reads only its half.
+
+
+def test_cached_split_gives_the_same_batches_as_reading_through_tfds(data_dir):
+  config = base_config()
+  config.dataset.data_dir, config.dataset.cache = data_dir, 'none'
+  direct = sources.open_split(config.dataset, 'train')[0]
+  config.dataset.cache = 'auto'  # The default: the digits fit, so they are read once.
+  cached = sources.open_split(config.dataset, 'train')[0]
+  assert isinstance(cached, sources.ArraySource) and len(cached) == len(direct)
+  a = ip.train_dataset(direct, _cifar_fn(), global_batch=32, seed=2)[50]
+  b = ip.train_dataset(cached, _cifar_fn(), global_batch=32, seed=2)[50]
+  np.testing.assert_array_equal(a['image'], b['image'])
+  np.testing.assert_array_equal(a['label'], b['label'])
+
+
 @pytest.mark.parametrize('hosts', [1, 3])
 def test_eval_counts_every_example_once(data_dir, hosts):
   config = base_config()

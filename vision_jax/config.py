@@ -37,9 +37,24 @@ def base_config() -> ml_collections.ConfigDict:
   c.dataset.train_split = 'train'   # tfds split syntax, e.g. 'train[:90%]'.
   c.dataset.eval_splits = ('test',)
   c.dataset.image_size = 0          # 0 = the dataset's native size.
-  c.dataset.preprocess = 'resize'   # Train-time recipe: 'resize' | 'cifar' | 'inception'.
-  c.dataset.mean = ()               # Per-channel mean/std in [0, 1] units; () = 0.5 / 0.5.
+  c.dataset.channels = 0            # 0 = as stored; 1 = grey (luma); 3 = RGB (grey repeated).
+  c.dataset.classes = ()            # Class subset (indices or names); labels become 0..k-1.
+  # Recipes (vision_jax/data/preprocess.py): 'resize' | 'cifar' | 'inception' | 'center_crop'.
+  c.dataset.preprocess = 'resize'   # Train-time recipe.
+  c.dataset.eval_preprocess = ''    # '' = the recipe's eval twin (inception -> center_crop).
+  c.dataset.crop_fraction = 0.875   # center_crop: shorter side to size / this (224 <- 256).
+  c.dataset.min_crop_area = 0.08    # inception: smallest crop, as a fraction of the image.
+  c.dataset.mean = ()               # Per-channel mean/std in [0, 1] units; () = 0.5 / 0.5 ...
   c.dataset.std = ()
+  c.dataset.normalization = ''      # ... or a preset: imagenet | cifar10 | cifar100 | mnist.
+  c.dataset.mixup_alpha = 0.0       # > 0: mixup, Beta(a, a), on device in the train step.
+  c.dataset.cutmix_alpha = 0.0      # > 0: cutmix; with both, cutmix with prob cutmix_prob.
+  c.dataset.cutmix_prob = 0.5
+  c.dataset.cache = 'auto'          # 'auto' (splits under cache_max_mb) | 'memory' | 'none'.
+  c.dataset.cache_max_mb = 1024     # Decoded size of one split read once into host memory.
+  c.dataset.folder_test_fraction = 0.2  # folder: without train/ test/ sub-folders, this ...
+  c.dataset.folder_split_seed = 0   # ... fraction of each class is 'test', chosen with this seed.
+  c.dataset.skip_corrupt = False    # folder: skip unreadable images (logged) instead of failing.
   c.dataset.num_threads = 4         # Host threads decoding and augmenting examples.
 
   c.model = ml_collections.ConfigDict()

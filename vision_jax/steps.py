@@ -27,11 +27,14 @@ def _all_finite(tree) -> jax.Array:
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                     schedule: Callable, *, mean: Sequence[float], std: Sequence[float],
-                    label_smoothing: float = 0.0, accum_steps: int = 1):
+                    label_smoothing: float = 0.0, accum_steps: int = 1,
+                    mix: Callable | None = None):
   """Returns train_step(state, batch) -> (state, metrics); jit it with shardings.
 
   With accum_steps=k the batch is split into k micro-batches whose gradients are averaged
-  before one update (BatchNorm statistics advance once per micro-batch).
+  before one update (BatchNorm statistics advance once per micro-batch). `mix`
+  (data/mixing.py: mixup / cutmix) turns the normalised batch and its labels into mixed
+  images and soft labels, keyed by (seed, step); accuracy is then against the larger share.
   """
 
   def train_step(state: ts.TrainState, batch: Batch):
@@ -53,6 +56,8 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
       return (grads, {'loss': loss, 'accuracy': accuracy}), ts.split(model)[2]
 
     inputs = {'image': normalize(batch['image'], mean, std), 'label': batch['label']}
+    if mix is not None:
+      inputs['image'], inputs['label'] = mix(inputs['image'], inputs['label'], state.step)
     (grads, metrics), rest = optim.accumulate_gradients(micro_step, inputs, accum_steps,
                                                          state.rest)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)

@@ -53,7 +53,11 @@ class Digits(tfds.core.GeneratorBasedBuilder):
 
 
 def prepare(data_dir: str | None = None) -> tfds.core.DatasetBuilder:
-  """Builds the digits into `data_dir` (offline, a few seconds) unless already there."""
-  builder = Digits(data_dir=data_dir or None, file_format='array_record')
-  builder.download_and_prepare()
+  """Builds the digits into `data_dir` (offline, a few seconds) unless already there.
+
+  Opened without a file format so that a copy prepared as TFRecord is still found.
+  """
+  builder = Digits(data_dir=data_dir or None)
+  if not builder.is_prepared():
+    builder.download_and_prepare(file_format='array_record')
   return builder

@@ -1,10 +1,11 @@
 """Dataset -> this host's share -> preprocess -> batches of numpy arrays.
 
-The training stream is a pure function of (seed, step): a grain shuffle of example indices,
-reshuffled every epoch, read at global positions `step * global_batch + row`. Each host
-reads only the rows of each global batch that belong to it (a contiguous block, so the
-global array assembled from the hosts' blocks holds the same examples in the same order
-whatever the number of processes). Resuming at step k is just starting at position k: the
+The training stream is a pure function of (seed, step): example indices in an order drawn
+per epoch from (seed, epoch), read at global positions `step * global_batch + row`, each
+example augmented with a generator seeded by (seed, position). Each host reads only the
+rows of each global batch that belong to it (a contiguous block, so the global array
+assembled from the hosts' blocks holds the same examples in the same order whatever the
+number of processes). Resuming at step k is just starting at position k: the
 input state saved with a checkpoint is that one integer.
 
 Evaluation reads every example once, padding the last global batch with masked copies.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import threading
 from typing import Iterator
 
 import grain
@@ -36,39 +38,76 @@ def _rows(global_batch: int, shard: HostShard) -> int:
   return global_batch // shard.count
 
 
-def _global_position(local_position: int, global_batch: int, shard: HostShard) -> int:
+class EpochOrder:
+  """Example index at each global position: one permutation of the split per epoch.
+
+  The permutation of epoch e is drawn from (seed, e) alone, so any position can be looked
+  up directly (resume, any host) with one numpy gather; the last few epochs are kept.
+  """
+
+  def __init__(self, size: int, seed: int, keep: int = 4):
+    self.size, self.seed, self.keep = size, seed, keep
+    self._perms: dict[int, np.ndarray] = {}
+    self._lock = threading.Lock()
+
+  def _perm(self, epoch: int) -> np.ndarray:
+    with self._lock:
+      if epoch not in self._perms:
+        self._perms[epoch] = np.random.default_rng((self.seed, epoch)).permutation(self.size)
+        for old in sorted(self._perms)[:-self.keep]:
+          del self._perms[old]
+      return self._perms[epoch]
+
+  def __call__(self, positions: np.ndarray) -> np.ndarray:
+    epochs, offsets = np.divmod(positions, self.size)
+    out = np.empty_like(positions)
+    for epoch in np.unique(epochs):
+      here = epochs == epoch
+      out[here] = self._perm(int(epoch))[offsets[here]]
+    return out
+
+
+def _positions(batch: int, global_batch: int, shard: HostShard) -> np.ndarray:
+  """Global positions of this host's rows of global batch `batch` (a contiguous block)."""
   rows = global_batch // shard.count
-  step, row = divmod(local_position, rows)
-  return step * global_batch + shard.index * rows + row
+  return batch * global_batch + shard.index * rows + np.arange(rows, dtype=np.int64)
+
+
+def _stack(examples: list[dict]) -> dict[str, np.ndarray]:
+  return {k: np.stack([ex[k] for ex in examples]) for k in examples[0]}
 
 
 def train_dataset(source, fn: preprocess.Preprocess, *, global_batch: int, seed: int,
                   shard: HostShard = HostShard()) -> grain.MapDataset:
   """An infinite MapDataset of host-local batches; element k is the batch of step k."""
-  rows = _rows(global_batch, shard)
-  order = grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat(None)
+  _rows(global_batch, shard)
+  order = EpochOrder(len(source), seed)
+  random = getattr(fn, 'random', True)  # Seeding a Generator costs ~20 us: only if used.
 
-  def example(local_position: int):
-    position = _global_position(local_position, global_batch, shard)
-    rng = np.random.default_rng((seed, position))
-    return fn(source[int(order[position])], rng)
+  def batch(step: int) -> dict[str, np.ndarray]:
+    positions = _positions(step, global_batch, shard)
+    return _stack([fn(source[int(i)], np.random.default_rng((seed, int(p))) if random
+                      else None) for p, i in zip(positions, order(positions))])
 
-  return grain.MapDataset.range(0, sys.maxsize).map(example).batch(rows, drop_remainder=True)
+  return grain.MapDataset.range(0, sys.maxsize).map(batch)
 
 
 def eval_dataset(source, fn: preprocess.Preprocess, *, global_batch: int,
                  shard: HostShard = HostShard()) -> grain.MapDataset:
   """Every example once, in order; padded rows have mask 0."""
-  rows = _rows(global_batch, shard)
+  _rows(global_batch, shard)
   num_batches = -(-len(source) // global_batch)
 
-  def example(local_position: int):
-    position = _global_position(local_position, global_batch, shard)
-    out = fn(source[min(position, len(source) - 1)], None)
-    out['mask'] = np.asarray(position < len(source), np.float32)
+  def example(position: int) -> dict[str, np.ndarray]:
+    raw = source[min(position, len(source) - 1)]
+    out = fn(raw, None)  # A skipped unreadable file (folder.py) is masked out too.
+    out['mask'] = np.asarray(position < len(source) and not raw.get('skipped'), np.float32)
     return out
 
-  return grain.MapDataset.range(num_batches * rows).map(example).batch(rows)
+  def batch(index: int) -> dict[str, np.ndarray]:
+    return _stack([example(int(p)) for p in _positions(index, global_batch, shard)])
+
+  return grain.MapDataset.range(num_batches).map(batch)
 
 
 def iterate(dataset: grain.MapDataset, start: int = 0, num_threads: int = 4) -> Iterator:
@@ -90,33 +129,61 @@ class Data:
   class_names: list[str]
   mean: tuple[float, ...]
   std: tuple[float, ...]
+  eval_preprocess: str = 'resize'
+  crop_fraction: float = 0.875
 
   def describe(self) -> dict:
     """What inference needs without the dataset: written to the workdir as dataset.json."""
     return {'num_classes': self.num_classes, 'image_size': self.image_size,
             'channels': self.channels, 'class_names': self.class_names,
             'mean': list(self.mean), 'std': list(self.std), 'num_train': self.num_train,
-            'eval_sizes': self.eval_sizes}
+            'eval_sizes': self.eval_sizes, 'eval_preprocess': self.eval_preprocess,
+            'crop_fraction': self.crop_fraction}
+
+
+def _check(ds_cfg: ml_collections.ConfigDict) -> None:
+  """Dataset options that can be checked before any data is read."""
+  problems = []
+  if ds_cfg.channels not in (0, 1, 3):
+    problems.append(f'config.dataset.channels={ds_cfg.channels!r}: use 0 (as stored), 1 '
+                    '(grey) or 3 (RGB).')
+  if not 0 < ds_cfg.crop_fraction <= 1:
+    problems.append(f'config.dataset.crop_fraction={ds_cfg.crop_fraction}: use (0, 1].')
+  if not 0 < ds_cfg.min_crop_area <= 1:
+    problems.append(f'config.dataset.min_crop_area={ds_cfg.min_crop_area}: use (0, 1].')
+  if ds_cfg.eval_preprocess not in ('', 'resize', 'center_crop'):
+    problems.append(f'config.dataset.eval_preprocess={ds_cfg.eval_preprocess!r}: use "" '
+                    '(follow config.dataset.preprocess), "resize" or "center_crop".')
+  if problems:
+    raise sources.DatasetConfigError(' '.join(problems))
 
 
 def build(config: ml_collections.ConfigDict, shard: HostShard = HostShard()) -> Data:
   """Opens the configured dataset (failing fast if absent) and builds both streams."""
   ds_cfg = config.dataset
+  _check(ds_cfg)
   train_src, info = sources.open_split(ds_cfg, ds_cfg.train_split)
   size = ds_cfg.image_size or info.image_size
-  train_fn = preprocess.make_preprocess(ds_cfg.preprocess, size, train=True)
-  eval_fn = preprocess.make_preprocess('resize', size, train=False)
+  if not size:
+    raise sources.DatasetConfigError(
+        f'The images of {ds_cfg.name!r} vary in size: set config.dataset.image_size '
+        '(e.g. 224 with preprocess="inception").')
+  channels = ds_cfg.channels or info.channels
+  recipe = dict(channels=channels, crop_fraction=ds_cfg.crop_fraction,
+                min_crop_area=ds_cfg.min_crop_area)
+  train_fn = preprocess.make_preprocess(ds_cfg.preprocess, size, train=True, **recipe)
+  eval_recipe = ds_cfg.eval_preprocess or preprocess.EVAL_RECIPE.get(ds_cfg.preprocess, '')
+  eval_fn = preprocess.make_preprocess(eval_recipe, size, train=False, **recipe)
+  mean, std = preprocess.mean_std(ds_cfg.mean, ds_cfg.std, ds_cfg.normalization, channels)
   evals, eval_sizes = {}, {}
   for split in ds_cfg.eval_splits:
     src, _ = sources.open_split(ds_cfg, split)
     evals[split] = eval_dataset(src, eval_fn, global_batch=config.eval.batch_size, shard=shard)
     eval_sizes[split] = len(src)
-  channels = info.channels
-  mean = tuple(ds_cfg.mean) or (0.5,) * channels
-  std = tuple(ds_cfg.std) or (0.5,) * channels
   return Data(
       train=train_dataset(train_src, train_fn, global_batch=config.train.batch_size,
                           seed=config.seed, shard=shard),
       evals=evals, eval_sizes=eval_sizes, num_train=len(train_src),
       num_classes=info.num_classes, image_size=size, channels=channels,
-      class_names=info.class_names, mean=mean, std=std)
+      class_names=info.class_names, mean=mean, std=std, eval_preprocess=eval_recipe,
+      crop_fraction=ds_cfg.crop_fraction)
