@@ -112,8 +112,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.init_from.skip = ('head/.*',)    # Regexes of variables re-initialised, not loaded.
   c.init_from.zero_init_skipped = True  # Re-initialise skipped variables to zeros.
 
+  # The device mesh, axes ('data', 'fsdp'); the batch is split over both (every device
+  # computes on its share of the global batch). data x fsdp must equal the device count.
   c.mesh = ml_collections.ConfigDict()
-  c.mesh.data = -1                  # -1 = every device.
+  c.mesh.data = -1                  # Replicas of the state; -1 = all remaining devices.
+  c.mesh.fsdp = 1                   # Devices each large state array is split over; 1 = off.
+  c.mesh.fsdp_min_mib = 4.0         # Arrays smaller than this stay replicated under FSDP.
   return c
 
 
@@ -198,10 +202,21 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
       options = [p for p in accepted if p not in ('self', 'num_classes', 'rngs')]
       raise ConfigError(f'config.model.{key} is not an option of model '
                         f'{config.model.name!r}. Its options: {", ".join(options)}.')
+  from vision_jax import parallel  # pylint: disable=g-import-not-at-top
+  data, fsdp = parallel.mesh_shape(config.mesh, num_devices)  # Raises if it does not fit.
+  mesh = f'config.mesh.data={data} x config.mesh.fsdp={fsdp}'
   for dotted in ('train.batch_size', 'eval.batch_size'):
     section, key = dotted.split('.')
     if config[section][key] % num_devices:
       raise ConfigError(
           f'config.{dotted}={config[section][key]} is not divisible by the {num_devices} '
           f'devices. Use a multiple of {num_devices}, e.g. '
-          f'{max(1, round(config[section][key] / num_devices)) * num_devices}.')
+          f'{max(1, round(config[section][key] / num_devices)) * num_devices} (every device '
+          f'takes an equal share of the batch; {mesh}), or a device count that divides it.')
+  accum = config.optim.get('accum_steps', 1)
+  if isinstance(accum, int) and accum > 1 and config.train.batch_size % (num_devices * accum):
+    raise ConfigError(
+        f'config.train.batch_size={config.train.batch_size} / config.optim.accum_steps='
+        f'{accum} does not split evenly over the {num_devices} devices: each micro-batch '
+        f'must. Use a batch size that is a multiple of {num_devices * accum} '
+        f'({num_devices} devices x {accum} micro-batches), or fewer accum_steps.')

@@ -90,6 +90,7 @@ def run(argv: list[str]) -> None:
   config = _load_config(workdir)
   config_lib.validate(config, num_devices=jax.device_count())
   workdir = _check_workdir(workdir)
+  parallel.check_shared_workdir(workdir)  # Multi-host: all processes must see one workdir.
   logging.info('JAX %s, backend %s, process %d of %d, devices: %s', jax.__version__,
                jax.default_backend(), jax.process_index(), jax.process_count(), jax.devices())
   logging.info('Config:\n%s', config)

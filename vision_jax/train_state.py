@@ -69,7 +69,8 @@ def create(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, *, num_cl
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, rest=rest,
                       opt_state=tx.init(params))
 
-  shardings = jax.tree.map(lambda _: parallel.replicated(mesh), jax.eval_shape(init))
+  # Replicated, or FSDP-sharded by config.mesh (see parallel.state_shardings).
+  shardings = parallel.state_shardings(jax.eval_shape(init), mesh, config)
   state = jax.jit(init, out_shardings=shardings)()
   return graphdef, state, tx, schedule, shardings
 
