@@ -45,6 +45,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.steps = _EPOCHS * steps_per_epoch
   config.train.log_every = 100
   config.train.eval_every = 10 * steps_per_epoch
-  config.eval.batch_size = 500
+  config.eval.batch_size = 512
   config.checkpoint.every_steps = 10 * steps_per_epoch
   return config

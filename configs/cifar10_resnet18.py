@@ -47,7 +47,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.steps = _EPOCHS * steps_per_epoch
   config.train.log_every = 100
   config.train.eval_every = 10 * steps_per_epoch
-  config.eval.batch_size = 500
+  config.eval.batch_size = 512
   config.checkpoint.every_steps = 10 * steps_per_epoch
 
   config.sweep = tuple({'optim.learning_rate': lr} for lr in (0.05, 0.1, 0.2))

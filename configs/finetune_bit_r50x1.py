@@ -51,6 +51,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.steps = 10_000
   config.train.log_every = 100
   config.train.eval_every = 1000
-  config.eval.batch_size = 1000
+  config.eval.batch_size = 1024
   config.checkpoint.every_steps = 1000
   return config

@@ -156,8 +156,9 @@ def explain_override_error(argv: list[str], error: Exception) -> str:
   if path is None:
     return f'--config could not be loaded ({error}). Pass --config=configs/<name>.py.'
   try:
-    config = ml_collections.config_flags.config_flags._LoadConfigModule(  # pylint: disable=protected-access
-        'config', path).get_config()
+    file, _, variant = path.partition(':')
+    module = ml_collections.config_flags.config_flags._LoadConfigModule('config', file)  # pylint: disable=protected-access
+    config = module.get_config(variant) if variant else module.get_config()
   except Exception as e:  # pylint: disable=broad-except
     return (f'--config={path} could not be loaded: {type(e).__name__}: {e}. Pass an '
             'existing config file with a get_config() function, e.g. configs/default.py.')
@@ -196,7 +197,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     raise ConfigError(f'Unknown model config.model.name={config.model.name!r}.'
                       f'{_close(config.model.name, models.list_models())} Known models: '
                       f'{", ".join(models.list_models())}.')
-  accepted = inspect.signature(models._REGISTRY[config.model.name].__init__).parameters  # pylint: disable=protected-access
+  accepted = inspect.signature(models.model_class(config.model.name).__init__).parameters
   for key in model_kwargs(config):
     if key not in accepted:
       options = [p for p in accepted if p not in ('self', 'num_classes', 'rngs')]

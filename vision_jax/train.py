@@ -25,6 +25,7 @@ from vision_jax import steps
 from vision_jax import train_state
 from vision_jax import visualize
 from vision_jax.data import input_pipeline
+from vision_jax.data import mixing
 from vision_jax.errors import UserError
 from vision_jax.preemption import PreemptionWatcher
 
@@ -136,7 +137,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   train_step = jax.jit(
       steps.make_train_step(graphdef, tx, schedule, **norm,
                             label_smoothing=config.optim.label_smoothing,
-                            accum_steps=config.optim.accum_steps),
+                            accum_steps=config.optim.accum_steps,
+                            mix=mixing.from_config(config.dataset, data.num_classes,
+                                                   config.seed)),
       in_shardings=(shardings, batch_sharding), out_shardings=(shardings, replicated),
       donate_argnums=0)
   eval_step = jax.jit(steps.make_eval_step(graphdef, **norm,

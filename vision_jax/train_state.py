@@ -62,7 +62,11 @@ def create(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, *, num_cl
                        in_channels=in_channels)
 
   graphdef, abstract_params, _ = split(nnx.eval_shape(make_model))
-  tx, schedule = optim.make_optimizer(config, abstract_params, steps_per_epoch=steps_per_epoch)
+  try:
+    tx, schedule = optim.make_optimizer(config, abstract_params,
+                                        steps_per_epoch=steps_per_epoch)
+  except ValueError as e:  # A bad optim value (name, rule, schedule length): the user's fix.
+    raise config_lib.ConfigError(str(e)) from e
 
   def init() -> TrainState:
     _, params, rest = split(make_model())
