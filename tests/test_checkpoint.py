@@ -116,10 +116,11 @@ def test_damaged_checkpoint_errors_or_falls_back(tmp_path, data_dir, uninterrupt
 
 def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, data_dir):
   workdir = tmp_path / 'nan'
-  # Warming up towards an absurd SGD learning rate diverges a few steps in.
+  # From step 10 on the learning rate is multiplied by 1e30: the weights blow up to inf.
   diverging = ['--config', 'configs/default.py', '--workdir', str(workdir),
-               '--config.optim.name=sgd', '--config.optim.learning_rate=1e4',
-               '--config.optim.warmup_steps=50', '--config.train.steps=60',
+               '--config.optim.schedule=piecewise', '--config.optim.warmup_steps=0',
+               '--config.optim.piecewise_boundaries=(10,)',
+               '--config.optim.piecewise_scales=(1e30,)', '--config.train.steps=60',
                '--config.train.log_every=2', '--config.checkpoint.every_steps=2',
                '--config.train.eval_every=0']
   proc = run_cli(diverging, data_dir)
@@ -135,8 +136,7 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, data_dir
   assert all(np.isfinite(v).all() for k, v in arrays.items()
              if k != 'step' and np.issubdtype(v.dtype, np.floating))
   # The kept checkpoint restores: a run that ends at its step re-evaluates it.
-  again = run_cli(diverging + [f'--config.train.steps={last}', '--config.optim.warmup_steps=0'],
-                  data_dir)
+  again = run_cli(diverging + [f'--config.train.steps={last}'], data_dir)
   assert again.returncode == 0, again.stderr[-3000:]
   assert f'Training already finished at step {last}' in again.stderr
 
