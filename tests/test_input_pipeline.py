@@ -112,3 +112,14 @@ def test_absent_dataset_fails_fast_with_instructions(tmp_path):
     sources.open_split(config.dataset, 'train')
   message = str(err.value)
   assert 'cifar10' in message and str(tmp_path) in message and 'tfds build' in message
+
+
+def test_iterators_far_apart_on_one_dataset(train_source):
+  """Readers of one dataset epochs apart (a resume while another reads) all work."""
+  ds = ip.train_dataset(train_source, _cifar_fn(), global_batch=64, seed=5)
+  later = [ds[step]['label'] for step in (300, 330, 360, 390, 420)]  # 5 different epochs.
+  near = ip.iterate(ds, 0, num_threads=2)
+  first = next(near)['label']
+  fresh = ip.train_dataset(train_source, _cifar_fn(), global_batch=64, seed=5)
+  np.testing.assert_array_equal(first, fresh[0]['label'])
+  np.testing.assert_array_equal(ds[300]['label'], later[0])

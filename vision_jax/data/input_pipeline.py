@@ -52,11 +52,13 @@ class EpochOrder:
 
   def _perm(self, epoch: int) -> np.ndarray:
     with self._lock:
-      if epoch not in self._perms:
-        self._perms[epoch] = np.random.default_rng((self.seed, epoch)).permutation(self.size)
-        for old in sorted(self._perms)[:-self.keep]:
-          del self._perms[old]
-      return self._perms[epoch]
+      perm = self._perms.get(epoch)
+      if perm is None:  # Iterators may be anywhere (resume, several at once): any epoch.
+        perm = np.random.default_rng((self.seed, epoch)).permutation(self.size)
+        self._perms[epoch] = perm
+        for old in sorted(self._perms, key=lambda e: abs(e - epoch))[self.keep:]:
+          del self._perms[old]  # Keep the epochs nearest to the one just asked for.
+      return perm
 
   def __call__(self, positions: np.ndarray) -> np.ndarray:
     epochs, offsets = np.divmod(positions, self.size)
