@@ -109,7 +109,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                       out_shardings=parallel.replicated(loaded.mesh))  # As training does.
   logging.info('Evaluating checkpoint %d of %s on %s.', loaded.step, workdir, list(data.evals))
   results = evaluate_splits(eval_step, loaded.state, data.evals, loaded.mesh,
-                            data.num_classes, config.dataset.num_threads)
+                            data.num_classes, data.num_threads)
   confusions = {split: r.pop('confusion_matrix') for split, r in results.items()}
   if jax.process_index() != 0:
     return {'step': loaded.step, 'eval': results}

@@ -5,6 +5,8 @@ steps -> loop: step, log, evaluate, checkpoint -> final evaluation -> results.js
 """
 from __future__ import annotations
 
+import collections
+import contextlib
 import json
 import os
 import sys
@@ -44,7 +46,7 @@ def _write_json(path: str, obj) -> None:
 def _run_evals(eval_step, state, data, mesh, config) -> dict:
   results = {}
   for split, dataset in data.evals.items():
-    batches = input_pipeline.iterate(dataset, 0, config.dataset.num_threads)
+    batches = input_pipeline.iterate(dataset, 0, data.num_threads)
     results[split] = evaluate.summarize(evaluate.collect(eval_step, state, batches, mesh),
                                         data.num_classes)
   return results
@@ -104,6 +106,29 @@ class _MetricLog:
         f.write(json.dumps({'step': step, **means}) + '\n')
 
 
+class _Stopwatch:
+  """Wall time per phase of the loop: logged and written to timing.json at the end.
+
+  The next batch is read while the dispatched step runs, so 'data' overlaps the step;
+  on the CPU backend each step is then waited for ('step_wait').
+  """
+
+  def __init__(self):
+    self.totals: dict[str, float] = collections.defaultdict(float)
+
+  @contextlib.contextmanager
+  def __call__(self, phase: str):
+    start = time.perf_counter()
+    yield
+    self.totals[phase] += time.perf_counter() - start
+
+  def report(self, workdir: str, *, steps: int, loop_s: float) -> None:
+    timing = {'steps': steps, 'loop_s': loop_s,
+              **{f'{k}_s': v for k, v in sorted(self.totals.items())}}
+    logging.info('Loop timing: %s', ', '.join(f'{k}={v:.2f}' for k, v in timing.items()))
+    _write_json(os.path.join(workdir, 'timing.json'), timing)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains (or resumes) the configured run in `workdir`; returns the final results."""
   mesh = parallel.make_mesh(config)
@@ -156,32 +181,43 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # XLA:CPU collectives over simulated devices can deadlock when many steps are in flight.
   sync_every_step = jax.default_backend() == 'cpu'
   show_bar = sys.stdout.isatty() and jax.process_index() == 0
-  batches = input_pipeline.iterate(data.train, start, config.dataset.num_threads)
+  batches = input_pipeline.iterate(data.train, start, data.num_threads)
   preemption = PreemptionWatcher()
+  watch = _Stopwatch()
   t0 = time.time()
+  with watch('data'):
+    batch = parallel.to_global(next(batches), mesh)
   for step in range(start + 1, total + 1):
-    state, metrics = train_step(state, parallel.to_global(next(batches), mesh))
+    with watch('step' if step > start + 1 else 'first_step'):
+      state, metrics = train_step(state, batch)  # Dispatched: runs while we fetch the next.
+    if step < total:
+      with watch('data'):
+        batch = parallel.to_global(next(batches), mesh)
     if sync_every_step:
-      jax.block_until_ready(metrics)
+      with watch('step_wait'):
+        jax.block_until_ready(metrics)
     metric_log.add(step, metrics)
-    for hook in hooks:
-      hook(step)
-    if show_bar:
-      print(f'\rstep {step}/{total} ({(step - start) / (time.time() - t0):.1f} steps/s)',
-            end='', flush=True)
-    if step % config.train.log_every == 0 or step == total:
-      metric_log.flush(ckpt)
+    with watch('log'):
+      for hook in hooks:
+        hook(step)
+      if show_bar:
+        print(f'\rstep {step}/{total} ({(step - start) / (time.time() - t0):.1f} steps/s)',
+              end='', flush=True)
+      if step % config.train.log_every == 0 or step == total:
+        metric_log.flush(ckpt)
     evals = {}
     if step == total or (config.train.eval_every and step % config.train.eval_every == 0):
-      evals = _run_evals(eval_step, state, data, mesh, config)
-      _log_evals(writer, step, evals, workdir)
+      with watch('eval'):
+        evals = _run_evals(eval_step, state, data, mesh, config)
+        _log_evals(writer, step, evals, workdir)
     stop = preemption.should_stop(step)
     if step % config.checkpoint.every_steps == 0 or step == total or stop:
-      metric_log.flush(ckpt)  # Never save parameters from after a non-finite step.
-      ckpt.save(step, state, {'next_step': step, 'seed': config.seed,
-                              'global_batch': config.train.batch_size},
-                metrics={f'{split}/{k}': v for split, r in evals.items()
-                         for k, v in r.items() if isinstance(v, float)})
+      with watch('checkpoint'):
+        metric_log.flush(ckpt)  # Never save parameters from after a non-finite step.
+        ckpt.save(step, state, {'next_step': step, 'seed': config.seed,
+                                'global_batch': config.train.batch_size},
+                  metrics={f'{split}/{k}': v for split, r in evals.items()
+                           for k, v in r.items() if isinstance(v, float)})
     if stop:
       ckpt.wait()
       logging.warning('Preempted: saved step %d in %s; rerun the same command to resume.',
@@ -190,6 +226,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if show_bar:
     print()
   writer.flush()
-  ckpt.wait()
-  ckpt.close()
+  with watch('checkpoint'):
+    ckpt.wait()
+    ckpt.close()
+  watch.report(workdir, steps=total - start, loop_s=time.time() - t0)
   return _finish(workdir, total, evals)

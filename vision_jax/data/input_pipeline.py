@@ -133,6 +133,7 @@ class Data:
   std: tuple[float, ...]
   eval_preprocess: str = 'resize'
   crop_fraction: float = 0.875
+  num_threads: int = 4  # Reader threads: 0 when the train split is already in memory.
 
   def describe(self) -> dict:
     """What inference needs without the dataset: written to the workdir as dataset.json."""
@@ -188,4 +189,12 @@ def build(config: ml_collections.ConfigDict, shard: HostShard = HostShard()) -> 
       evals=evals, eval_sizes=eval_sizes, num_train=len(train_src),
       num_classes=info.num_classes, image_size=size, channels=channels,
       class_names=info.class_names, mean=mean, std=std, eval_preprocess=eval_recipe,
-      crop_fraction=ds_cfg.crop_fraction)
+      crop_fraction=ds_cfg.crop_fraction, num_threads=_reader_threads(ds_cfg, train_src))
+
+
+def _reader_threads(ds_cfg: ml_collections.ConfigDict, train_src) -> int:
+  """config.dataset.num_threads, or with -1: none for a split held in memory (a gather
+  is cheaper than handing batches between threads on a busy CPU), 4 otherwise."""
+  if ds_cfg.num_threads >= 0:
+    return ds_cfg.num_threads
+  return 0 if isinstance(train_src, sources.ArraySource) else 4

@@ -240,7 +240,7 @@ def open_split(ds_cfg: ml_collections.ConfigDict, split: str) -> tuple[Sequence,
   # Read into memory once: a split that fits, or a class subset of one already in memory.
   if (fits or isinstance(opened.source, ArraySource)) and not isinstance(source, ArraySource):
     num = len(source)
-    source = _load(source, ds_cfg.num_threads)
+    source = _load(source, ds_cfg.num_threads if ds_cfg.num_threads > 0 else 4)
     skipped = f', {num - len(source)} unreadable images skipped' if num > len(source) else ''
     logging.info('%s[%s] in memory: %d examples%s.', ds_cfg.name, split, len(source), skipped)
   return source, info
