@@ -18,7 +18,11 @@ _FAST_CPU_OPS = False
 
 @contextlib.contextmanager
 def fast_cpu_ops(enabled: bool) -> Iterator[None]:
-  """Layers built inside this context use the CPU fast path when `enabled`."""
+  """Convs built, and max-pools traced, inside this context use the CPU fast path.
+
+  A conv's choice is fixed when it is built (it is a module attribute); `max_pool` is a
+  function and follows the switch active when the step is traced (or its `fast` argument).
+  """
   global _FAST_CPU_OPS
   previous, _FAST_CPU_OPS = _FAST_CPU_OPS, enabled
   try:
@@ -45,9 +49,15 @@ def conv(in_features: int, out_features: int, kernel_size: int | Sequence[int], 
                   conv_general_dilated=_conv_impl(), rngs=rngs, **kwargs)
 
 
-def max_pool(x: jax.Array, window: int, strides: int, padding: str = 'VALID') -> jax.Array:
-  """Max pooling over H and W of an NHWC batch."""
-  if _FAST_CPU_OPS:
+def fast_cpu_ops_enabled() -> bool:
+  """The switch now: a model may record it in __init__ and pass it to `max_pool`."""
+  return _FAST_CPU_OPS
+
+
+def max_pool(x: jax.Array, window: int, strides: int, padding: str = 'VALID', *,
+             fast: bool | None = None) -> jax.Array:
+  """Max pooling over H and W of an NHWC batch; `fast=None` follows the active switch."""
+  if _FAST_CPU_OPS if fast is None else fast:
     from vision_jax.ops import pool as fast_pool  # pylint: disable=g-import-not-at-top
     return fast_pool.max_pool(x, window, strides, padding)
   return nnx.max_pool(x, (window, window), (strides, strides), padding)

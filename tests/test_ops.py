@@ -1,0 +1,181 @@
+"""The CPU fast path equals XLA: forward values and gradients w.r.t. inputs and weights.
+
+"Equal" is max|ours - xla| <= 1e-5 * max|xla| per tensor: the paths sum the same products
+in a different order, so float32 rounding differs in the last bits.
+"""
+from __future__ import annotations
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+from jax import lax
+
+from vision_jax import ops
+from vision_jax.models import create_model, layers
+from vision_jax.ops import conv as fast_conv
+from vision_jax.ops import pool as fast_pool
+
+RTOL = 1e-5
+DN = ('NHWC', 'HWIO', 'NHWC')
+
+
+def assert_close(actual, expected, rtol: float = RTOL) -> None:
+  actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+  assert actual.shape == expected.shape
+  scale = max(np.abs(expected).max(), 1e-30)
+  err = np.abs(actual - expected).max() / scale
+  assert err <= rtol, f'relative error {err:.2e} > {rtol:.0e}'
+
+
+def _rand(rng, shape, dtype=jnp.float32):
+  return jnp.asarray(rng.standard_normal(shape), dtype)
+
+
+def _conv_vjps(x, w, strides, padding, dtype=jnp.float32):
+  """(y, dx, dw) for XLA's conv and ours, with the same random cotangent."""
+  dn = lax.conv_dimension_numbers(x.shape, w.shape, DN)  # As nnx.Conv passes it.
+  ref = lambda x, w: lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=dn)
+  ours = lambda x, w: fast_conv.conv_general_dilated(x, w, strides, padding,
+                                                     dimension_numbers=dn)
+  y_ref, vjp_ref = jax.vjp(jax.jit(ref), x, w)
+  y, vjp = jax.vjp(jax.jit(ours), x, w)
+  g = _rand(np.random.default_rng(1), y_ref.shape, dtype)
+  return (y_ref, *vjp_ref(g)), (y, *vjp(g))
+
+
+@pytest.fixture(params=['plan', 'all_ours', 'all_xla'])
+def method(request, monkeypatch):
+  """Runs a test under the per-shape plan, then with each gradient forced to one method."""
+  force = {'plan': {}, 'all_ours': {'dw': 'ours', 'dx': 'ours'},
+           'all_xla': {'dw': 'xla', 'dx': 'xla'}}[request.param]
+  monkeypatch.setattr(fast_conv, 'FORCE', force)
+  return request.param
+
+
+@pytest.mark.parametrize('kernel,strides,padding', list(itertools.product(
+    (1, 3, 7), (1, 2), ('SAME', 'VALID'))))
+def test_conv_matches_xla(kernel, strides, padding, method):
+  del method
+  rng = np.random.default_rng(kernel * 10 + strides)
+  x = _rand(rng, (3, 11, 9, 5))  # Odd sizes: SAME pads asymmetrically at stride 2.
+  w = _rand(rng, (kernel, kernel, 5, 4))
+  for r, o in zip(*_conv_vjps(x, w, (strides, strides), padding)):
+    assert_close(o, r)
+
+
+@pytest.mark.parametrize('padding', [((1, 2), (0, 1)), ((3, 3), (3, 3)), ((0, 0), (2, 0))])
+def test_conv_explicit_padding(padding, method):
+  del method
+  rng = np.random.default_rng(2)
+  x, w = _rand(rng, (2, 10, 7, 3)), _rand(rng, (3, 3, 3, 6))
+  for r, o in zip(*_conv_vjps(x, w, (2, 2), padding)):
+    assert_close(o, r)
+
+
+def test_conv_weight_grad_chunks_with_tail(monkeypatch):
+  """Batch split into scanned chunks plus a remainder chunk still sums every image."""
+  monkeypatch.setattr(fast_conv, '_MAX_CHUNK_ROWS', 2 * 9 * 9)  # 2 images a chunk, batch 7.
+  monkeypatch.setattr(fast_conv, 'FORCE', {'dw': 'ours'})
+  rng = np.random.default_rng(3)
+  x, w = _rand(rng, (7, 9, 9, 4)), _rand(rng, (3, 3, 4, 5))
+  for r, o in zip(*_conv_vjps(x, w, (1, 1), 'SAME')):
+    assert_close(o, r)
+
+
+def test_conv_bfloat16():
+  rng = np.random.default_rng(4)
+  x = _rand(rng, (2, 9, 9, 8), jnp.bfloat16)
+  w = _rand(rng, (3, 3, 8, 8), jnp.bfloat16)
+  ref, ours = _conv_vjps(x, w, (2, 2), 'SAME', jnp.bfloat16)
+  assert_close(ours[0], ref[0], 0)  # Same XLA forward.
+  for r, o in zip(ref[1:], ours[1:]):
+    assert o.dtype == jnp.bfloat16
+    assert_close(o, r, 2e-2)  # bf16 keeps ~3 significant digits.
+
+
+@pytest.mark.parametrize('kwargs', [{'rhs_dilation': (2, 2)}, {'lhs_dilation': (2, 1)},
+                                    {'feature_group_count': 2}])
+def test_conv_unhandled_cases_fall_back_to_lax(kwargs):
+  rng = np.random.default_rng(5)
+  groups = kwargs.get('feature_group_count', 1)
+  x, w = _rand(rng, (2, 9, 9, 4)), _rand(rng, (3, 3, 4 // groups, 6))
+  pads = ((1, 1), (1, 1))  # lax rejects string padding with lhs_dilation.
+  f = lambda c: (lambda x, w: c(x, w, (1, 1), pads, dimension_numbers=DN, **kwargs))
+  ref = jax.grad(lambda x, w: jnp.sum(f(lax.conv_general_dilated)(x, w)**2), (0, 1))(x, w)
+  ours = jax.grad(lambda x, w: jnp.sum(f(fast_conv.conv_general_dilated)(x, w)**2),
+                  (0, 1))(x, w)
+  for r, o in zip(ref, ours):
+    np.testing.assert_array_equal(o, r)
+
+
+def test_nnx_conv_uses_it_as_drop_in():
+  rngs = nnx.Rngs(0)
+  ref = nnx.Conv(3, 5, (3, 3), strides=2, rngs=rngs)
+  ours = nnx.Conv(3, 5, (3, 3), strides=2, rngs=nnx.Rngs(0),
+                  conv_general_dilated=fast_conv.conv_general_dilated)
+  x = _rand(np.random.default_rng(6), (2, 7, 7, 3))
+  np.testing.assert_array_equal(ours(x), ref(x))
+
+
+POOLS = [(2, 2, 'VALID'), (2, 2, 'SAME'), (3, 2, 'SAME'), (3, 2, 'VALID'),
+         (3, 2, ((1, 1), (1, 1))), (3, 1, 'SAME'), (2, 1, ((1, 0), (0, 1)))]
+
+
+@pytest.mark.parametrize('window,strides,padding', POOLS)
+@pytest.mark.parametrize('ties', [False, True])
+def test_max_pool_matches_xla(window, strides, padding, ties):
+  """Values and gradients equal; with ties both send a window's gradient to its first max."""
+  rng = np.random.default_rng(window * 10 + strides)
+  x = rng.standard_normal((2, 9, 11, 3)).astype(np.float32)
+  if ties:
+    x = np.maximum(np.round(x), 0)  # Like ReLU outputs: many equal values per window.
+  x = jnp.asarray(x)
+  pw = (window, window)
+  ref = jax.jit(lambda x: nnx.max_pool(x, pw, (strides, strides), padding))
+  ours = jax.jit(lambda x: fast_pool.max_pool(x, window, strides, padding))
+  y_ref, vjp_ref = jax.vjp(ref, x)
+  y, vjp = jax.vjp(ours, x)
+  np.testing.assert_array_equal(y, y_ref)
+  g = _rand(np.random.default_rng(0), y.shape)
+  assert_close(vjp(g)[0], vjp_ref(g)[0])
+
+
+def _loss_and_grads(fast: bool):
+  model = create_model('convnet', 10, image_size=32, fast_cpu_ops=fast, rngs=nnx.Rngs(0))
+  rng = np.random.default_rng(7)
+  images = jnp.asarray(rng.random((4, 32, 32, 3), np.float32))
+  labels = jnp.asarray(rng.integers(0, 10, 4))
+
+  def loss_fn(model):
+    logits = model(images, train=True)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+  with layers.fast_cpu_ops(fast):  # Max-pools follow the switch active at trace time.
+    return nnx.jit(lambda m: nnx.value_and_grad(loss_fn)(m))(model)
+
+
+@pytest.mark.parametrize('force', [{}, {'dw': 'ours', 'dx': 'ours'}])
+def test_convnet_fast_path_equals_xla(force, monkeypatch):
+  """Same loss and gradients; at this small batch `plan` keeps XLA's dw, so force ours too."""
+  monkeypatch.setattr(fast_conv, 'FORCE', force)
+  loss_ref, grads_ref = _loss_and_grads(False)
+  loss, grads = _loss_and_grads(True)
+  np.testing.assert_allclose(loss, loss_ref, rtol=RTOL)
+  leaves_ref = jax.tree.leaves_with_path(grads_ref)
+  leaves = jax.tree.leaves_with_path(grads)
+  assert [p for p, _ in leaves] == [p for p, _ in leaves_ref]
+  for (_, r), (_, o) in zip(leaves_ref, leaves):
+    assert_close(o, r)
+
+
+def test_resolve_fast_cpu_ops():
+  assert ops.resolve_fast_cpu_ops('auto') == (jax.default_backend() == 'cpu')
+  assert ops.resolve_fast_cpu_ops(True) and ops.resolve_fast_cpu_ops('on')
+  assert not ops.resolve_fast_cpu_ops(False) and not ops.resolve_fast_cpu_ops('False')
+  with pytest.raises(ValueError, match='fast_cpu_ops'):
+    ops.resolve_fast_cpu_ops('sometimes')
