@@ -107,3 +107,31 @@ def test_workdir_not_shared_between_processes_is_refused(tmp_path, data_dir):
     assert 'is not shared between the processes: process(es) 1 cannot see' in err
     assert 'Traceback' not in err
   assert not (tmp_path / 'host0' / 'checkpoints').exists()
+
+
+def test_sigterm_to_one_host_stops_every_host_at_the_same_step(tmp_path, data_dir):
+  """A preemption notice reaching one process: all save the same step and exit 0."""
+  import signal
+  import time
+  workdir = tmp_path / 'preempted'
+  env = dict(os.environ, TFDS_DATA_DIR=data_dir, TMPDIR=str(tmp_path))
+  env.pop('XLA_FLAGS', None)
+  args = ['--config', 'configs/default.py', '--workdir', str(workdir),
+          '--config.train.steps=5000', '--config.checkpoint.every_steps=50',
+          '--config.train.eval_every=0']
+  launcher = subprocess.Popen(['bash', os.path.join(REPO, 'launch', 'local.sh'), '2', *args],
+                              cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+  deadline = time.time() + 240
+  while not (workdir / 'checkpoints' / '50').is_dir():
+    assert launcher.poll() is None and time.time() < deadline, 'no checkpoint at step 50'
+    time.sleep(0.1)
+  worker = subprocess.run(['pgrep', '-f', f'process_id=1.*{workdir}|{workdir}.*process_id=1'],
+                          capture_output=True, text=True).stdout.split()
+  assert worker, 'process 1 not found'
+  os.kill(int(worker[0]), signal.SIGTERM)
+  assert launcher.wait(timeout=240) == 0
+  logs = [(workdir / 'logs' / f'process_{i}.log').read_text() for i in range(2)]
+  saved = [int(log.split('Preempted: saved step ')[1].split()[0]) for log in logs]
+  assert saved[0] == saved[1] and 50 <= saved[0] < 5000
+  assert str(saved[0]) in os.listdir(workdir / 'checkpoints')
