@@ -60,6 +60,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.name = 'convnet'          # vision_jax.models.list_models()
   c.model.dtype = 'float32'         # Compute dtype; parameters stay float32.
+  c.model.fast_cpu_ops = 'auto'     # CPU fast conv/pool gradients: 'auto' (on on CPU) | bool.
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = 'adamw'
@@ -182,8 +183,8 @@ def _positive(config, dotted: str) -> None:
 
 
 def model_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """config.model minus its name: the keyword arguments of the model's constructor."""
-  return {k: v for k, v in config.model.items() if k != 'name'}
+  """config.model minus name and fast_cpu_ops: the keyword arguments of its constructor."""
+  return {k: v for k, v in config.model.items() if k not in ('name', 'fast_cpu_ops')}
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
@@ -203,6 +204,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
       options = [p for p in accepted if p not in ('self', 'num_classes', 'rngs')]
       raise ConfigError(f'config.model.{key} is not an option of model '
                         f'{config.model.name!r}. Its options: {", ".join(options)}.')
+  from vision_jax import ops  # pylint: disable=g-import-not-at-top
+  try:
+    ops.resolve_fast_cpu_ops(config.model.get('fast_cpu_ops', False))
+  except ValueError as e:
+    raise ConfigError(str(e)) from e
   from vision_jax import parallel  # pylint: disable=g-import-not-at-top
   data, fsdp = parallel.mesh_shape(config.mesh, num_devices)  # Raises if it does not fit.
   mesh = f'config.mesh.data={data} x config.mesh.fsdp={fsdp}'

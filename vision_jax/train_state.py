@@ -18,6 +18,7 @@ from flax import nnx
 
 from vision_jax import config as config_lib
 from vision_jax import models
+from vision_jax import ops
 from vision_jax import optim
 from vision_jax import parallel
 
@@ -32,14 +33,12 @@ class TrainState:
 
 def build_model(config: ml_collections.ConfigDict, *, num_classes: int, image_size: int,
                 in_channels: int, seed: int | None = None) -> nnx.Module:
-  """The configured model; `fast_cpu_ops` follows config.model.fast_cpu_ops if present."""
-  kwargs = config_lib.model_kwargs(config)
-  fast = kwargs.pop('fast_cpu_ops', False)
-  if fast == 'auto':
-    fast = jax.default_backend() == 'cpu'
+  """The configured model, on the CPU fast path when config.model.fast_cpu_ops says so."""
+  fast = ops.resolve_fast_cpu_ops(config.model.get('fast_cpu_ops', False))
   return models.create_model(
       config.model.name, num_classes, rngs=nnx.Rngs(config.seed if seed is None else seed),
-      image_size=image_size, in_channels=in_channels, fast_cpu_ops=bool(fast), **kwargs)
+      image_size=image_size, in_channels=in_channels, fast_cpu_ops=fast,
+      **config_lib.model_kwargs(config))
 
 
 def split(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
