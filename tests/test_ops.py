@@ -48,12 +48,17 @@ def _conv_vjps(x, w, strides, padding, dtype=jnp.float32):
   return (y_ref, *vjp_ref(g)), (y, *vjp(g))
 
 
-@pytest.fixture(params=['plan', 'all_ours', 'all_xla'])
+@pytest.fixture(params=['plan', 'ours_matmul', 'ours_conv_chunked', 'xla'])
 def method(request, monkeypatch):
-  """Runs a test under the per-shape plan, then with each gradient forced to one method."""
-  force = {'plan': {}, 'all_ours': {'dw': 'ours', 'dx': 'ours'},
-           'all_xla': {'dw': 'xla', 'dx': 'xla'}}[request.param]
+  """Runs a test under the per-shape plan, then with each gradient forced to one method;
+  'ours_conv_chunked' also forces batch chunks of 2 images (batch 3: one chunk + a tail)."""
+  force = {'plan': {}, 'ours_matmul': {'dw': 'ours', 'dx': 'matmul'},
+           'ours_conv_chunked': {'dw': 'ours', 'dx': 'conv'},
+           'xla': {'dw': 'xla', 'dx': 'xla'}}[request.param]
   monkeypatch.setattr(fast_conv, 'FORCE', force)
+  if request.param == 'ours_conv_chunked':
+    monkeypatch.setattr(fast_conv, '_CONV_CHUNK_MIN_BYTES', 0)
+    monkeypatch.setattr(fast_conv, '_CONV_CHUNK_BYTES', 2 * 11 * 9 * 5 * 4)
   return request.param
 
 
@@ -159,7 +164,7 @@ def _loss_and_grads(fast: bool):
     return nnx.jit(lambda m: nnx.value_and_grad(loss_fn)(m))(model)
 
 
-@pytest.mark.parametrize('force', [{}, {'dw': 'ours', 'dx': 'ours'}])
+@pytest.mark.parametrize('force', [{}, {'dw': 'ours', 'dx': 'conv'}])
 def test_convnet_fast_path_equals_xla(force, monkeypatch):
   """Same loss and gradients; at this small batch `plan` keeps XLA's dw, so force ours too."""
   monkeypatch.setattr(fast_conv, 'FORCE', force)

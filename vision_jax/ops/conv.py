@@ -2,7 +2,8 @@
 
 On 2 x86 cores XLA:CPU's weight gradient of a 3x3 conv over 32x32 maps costs ~3x the
 forward pass, and both gradients of a 1x1 conv cost 5-15x (PyTorch/oneDNN: ~1x).
-`conv_general_dilated` keeps XLA's forward and defines its own VJP, per layer shape (`plan`):
+`conv_general_dilated` keeps XLA's convolution for the forward pass and defines its own VJP,
+choosing per layer shape (`plan`):
 
 * weight gradient: im2col over chunks of the batch (a `lax.scan`), each chunk one 2-D
   matmul patches^T (kh*kw*Cin, rows) @ dy (rows, Cout) accumulated in float32. Chunks of
@@ -10,7 +11,10 @@ forward pass, and both gradients of a 1x1 conv cost 5-15x (PyTorch/oneDNN: ~1x).
   einsum were all memory-bound and no faster than XLA. While the activations fit in cache
   (<4 MiB), or one image's patches do not, XLA's own is as fast and is kept.
 * input gradient: for 1x1 kernels one matmul (scattered with a strided pad when strided);
-  for larger kernels XLA's transposed convolution, which is about as fast as the forward.
+  for larger kernels XLA's own transposed convolution, written out explicitly.
+* batch chunks: on CIFAR-sized maps (batch 128 of 32x32x64) XLA's conv runs on one thread
+  and out of cache; the forward and the input gradient then run over ~2 MiB batch chunks
+  (`lax.map`), 1.3-1.8x faster.
 
 It is a drop-in for `jax.lax.conv_general_dilated` as `flax.nnx.Conv` calls it. Calls it does
 not handle (dilation, groups, other layouts, `preferred_element_type`, sharding) go to lax
@@ -31,10 +35,15 @@ Pads = tuple[tuple[int, int], tuple[int, int]]
 _NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1),
                                  out_spec=(0, 3, 1, 2))
 _DN = ('NHWC', 'HWIO', 'NHWC')
-# Benchmark override of `plan`: {'dw': 'ours'|'xla', 'dx': 'ours'|'xla'}. Read at trace time.
+# Override of `plan`: {'dw': 'ours'|'xla', 'dx': 'matmul'|'conv'|'xla'}. Read at trace time.
 FORCE: dict[str, str] = {}
 # Below this activation size (x or dy) XLA's own weight gradient is as fast (in cache).
 _XLA_DW_MAX_BYTES = 4 << 20
+# Forward / input-gradient batch chunks of ~2 MiB of input, for inputs of >12 MiB made of
+# images of <=512 KiB (see `_batch_chunk`).
+_CONV_CHUNK_BYTES = 2 << 20
+_CONV_CHUNK_MIN_BYTES = 12 << 20
+_CONV_CHUNK_MAX_IMAGE_BYTES = 512 << 10
 # Weight-gradient chunks: patch matrices of ~4.5 MiB (cache-resident), 256..8192 rows.
 _CHUNK_BYTES = 9 << 19
 _MIN_CHUNK_ROWS, _MAX_CHUNK_ROWS = 256, 8192
@@ -93,14 +102,44 @@ def _forward(x: jax.Array, w: jax.Array, strides: tuple[int, int], pads: Pads,
                                   precision=precision)
 
 
+def _batch_chunk(x_shape: Sequence[int], itemsize: int) -> int:
+  """Images per chunk for XLA's conv on CIFAR-sized maps, or 0 to run it unchunked.
+
+  XLA:CPU's conv of 64-channel 32x32 maps runs on one thread and falls out of cache at batch
+  128 (124 GFLOP/s vs 220 at batch 32); chunks of ~_CONV_CHUNK_BYTES of input measured
+  1.3-1.8x faster (forward and input gradient). ImageNet-sized maps gained nothing.
+  """
+  image = math.prod(x_shape[1:]) * itemsize
+  if x_shape[0] * image < _CONV_CHUNK_MIN_BYTES or image > _CONV_CHUNK_MAX_IMAGE_BYTES:
+    return 0
+  nb = max(1, _CONV_CHUNK_BYTES // image)
+  return nb if nb < x_shape[0] else 0
+
+
+def _map_batch(f, x: jax.Array, nb: int) -> jax.Array:
+  """f over chunks of nb images (a sequential `lax.map`), then the remainder, concatenated."""
+  if not nb:
+    return f(x)
+  steps, tail = divmod(x.shape[0], nb)
+  y = lax.map(f, x[:steps * nb].reshape(steps, nb, *x.shape[1:]))
+  y = y.reshape(steps * nb, *y.shape[2:])
+  return jnp.concatenate([y, f(x[steps * nb:])]) if tail else y
+
+
+def _forward_chunked(x: jax.Array, w: jax.Array, strides: tuple[int, int], pads: Pads,
+                     precision: Any) -> jax.Array:
+  nb = _batch_chunk(x.shape, x.dtype.itemsize)
+  return _map_batch(lambda xc: _forward(xc, w, strides, pads, precision), x, nb)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def _conv(x: jax.Array, w: jax.Array, strides: tuple[int, int], pads: Pads,
           precision: Any) -> jax.Array:
-  return _forward(x, w, strides, pads, precision)
+  return _forward_chunked(x, w, strides, pads, precision)
 
 
 def _conv_fwd(x, w, strides, pads, precision):
-  return _forward(x, w, strides, pads, precision), (x, w)
+  return _forward_chunked(x, w, strides, pads, precision), (x, w)
 
 
 def _tap_slice(xp: jax.Array, i: int, j: int, out_hw: tuple[int, int],
@@ -117,15 +156,17 @@ def _pad_input(x: jax.Array, pads: Pads) -> jax.Array:
   return lax.pad(x, zero, ((0, 0, 0), (*pads[0], 0), (*pads[1], 0), (0, 0, 0)))
 
 
-def _im2col_grad(xp: jax.Array, dy: jax.Array, kernel_hw: tuple[int, int],
-                 strides: tuple[int, int], precision: Any) -> jax.Array:
+def _im2col_grad(x: jax.Array, dy: jax.Array, kernel_hw: tuple[int, int],
+                 strides: tuple[int, int], pads: Pads, precision: Any) -> jax.Array:
   """dw of one chunk, (kh*kw*Cin, Cout): patches^T (kh*kw*Cin, rows) @ dy (rows, Cout).
 
-  The patch matrix is transposed explicitly, behind an optimisation barrier so that XLA
-  does not fold the transpose back into the dot: its GEMM ran ~1.5x faster on (K, rows) x
-  (rows, N) operands than on the transposed-LHS form.
+  Padding here, per chunk, lets XLA fuse it into the patch gather. The patch matrix is
+  transposed explicitly, behind an optimisation barrier so that XLA does not fold the
+  transpose back into the dot: its GEMM ran ~1.5x faster on (K, rows) x (rows, N) operands
+  than on the transposed-LHS form.
   """
   (kh, kw), (n, ho, wo, cout) = kernel_hw, dy.shape
+  xp = _pad_input(x, pads)
   taps = [_tap_slice(xp, i, j, (ho, wo), strides) for i in range(kh) for j in range(kw)]
   patches = taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
   patches_t = lax.optimization_barrier(patches.reshape(n * ho * wo, -1).T)
@@ -149,23 +190,22 @@ def weight_grad(x: jax.Array, dy: jax.Array, kernel_hw: tuple[int, int],
   kh, kw = kernel_hw
   n, ho, wo, cout = dy.shape
   cin = x.shape[-1]
-  xp = _pad_input(x, pads)
   nb = _chunk_images(n, ho * wo, kh * kw * cin * x.dtype.itemsize)
   steps, tail = divmod(n, nb)
 
   def body(acc, chunk):
     xc, gc = chunk
-    return acc + _im2col_grad(xc, gc, kernel_hw, strides, precision), None
+    return acc + _im2col_grad(xc, gc, kernel_hw, strides, pads, precision), None
 
   acc = jnp.zeros((kh * kw * cin, cout), jnp.float32)
   if steps == 1:
-    acc, _ = body(acc, (xp[:nb], dy[:nb]))
+    acc, _ = body(acc, (x[:nb], dy[:nb]))
   else:
-    main = (xp[:steps * nb].reshape(steps, nb, *xp.shape[1:]),
+    main = (x[:steps * nb].reshape(steps, nb, *x.shape[1:]),
             dy[:steps * nb].reshape(steps, nb, ho, wo, cout))
     acc, _ = lax.scan(body, acc, main)
   if tail:
-    acc, _ = body(acc, (xp[steps * nb:], dy[steps * nb:]))
+    acc, _ = body(acc, (x[steps * nb:], dy[steps * nb:]))
   return acc.reshape(kh, kw, cin, cout).astype(x.dtype)
 
 
@@ -190,6 +230,28 @@ def input_grad_matmul(dy: jax.Array, w: jax.Array, x_shape: Sequence[int],
   return lax.slice(dxp, (0, plo, qlo, 0), (n, plo + x_shape[1], qlo + x_shape[2], cin))
 
 
+def input_grad_conv(dy: jax.Array, w: jax.Array, x_shape: Sequence[int],
+                    strides: tuple[int, int], pads: Pads, precision: Any = None) -> jax.Array:
+  """dL/dx as XLA's own transpose rule writes it (dy dilated by the stride, correlated with
+  the flipped kernel), spelled out so that it can run over batch chunks like the forward.
+
+  `jax.linear_transpose` of the conv inside `lax.map` lowered to a 3x slower program.
+  """
+  kh, kw = w.shape[:2]
+  _, ho, wo, _ = dy.shape
+  (sh, sw), ((plo, _), (qlo, _)) = strides, pads
+  lo_h, lo_w = kh - 1 - plo, kw - 1 - qlo
+  padding = ((lo_h, x_shape[1] + kh - 1 - (ho - 1) * sh - 1 - lo_h),
+             (lo_w, x_shape[2] + kw - 1 - (wo - 1) * sw - 1 - lo_w))
+  kernel = jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)  # HWIO with I=Cout, O=Cin.
+
+  def grad(dyc):
+    return lax.conv_general_dilated(dyc, kernel, (1, 1), padding, lhs_dilation=strides,
+                                    dimension_numbers=_DN, precision=precision)
+
+  return _map_batch(grad, dy, _batch_chunk(x_shape, dy.dtype.itemsize))
+
+
 def input_grad_xla(dy: jax.Array, w: jax.Array, x_shape: Sequence[int],
                    strides: tuple[int, int], pads: Pads, precision: Any = None) -> jax.Array:
   """dL/dx exactly as XLA computes it (lax's transpose rule: a dilated conv)."""
@@ -208,22 +270,26 @@ def weight_grad_xla(x: jax.Array, dy: jax.Array, w_shape: Sequence[int],
 
 def plan(x_shape: Sequence[int], w_shape: Sequence[int], y_shape: Sequence[int],
          itemsize: int = 4) -> tuple[str, str]:
-  """(weight-grad method, input-grad method), each 'ours' or 'xla', from measured speeds.
+  """(weight-grad method, input-grad method) for one layer, from measured speeds.
 
-  XLA:CPU's weight gradient is fine while the activations fit in cache and 2-3x the
-  forward once they do not (batch 128 at 32x32x64: 33 MB); ours streams cache-sized
-  chunks, so it takes over from _XLA_DW_MAX_BYTES, unless one image's patches alone
-  overflow a chunk (ImageNet-sized early layers). XLA's input gradient of k>1 kernels is
-  about as fast as the forward; for 1x1 kernels both of XLA's gradients are 2-10x slower
-  than one matmul. `FORCE` overrides the plan (benchmarks, tests).
+  dw: 'ours' (chunked im2col) or 'xla'. XLA:CPU's weight gradient is fine while the
+  activations fit in cache and 2-3x the forward once they do not (batch 128 at 32x32x64:
+  33 MB); ours streams cache-sized chunks, so it takes over from _XLA_DW_MAX_BYTES, unless
+  one image's patches alone overflow a chunk (ImageNet-sized early layers).
+  dx: 'matmul' for 1x1 kernels (XLA's is 2-10x slower than one matmul), else 'conv' (XLA's
+  transposed conv, over batch chunks where the forward is chunked), or 'xla'.
+  `FORCE` overrides the plan (benchmarks, tests).
   """
   kh, kw, cin, _ = w_shape
   one_by_one = kh * kw == 1
   big = max(math.prod(x_shape), math.prod(y_shape)) * itemsize >= _XLA_DW_MAX_BYTES
   image_patches = y_shape[1] * y_shape[2] * kh * kw * cin * itemsize
   dw = 'ours' if one_by_one or (big and image_patches <= _CHUNK_BYTES) else 'xla'
-  dx = 'ours' if one_by_one else 'xla'
+  dx = 'matmul' if one_by_one else 'conv'
   return FORCE.get('dw', dw), FORCE.get('dx', dx)
+
+
+_INPUT_GRADS = {'matmul': input_grad_matmul, 'conv': input_grad_conv, 'xla': input_grad_xla}
 
 
 def _conv_bwd(strides, pads, precision, res, dy):
@@ -233,8 +299,7 @@ def _conv_bwd(strides, pads, precision, res, dy):
     dw = weight_grad(x, dy, w.shape[:2], strides, pads, precision)
   else:
     dw = weight_grad_xla(x, dy, w.shape, strides, pads, precision)
-  grad_x = input_grad_matmul if dx_method == 'ours' else input_grad_xla
-  dx = grad_x(dy, w, x.shape, strides, pads, precision)
+  dx = _INPUT_GRADS[dx_method](dy, w, x.shape, strides, pads, precision)
   return dx.astype(x.dtype), dw.astype(w.dtype)
 
 
