@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # pylint: disable=g-import-not-at-top
 from absl import logging
 
-from vision_jax import parallel, steps, train, train_state
+from vision_jax import ops, parallel, steps, train, train_state
 from vision_jax.data import input_pipeline, mixing
 
 
@@ -54,7 +54,8 @@ def bare_loop(config, num_steps: int) -> float:
       steps.make_train_step(graphdef, tx, schedule, mean=data.mean, std=data.std,
                             label_smoothing=config.optim.label_smoothing,
                             accum_steps=config.optim.accum_steps,
-                            mix=mixing.from_config(config.dataset, data.num_classes, config.seed)),
+                            mix=mixing.from_config(config.dataset, data.num_classes, config.seed),
+                            fast_cpu_ops=ops.resolve_fast_cpu_ops(config.model.fast_cpu_ops)),
       in_shardings=(shardings, parallel.batch_sharding(mesh)),
       out_shardings=(shardings, parallel.replicated(mesh)), donate_argnums=0)
   it = input_pipeline.iterate(data.train, 0, 1)

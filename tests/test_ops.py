@@ -184,3 +184,19 @@ def test_resolve_fast_cpu_ops():
   assert not ops.resolve_fast_cpu_ops(False) and not ops.resolve_fast_cpu_ops('False')
   with pytest.raises(ValueError, match='fast_cpu_ops'):
     ops.resolve_fast_cpu_ops('sometimes')
+
+
+@pytest.mark.parametrize('fast', [True, False])
+def test_train_step_uses_the_fast_pool_gradient_when_asked(fast):
+  """The real train step (steps.make_train_step) traces max-pools on the fast path."""
+  from vision_jax import steps, train_state
+  model = create_model('convnet', 10, image_size=8, in_channels=1, fast_cpu_ops=fast)
+  graphdef, params, rest = train_state.split(model)
+  tx = optax.sgd(0.1)
+  state = train_state.TrainState(step=jnp.zeros((), jnp.int32), params=params, rest=rest,
+                                 opt_state=tx.init(params))
+  step = steps.make_train_step(graphdef, tx, lambda s: 0.1, mean=(0.5,), std=(0.5,),
+                               fast_cpu_ops=fast)
+  batch = {'image': jnp.zeros((4, 8, 8, 1), jnp.uint8), 'label': jnp.zeros((4,), jnp.int32)}
+  jaxpr = str(jax.make_jaxpr(step)(state, batch))
+  assert ('select_and_scatter_add' in jaxpr) != fast  # XLA's max-pool gradient.

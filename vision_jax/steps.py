@@ -16,6 +16,7 @@ from flax import nnx
 from vision_jax import optim
 from vision_jax import train_state as ts
 from vision_jax.data.preprocess import normalize
+from vision_jax.models import layers
 
 Batch = dict[str, jax.Array]
 
@@ -28,8 +29,11 @@ def _all_finite(tree) -> jax.Array:
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                     schedule: Callable, *, mean: Sequence[float], std: Sequence[float],
                     label_smoothing: float = 0.0, accum_steps: int = 1,
-                    mix: Callable | None = None):
+                    mix: Callable | None = None, fast_cpu_ops: bool = False):
   """Returns train_step(state, batch) -> (state, metrics); jit it with shardings.
+
+  `fast_cpu_ops` traces the step with the CPU fast path on (layers.fast_cpu_ops), which
+  max-pools follow; convolutions chose theirs when the model was built.
 
   With accum_steps=k the batch is split into k micro-batches whose gradients are averaged
   before one update (BatchNorm statistics advance once per micro-batch). `mix`
@@ -38,6 +42,10 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
   """
 
   def train_step(state: ts.TrainState, batch: Batch):
+    with layers.fast_cpu_ops(fast_cpu_ops):  # Active while jax traces the step.
+      return _train_step(state, batch)
+
+  def _train_step(state: ts.TrainState, batch: Batch):
 
     def micro_step(micro: Batch, rest: nnx.State):
       """Loss, gradients and metrics of one micro-batch; threads the BatchNorm stats."""

@@ -22,6 +22,7 @@ from clu import periodic_actions
 from vision_jax import checkpoint
 from vision_jax import evaluate
 from vision_jax import finetune
+from vision_jax import ops
 from vision_jax import parallel
 from vision_jax import steps
 from vision_jax import train_state
@@ -164,7 +165,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                             label_smoothing=config.optim.label_smoothing,
                             accum_steps=config.optim.accum_steps,
                             mix=mixing.from_config(config.dataset, data.num_classes,
-                                                   config.seed)),
+                                                   config.seed),
+                            fast_cpu_ops=ops.resolve_fast_cpu_ops(config.model.fast_cpu_ops)),
       in_shardings=(shardings, batch_sharding), out_shardings=(shardings, replicated),
       donate_argnums=0)
   eval_step = jax.jit(steps.make_eval_step(graphdef, **norm,
