@@ -150,6 +150,10 @@ def load(workdir: str, config: ml_collections.ConfigDict,
   ckpt_workdir, step = resolve_step(workdir, checkpoint_arg)
   dataset = read_dataset_json(workdir)
   mesh = parallel.make_mesh(config, devices)
+  config = config.copy_and_resolve_references()
+  with config.unlocked():  # Inference and export: XLA's own ops, the same on every backend.
+    config.model.fast_cpu_ops = False if isinstance(
+        config.model.get('fast_cpu_ops'), bool) else 'off'
   steps_per_epoch = max(1, int(dataset.get('num_train', 1)) // config.train.batch_size)
   graphdef, state, _, _, _ = train_state.create(
       config, mesh, num_classes=int(dataset['num_classes']),

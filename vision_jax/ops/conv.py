@@ -77,7 +77,9 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
              and feature_group_count == 1 and batch_group_count == 1
              and preferred_element_type is None and out_sharding is None
              and lhs.dtype == rhs.dtype
-             and jnp.issubdtype(lhs.dtype, jnp.floating))
+             and jnp.issubdtype(lhs.dtype, jnp.floating)
+             # Symbolic (export-polymorphic) dimensions: chunk sizes need concrete shapes.
+             and all(isinstance(d, int) for d in (*lhs.shape, *rhs.shape)))
   if handled:
     strides = tuple(int(s) for s in window_strides)
     if isinstance(padding, str):
