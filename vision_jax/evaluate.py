@@ -63,7 +63,8 @@ def evaluate_splits(eval_step: Callable, state, evals: dict, mesh: Mesh,
           for split, dataset in evals.items()}
 
 
-def _write_json(path: str, obj) -> None:
+def write_json(path: str, obj) -> None:
+  """Writes JSON atomically (a temporary file renamed): never a half-written file."""
   with open(path + '.tmp', 'w') as f:
     json.dump(obj, f, indent=2)
   os.replace(path + '.tmp', path)
@@ -114,10 +115,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if jax.process_index() != 0:
     return {'step': loaded.step, 'eval': results}
   for split, counts in confusions.items():
-    _write_json(os.path.join(workdir, f'confusion_{split}.json'), counts)
+    write_json(os.path.join(workdir, f'confusion_{split}.json'), counts)
     visualize.write_confusion(np.asarray(counts), loaded.class_names,
                               os.path.join(workdir, f'confusion_{split}.png'),
                               title=f'{split}, step {loaded.step}')
   out = merge_results(workdir, loaded.step, results)
-  _write_json(os.path.join(workdir, 'results.json'), out)
+  write_json(os.path.join(workdir, 'results.json'), out)
   return out

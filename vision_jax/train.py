@@ -39,18 +39,12 @@ class NonFiniteError(UserError):
 
 def _write_json(path: str, obj) -> None:
   if jax.process_index() == 0:
-    with open(path + '.tmp', 'w') as f:
-      json.dump(obj, f, indent=2)
-    os.replace(path + '.tmp', path)  # Never a half-written file.
+    evaluate.write_json(path, obj)
 
 
-def _run_evals(eval_step, state, data, mesh, config) -> dict:
-  results = {}
-  for split, dataset in data.evals.items():
-    batches = input_pipeline.iterate(dataset, 0, data.num_threads)
-    results[split] = evaluate.summarize(evaluate.collect(eval_step, state, batches, mesh),
-                                        data.num_classes)
-  return results
+def _run_evals(eval_step, state, data, mesh) -> dict:
+  return evaluate.evaluate_splits(eval_step, state, data.evals, mesh, data.num_classes,
+                                  data.num_threads)
 
 
 def _log_evals(writer, step: int, results: dict, workdir: str) -> None:
@@ -176,7 +170,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   total = config.train.steps
   if start >= total:
     logging.info('Training already finished at step %d; re-evaluating only.', start)
-    return _finish(workdir, start, _run_evals(eval_step, state, data, mesh, config))
+    return _finish(workdir, start, _run_evals(eval_step, state, data, mesh))
 
   metric_log = _MetricLog(writer, workdir)
   hooks = [periodic_actions.ReportProgress(num_train_steps=total, writer=writer)]
@@ -210,7 +204,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     evals = {}
     if step == total or (config.train.eval_every and step % config.train.eval_every == 0):
       with watch('eval'):
-        evals = _run_evals(eval_step, state, data, mesh, config)
+        evals = _run_evals(eval_step, state, data, mesh)
         _log_evals(writer, step, evals, workdir)
     stop = preemption.should_stop(step)
     if step % config.checkpoint.every_steps == 0 or step == total or stop:
