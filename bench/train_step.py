@@ -33,7 +33,9 @@ import optax
 from flax import nnx
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
+from vision_jax import parallel  # pylint: disable=g-import-not-at-top
 from vision_jax.models import create_model, layers  # pylint: disable=g-import-not-at-top
+from vision_jax.ops import per_shard  # pylint: disable=g-import-not-at-top
 
 import torch  # pylint: disable=g-import-not-at-top,g-bad-import-order
 from torch import nn  # pylint: disable=g-import-not-at-top,g-bad-import-order
@@ -137,7 +139,11 @@ def torch_model(name: str, image_size: int) -> nn.Module:
 # ---------------------------------------------------------------- step builders
 def ours_step(name: str, image_size: int, batch: int, fast: bool, seed: int = 0
               ) -> tuple[Callable[[], None], float, int]:
-  """A jitted SGD step as the training loop runs it: (run one step, compile s, #params)."""
+  """A jitted SGD step as the training loop runs it: (run one step, compile s, #params).
+
+  Over every jax device: with `--cpu_devices N` the batch is split over N CPU devices (data
+  parallel, as `parallel.make_mesh` does it) and the fast ops run per device (`per_shard`).
+  """
   kwargs = {'image_size': image_size} if name == 'convnet' else {}
   model = create_model(name, NUM_CLASSES, rngs=nnx.Rngs(seed), fast_cpu_ops=fast, **kwargs)
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
@@ -146,6 +152,10 @@ def ours_step(name: str, image_size: int, batch: int, fast: bool, seed: int = 0
   rng = np.random.default_rng(seed)
   images = jnp.asarray(rng.random((batch, image_size, image_size, 3), np.float32))
   labels = jnp.asarray(rng.integers(0, NUM_CLASSES, batch))
+  mesh = jax.sharding.Mesh(np.asarray(jax.devices()).reshape(-1, 1), parallel.AXES)
+  images, labels = jax.device_put((images, labels), parallel.batch_sharding(mesh))
+  params, rest, opt_state = jax.device_put((params, rest, opt_state),
+                                           parallel.replicated(mesh))
 
   def step(params, rest, opt_state, images, labels):
     model = nnx.merge(graphdef, params, rest)
@@ -160,7 +170,8 @@ def ours_step(name: str, image_size: int, batch: int, fast: bool, seed: int = 0
     return optax.apply_updates(params, updates), rest, opt_state, loss
 
   start = time.perf_counter()
-  with layers.fast_cpu_ops(fast):  # Max-pools follow the switch active at trace time.
+  # Max-pools follow the switch active at trace time; fast ops run per batch shard.
+  with layers.fast_cpu_ops(fast), per_shard.batch_parallel(mesh):
     lowered = jax.jit(step, donate_argnums=(0, 1, 2)).lower(
         params, rest, opt_state, images, labels)
   compiled = lowered.compile()
@@ -252,15 +263,18 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument('--contenders', default='ours,ours_xla,torch_cl,torch')
   parser.add_argument('--threads', type=int, default=os.cpu_count() or 1,
                       help='PyTorch threads; XLA:CPU uses every core')
+  parser.add_argument('--cpu_devices', type=int, default=1,
+                      help='split the host into this many XLA:CPU devices, data parallel')
   parser.add_argument('--json', action='store_true', help='end with one JSON line')
   args = parser.parse_args(argv)
+  jax.config.update('jax_num_cpu_devices', args.cpu_devices)  # Before the backend starts.
   torch.set_num_threads(args.threads)
   names = [m for m in args.models.split(',') if m]
   unknown = [m for m in names if m not in MODELS]
   if unknown:
     parser.error(f'unknown model(s) {unknown}; choose from {list(MODELS)}')
   contenders = [c for c in args.contenders.split(',') if c]
-  print(f'jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__} '
+  print(f'jax {jax.__version__} ({jax.default_backend()}, {jax.device_count()} devices), torch {torch.__version__} '
         f'({torch.get_num_threads()} threads), {os.cpu_count()} cores, '
         f'load {os.getloadavg()[0]:.2f}', flush=True)
   results = {}

@@ -200,3 +200,57 @@ def test_train_step_uses_the_fast_pool_gradient_when_asked(fast):
   batch = {'image': jnp.zeros((4, 8, 8, 1), jnp.uint8), 'label': jnp.zeros((4,), jnp.int32)}
   jaxpr = str(jax.make_jaxpr(step)(state, batch))
   assert ('select_and_scatter_add' in jaxpr) != fast  # XLA's max-pool gradient.
+
+
+# Conv + max-pool gradients on a 4-device mesh inside `per_shard.batch_parallel` (each
+# device its batch shard, dw summed) against XLA's ops on one device. Runs in a subprocess:
+# the device count is fixed before jax starts.
+_PER_SHARD_SCRIPT = r'''
+import jax, jax.numpy as jnp, numpy as np
+from jax import lax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from vision_jax.ops import conv, per_shard, pool
+
+def loss(conv_fn, pool_fn, x, w):
+  y = conv_fn(x, w, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  y = pool_fn(jax.nn.relu(y))
+  return jnp.sum(jnp.sin(y))
+
+rng = np.random.default_rng(0)
+x = rng.standard_normal((8, 12, 12, 3)).astype(np.float32)
+w = rng.standard_normal((3, 3, 3, 5)).astype(np.float32)
+ref = jax.jit(jax.grad(lambda x, w: loss(
+    lax.conv_general_dilated, lambda y: lax.reduce_window(
+        y, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), 'VALID'), x, w), (0, 1)))(x, w)
+mesh = Mesh(np.array(jax.devices()).reshape(2, 2), ('data', 'fsdp'))
+xs = jax.device_put(x, NamedSharding(mesh, P(('data', 'fsdp'))))
+fast = lambda x, w: loss(conv.conv_general_dilated, lambda y: pool.max_pool(y, 2, 2), x, w)
+with per_shard.batch_parallel(mesh):
+  step = jax.jit(jax.grad(fast, (0, 1)))
+  text = step.lower(xs, w).as_text()
+  got = step(xs, w)
+for a, b in zip(got, ref):
+  err = float(np.abs(np.asarray(a) - np.asarray(b)).max() / np.abs(np.asarray(b)).max())
+  assert err < 1e-5, err
+assert text.count('manual_computation') >= 3, 'conv fwd/bwd and pool fwd/bwd run per shard'
+print('OK', got[0].sharding.spec)
+'''
+
+
+def test_fast_ops_run_per_batch_shard_on_a_mesh():
+  import os, subprocess, sys  # pylint: disable=g-import-not-at-top,multiple-imports
+  from conftest import REPO  # pylint: disable=g-import-not-at-top
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4',
+             JAX_PLATFORMS='cpu')
+  proc = subprocess.run([sys.executable, '-c', _PER_SHARD_SCRIPT], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "OK P(('data', 'fsdp'),)" in proc.stdout, proc.stdout  # dx stays split.
+
+
+def test_per_shard_is_the_identity_without_a_mesh():
+  from vision_jax.ops import per_shard  # pylint: disable=g-import-not-at-top
+  f = lambda x: x * 2
+  assert per_shard.per_shard(f, 8, (per_shard.BATCH,), per_shard.BATCH) is f
+  from vision_jax import parallel  # pylint: disable=g-import-not-at-top
+  assert per_shard.BATCH_AXES == parallel.AXES  # The ops split the batch as the loop does.

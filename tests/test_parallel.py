@@ -31,8 +31,9 @@ class TinyResNet(resnet.ResNet):
 
 models._REGISTRY['tiny_resnet'] = TinyResNet  # pylint: disable=protected-access
 
-def run(num_devices, data, fsdp, num_steps=3, batch=16):
+def run(num_devices, data, fsdp, num_steps=3, batch=16, fast=False):
   config = config_lib.base_config()
+  config.model.fast_cpu_ops = 'on' if fast else 'off'
   config.model.name, config.model.width = 'tiny_resnet', 4
   config.optim.name, config.optim.schedule = sys.argv[1], 'constant'
   config.optim.learning_rate = float(sys.argv[2])
@@ -42,10 +43,13 @@ def run(num_devices, data, fsdp, num_steps=3, batch=16):
   graphdef, state, tx, schedule, shardings = train_state.create(
       config, mesh, num_classes=10, image_size=8, in_channels=3, steps_per_epoch=10)
   step = jax.jit(steps.make_train_step(graphdef, tx, schedule, mean=(0.5,) * 3,
-                                       std=(0.5,) * 3),
+                                       std=(0.5,) * 3, fast_cpu_ops=fast, mesh=mesh),
                  in_shardings=(shardings, parallel.batch_sharding(mesh)),
                  out_shardings=(shardings, parallel.replicated(mesh)), donate_argnums=0)
   rng, losses = np.random.default_rng(0), []
+  spec = jax.ShapeDtypeStruct((batch, 8, 8, 3), np.uint8)
+  hlo = step.lower(state, {'image': spec, 'label': jax.ShapeDtypeStruct((batch,), np.int32)}
+                   ).as_text()
   for _ in range(num_steps):
     host = {'image': rng.integers(0, 256, (batch, 8, 8, 3), dtype=np.uint8),
             'label': rng.integers(0, 10, batch).astype(np.int32)}
@@ -57,10 +61,12 @@ def run(num_devices, data, fsdp, num_steps=3, batch=16):
           'params': {jax.tree_util.keystr(p): np.asarray(x).ravel().tolist() for p, x in leaves},
           'sharded_params': sum('fsdp' in str(x.sharding.spec) for _, x in leaves),
           'sharded_opt': sum('fsdp' in str(getattr(x.sharding, 'spec', '')) for x in mu),
-          'batch_stats_shards': len(state.rest['stem_bn']['mean'].addressable_shards)}
+          'batch_stats_shards': len(state.rest['stem_bn']['mean'].addressable_shards),
+          'per_device_ops': 'manual_computation' in hlo}
 
 print('RESULT ' + json.dumps({'one': run(1, -1, 1), 'data8': run(8, -1, 1),
-                              'fsdp': run(8, 2, -1)}))
+                              'fsdp': run(8, 2, -1), 'fast8': run(8, -1, 1, fast=True),
+                              'fast_fsdp': run(8, 2, -1, fast=True)}))
 '''
 
 
@@ -89,6 +95,18 @@ def test_eight_devices_equal_one_device(layouts):
   assert data8['sharded_params'] == 0  # fsdp=1: everything replicated.
   # BatchNorm saw the global batch: a replicated statistic, one copy per device.
   assert data8['batch_stats_shards'] == 8
+
+
+def test_fast_cpu_ops_run_per_device_and_equal_one_device(layouts):
+  """The CPU fast path on 8 devices runs per batch shard (shard_map), same answer."""
+  one = layouts['one']
+  assert not layouts['data8']['per_device_ops']
+  for name in ('fast8', 'fast_fsdp'):
+    run = layouts[name]
+    assert run['per_device_ops'], name
+    for a, b in zip(one['losses'], run['losses']):
+      assert abs(a - b) < 1e-5, (name, one['losses'], run['losses'])
+    assert _max_param_diff(one['params'], run['params']) < 1e-5, name
 
 
 def test_fsdp_equals_replicated(layouts):

@@ -106,7 +106,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         f'{loaded.num_classes} and {loaded.image_shape[2]}. Evaluate on the dataset it was '
         'trained on.')
   eval_step = jax.jit(steps.make_eval_step(loaded.graphdef, mean=loaded.mean, std=loaded.std,
-                                           use_ema=config.optim.get('ema_decay', 0) > 0),
+                                           use_ema=config.optim.get('ema_decay', 0) > 0,
+                                           mesh=loaded.mesh),
                       out_shardings=parallel.replicated(loaded.mesh))  # As training does.
   logging.info('Evaluating checkpoint %d of %s on %s.', loaded.step, workdir, list(data.evals))
   results = evaluate_splits(eval_step, loaded.state, data.evals, loaded.mesh,

@@ -12,11 +12,13 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+from jax.sharding import Mesh
 
 from vision_jax import optim
 from vision_jax import train_state as ts
 from vision_jax.data.preprocess import normalize
 from vision_jax.models import layers
+from vision_jax.ops import per_shard
 
 Batch = dict[str, jax.Array]
 
@@ -29,11 +31,13 @@ def _all_finite(tree) -> jax.Array:
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                     schedule: Callable, *, mean: Sequence[float], std: Sequence[float],
                     label_smoothing: float = 0.0, accum_steps: int = 1,
-                    mix: Callable | None = None, fast_cpu_ops: bool = False):
+                    mix: Callable | None = None, fast_cpu_ops: bool = False,
+                    mesh: Mesh | None = None):
   """Returns train_step(state, batch) -> (state, metrics); jit it with shardings.
 
   `fast_cpu_ops` traces the step with the CPU fast path on (layers.fast_cpu_ops), which
-  max-pools follow; convolutions chose theirs when the model was built.
+  max-pools follow; convolutions chose theirs when the model was built. `mesh` (the one the
+  step is jitted over) lets the fast ops run per device on its batch shard (ops.per_shard).
 
   With accum_steps=k the batch is split into k micro-batches whose gradients are averaged
   before one update (BatchNorm statistics advance once per micro-batch). `mix`
@@ -42,7 +46,8 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
   """
 
   def train_step(state: ts.TrainState, batch: Batch):
-    with layers.fast_cpu_ops(fast_cpu_ops):  # Active while jax traces the step.
+    # Active while jax traces the step.
+    with layers.fast_cpu_ops(fast_cpu_ops), per_shard.batch_parallel(mesh):
       return _train_step(state, batch)
 
   def _train_step(state: ts.TrainState, batch: Batch):
@@ -84,10 +89,17 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
 
 
 def make_eval_step(graphdef: nnx.GraphDef, *, mean: Sequence[float], std: Sequence[float],
-                   top_k: int = 5, use_ema: bool = False):
-  """Returns eval_step(state, batch) -> per-example loss, top-k predictions, label, mask."""
+                   top_k: int = 5, use_ema: bool = False, mesh: Mesh | None = None):
+  """Returns eval_step(state, batch) -> per-example loss, top-k predictions, label, mask.
+
+  `mesh`: as for `make_train_step` (models built with the fast path run it per device).
+  """
 
   def eval_step(state: ts.TrainState, batch: Batch):
+    with per_shard.batch_parallel(mesh):
+      return _eval_step(state, batch)
+
+  def _eval_step(state: ts.TrainState, batch: Batch):
     params = state.params
     if use_ema:  # Evaluate the moving average of the weights instead of the weights.
       params = optim.ema_params(state.opt_state, state.params)

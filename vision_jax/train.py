@@ -160,11 +160,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                             accum_steps=config.optim.accum_steps,
                             mix=mixing.from_config(config.dataset, data.num_classes,
                                                    config.seed),
-                            fast_cpu_ops=ops.resolve_fast_cpu_ops(config.model.fast_cpu_ops)),
+                            fast_cpu_ops=ops.resolve_fast_cpu_ops(config.model.fast_cpu_ops),
+                            mesh=mesh),
       in_shardings=(shardings, batch_sharding), out_shardings=(shardings, replicated),
       donate_argnums=0)
   eval_step = jax.jit(steps.make_eval_step(graphdef, **norm,
-                                           use_ema=config.optim.ema_decay > 0),
+                                           use_ema=config.optim.ema_decay > 0, mesh=mesh),
                       in_shardings=(shardings, batch_sharding), out_shardings=replicated)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   total = config.train.steps

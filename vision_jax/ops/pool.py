@@ -22,6 +22,8 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
+from vision_jax.ops import per_shard as ps
+
 Pads = tuple[tuple[int, int], tuple[int, int]]
 
 
@@ -69,12 +71,20 @@ def _taps(x: jax.Array, window: tuple[int, int], strides: tuple[int, int], pads:
 def _max_pool(x: jax.Array, window: tuple[int, int], strides: tuple[int, int],
               pads: Pads, x_shape: tuple[int, ...]) -> jax.Array:
   del x_shape  # For the backward pass only.
-  return _forward(x, window, strides, pads)
+  return ps.per_shard(lambda x: _forward(x, window, strides, pads), x.shape[0], (ps.BATCH,),
+                      ps.BATCH)(x)
 
 
 def _max_pool_fwd(x, window, strides, pads, x_shape):
+  """Max and the index of the first maximal tap, per batch shard (`per_shard`)."""
+  del x_shape  # For the backward pass only.
+  forward = ps.per_shard(lambda x: _max_and_index(x, window, strides, pads), x.shape[0],
+                         (ps.BATCH,), (ps.BATCH, ps.BATCH))
+  return forward(x)
+
+
+def _max_and_index(x, window, strides, pads):
   """Max and the index of the first maximal tap: one int8 per output is all bwd needs."""
-  del x_shape
   out_hw = _forward(x, window, strides, pads).shape[1:3]  # Shape only: traced away.
   taps = _taps(x, window, strides, pads, out_hw)
   index_dtype = jnp.int8 if len(taps) <= 127 else jnp.int32
@@ -104,7 +114,11 @@ def max_pool_grad(index: jax.Array, dy: jax.Array, x_shape: tuple[int, ...],
 
 
 def _max_pool_bwd(window, strides, pads, x_shape, index, dy):
-  return (max_pool_grad(index, dy, x_shape, window, strides, pads),)
+  grad = ps.per_shard(
+      lambda index, dy: max_pool_grad(index, dy, (dy.shape[0], *x_shape[1:]), window,
+                                      strides, pads),
+      dy.shape[0], (ps.BATCH, ps.BATCH), ps.BATCH)
+  return (grad(index, dy),)
 
 
 _max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
