@@ -80,7 +80,8 @@ class _MetricLog:
   def flush(self, ckpt: checkpoint.Checkpointer) -> None:
     if not self.pending:
       return
-    fetched = [(s, parallel.fetch(m)) for s, m in self.pending]
+    steps_, device_metrics = zip(*self.pending)
+    fetched = list(zip(steps_, parallel.fetch(list(device_metrics))))  # One transfer.
     self.pending = []
     for s, m in fetched:
       if not m['finite']:
