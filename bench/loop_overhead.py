@@ -1,12 +1,14 @@
 """The full training loop against a bare loop of the same jitted step.
 
-  python bench/loop_overhead.py [--config configs/default.py] [--steps 600] [--repeats 3]
+  python bench/loop_overhead.py [--config configs/default.py] [--steps 600] [--repeats 5]
 
 Full loop: `train.train_and_evaluate` as the CLI runs it (input pipeline, logging every
 log_every, evaluation, async checkpoints), timed by its own stopwatch (timing.json), the
-first (compiling) step excluded. Bare loop: the same state, jitted step and shardings fed
-from a few batches already on device, one step after another, each waited for as the CPU
-loop does. Prints both, their ratio, and the share of the loop spent waiting for data.
+first (compiling) step excluded. Bare loop: the same jitted step and shardings fed from a
+few batches already on device, one step after another, each waited for as the CPU loop
+does. Each repeat runs bare, full, bare, and divides the full loop by the mean of the two
+bare loops around it, so that a change in machine load between repeats cancels; the
+figures are medians of those per-repeat ratios.
 """
 from __future__ import annotations
 
@@ -43,37 +45,44 @@ def full_loop(config) -> dict:
       return json.load(f)
 
 
-def bare_loop(config, num_steps: int) -> float:
-  """Seconds for num_steps steps of the same jitted step on pre-placed batches."""
-  mesh = parallel.make_mesh(config)
-  data = input_pipeline.build(config)
-  graphdef, state, tx, schedule, shardings = train_state.create(
-      config, mesh, num_classes=data.num_classes, image_size=data.image_size,
-      in_channels=data.channels, steps_per_epoch=max(1, data.num_train // config.train.batch_size))
-  step_fn = jax.jit(
-      steps.make_train_step(graphdef, tx, schedule, mean=data.mean, std=data.std,
-                            label_smoothing=config.optim.label_smoothing,
-                            accum_steps=config.optim.accum_steps,
-                            mix=mixing.from_config(config.dataset, data.num_classes, config.seed),
-                            fast_cpu_ops=ops.resolve_fast_cpu_ops(config.model.fast_cpu_ops)),
-      in_shardings=(shardings, parallel.batch_sharding(mesh)),
-      out_shardings=(shardings, parallel.replicated(mesh)), donate_argnums=0)
-  it = input_pipeline.iterate(data.train, 0, 1)
-  batches = [parallel.to_global(next(it), mesh) for _ in range(8)]
-  state, metrics = step_fn(state, batches[0])  # Compile.
-  jax.block_until_ready(metrics)
-  start = time.perf_counter()
-  for i in range(num_steps):
-    state, metrics = step_fn(state, batches[i % len(batches)])
-    jax.block_until_ready(metrics)
-  return time.perf_counter() - start
+class BareLoop:
+  """The loop's jitted step (same model, optimiser, shardings), compiled once."""
+
+  def __init__(self, config):
+    mesh = parallel.make_mesh(config)
+    data = input_pipeline.build(config)
+    graphdef, self.state, tx, schedule, shardings = train_state.create(
+        config, mesh, num_classes=data.num_classes, image_size=data.image_size,
+        in_channels=data.channels,
+        steps_per_epoch=max(1, data.num_train // config.train.batch_size))
+    self.step = jax.jit(
+        steps.make_train_step(graphdef, tx, schedule, mean=data.mean, std=data.std,
+                              label_smoothing=config.optim.label_smoothing,
+                              accum_steps=config.optim.accum_steps,
+                              mix=mixing.from_config(config.dataset, data.num_classes,
+                                                     config.seed),
+                              fast_cpu_ops=ops.resolve_fast_cpu_ops(config.model.fast_cpu_ops),
+                              mesh=mesh),
+        in_shardings=(shardings, parallel.batch_sharding(mesh)),
+        out_shardings=(shardings, parallel.replicated(mesh)), donate_argnums=0)
+    it = input_pipeline.iterate(data.train, 0, 0)
+    self.batches = [parallel.to_global(next(it), mesh) for _ in range(8)]
+    self.run(1)  # Compile.
+
+  def run(self, num_steps: int) -> float:
+    """Seconds for num_steps steps on batches already on device."""
+    start = time.perf_counter()
+    for i in range(num_steps):
+      self.state, metrics = self.step(self.state, self.batches[i % len(self.batches)])
+      jax.block_until_ready(metrics)
+    return time.perf_counter() - start
 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--config', default='configs/default.py')
   parser.add_argument('--steps', type=int, default=600)
-  parser.add_argument('--repeats', type=int, default=3)
+  parser.add_argument('--repeats', type=int, default=5)
   parser.add_argument('--num_threads', type=int, default=None,
                       help='Override config.dataset.num_threads.')
   args = parser.parse_args()
@@ -82,25 +91,30 @@ def main() -> None:
   config.train.steps = args.steps
   if args.num_threads is not None:
     config.dataset.num_threads = args.num_threads
+  bare = BareLoop(config)
   rows = []
-  for _ in range(args.repeats):  # Alternate, so both see the same machine load.
+  for _ in range(args.repeats):
+    before = bare.run(args.steps - 1)
     timing = full_loop(config)
-    bare = bare_loop(config, timing['steps'] - 1)
-    loop = timing['loop_s'] - timing['first_step_s']
-    rest = loop - timing.get('eval_s', 0.0) - timing['log_s'] - timing['checkpoint_s']
-    rows.append({'full_s': loop, 'full_no_eval_s': loop - timing.get('eval_s', 0.0),
-                 'full_steps_and_data_s': rest, 'bare_s': bare, 'data_s': timing['data_s']})
-    print(f"full {loop:.2f}s (eval {timing.get('eval_s', 0):.2f}s, data {timing['data_s']:.2f}s,"
-          f" log {timing['log_s']:.2f}s, checkpoint {timing['checkpoint_s']:.2f}s)  "
-          f"bare {bare:.2f}s", flush=True)
+    after = bare.run(args.steps - 1)
+    base = (before + after) / 2
+    loop = timing['loop_s'] - timing['first_step_s']  # The 599 steps after compiling.
+    evals, log, ckpt = (timing.get(f'{k}_s', 0.0) for k in ('eval', 'log', 'checkpoint'))
+    rows.append({'full': loop / base, 'no_eval': (loop - evals) / base,
+                 'steps_and_data': (loop - evals - log - ckpt) / base,
+                 'data_wait': timing.get('data_wait_s', 0.0) / loop,
+                 'reader': timing['data_s'] / loop})
+    print(f"bare {before:.2f}s | full {loop:.2f}s (eval {evals:.2f}s, log {log:.2f}s, "
+          f"checkpoint {ckpt:.2f}s, reader {timing['data_s']:.2f}s, data wait "
+          f"{timing.get('data_wait_s', 0.0):.3f}s) | bare {after:.2f}s  -> "
+          f"full/bare {rows[-1]['full']:.3f}", flush=True)
   med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
-  print(f"\nmedian of {args.repeats}, {args.steps} steps of {args.config}:")
-  print(f"  full loop / bare loop            {med['full_s'] / med['bare_s']:.3f}")
-  print(f"  same, evaluation time excluded   {med['full_no_eval_s'] / med['bare_s']:.3f}")
-  # The next batch is read while the dispatched step runs, so time inside the reader is not
-  # waiting; what the input costs is the loop's steps + reads against the bare steps.
-  print(f"  input cost (steps+reads vs bare)  {med['full_steps_and_data_s'] / med['bare_s'] - 1:.1%}")
-  print(f"  time inside the reader (overlaps) {med['data_s'] / med['full_s']:.1%} of the loop")
+  print(f"\nmedians over {args.repeats} repeats, {args.steps} steps of {args.config}:")
+  print(f"  full loop / bare loop                    {med['full']:.3f}")
+  print(f"  same, evaluation time excluded           {med['no_eval']:.3f}")
+  print(f"  steps + input only (no eval/log/ckpt)    {med['steps_and_data']:.3f}")
+  print(f"  waiting for data (step done, batch not)  {med['data_wait']:.2%} of the loop")
+  print(f"  inside the reader (overlaps the step)    {med['reader']:.2%} of the loop")
   print(json.dumps({k: round(v, 4) for k, v in med.items()}))
 
 

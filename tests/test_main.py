@@ -26,6 +26,12 @@ def test_trains_evaluates_and_checkpoints(tmp_path, data_dir):
   assert config['train']['steps'] == 30 and config['model']['name'] == 'convnet'
   logged = [json.loads(line)['step'] for line in (workdir / 'metrics.jsonl').open()]
   assert logged == [10, 20, 30]
+  timing = json.loads((workdir / 'timing.json').read_text())  # The loop's own stopwatch.
+  assert timing['steps'] == 30
+  phases = sum(v for k, v in timing.items() if k.endswith('_s') and k not in (
+      'loop_s', 'data_wait_s'))
+  assert 0 < phases <= timing['loop_s'] * 1.01  # Phases partition the loop, no overlap.
+  assert timing.get('data_wait_s', 0.0) <= timing['data_s']  # A share of the reads.
 
   # Same command again: training is finished, so it re-evaluates without training.
   again = run_cli(SHORT + ['--workdir', str(workdir)], data_dir)

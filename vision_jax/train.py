@@ -16,8 +16,6 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
-from clu import metric_writers
-from clu import periodic_actions
 
 from vision_jax import checkpoint
 from vision_jax import evaluate
@@ -27,6 +25,7 @@ from vision_jax import parallel
 from vision_jax import steps
 from vision_jax import train_state
 from vision_jax import visualize
+from vision_jax import writers
 from vision_jax.data import input_pipeline
 from vision_jax.data import mixing
 from vision_jax.errors import UserError
@@ -106,7 +105,8 @@ class _Stopwatch:
   """Wall time per phase of the loop: logged and written to timing.json at the end.
 
   The next batch is read while the dispatched step runs, so 'data' overlaps the step;
-  on the CPU backend each step is then waited for ('step_wait').
+  on the CPU backend each step is then waited for ('step_wait'). 'data_wait' bounds the
+  time the device sat idle for input: the reads that ended after their step had finished.
   """
 
   def __init__(self):
@@ -114,9 +114,15 @@ class _Stopwatch:
 
   @contextlib.contextmanager
   def __call__(self, phase: str):
-    start = time.perf_counter()
-    yield
-    self.totals[phase] += time.perf_counter() - start
+    start, end = time.perf_counter(), None
+    try:
+      yield lambda: (end or time.perf_counter()) - start  # The phase's seconds so far.
+    finally:
+      end = time.perf_counter()
+      self.totals[phase] += end - start
+
+  def add(self, phase: str, seconds: float) -> None:
+    self.totals[phase] += seconds
 
   def report(self, workdir: str, *, steps: int, loop_s: float) -> None:
     timing = {'steps': steps, 'loop_s': loop_s,
@@ -168,14 +174,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   eval_step = jax.jit(steps.make_eval_step(graphdef, **norm,
                                            use_ema=config.optim.ema_decay > 0, mesh=mesh),
                       in_shardings=(shardings, batch_sharding), out_shardings=replicated)
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  writer = writers.Writer(workdir if jax.process_index() == 0 else None)  # Log-only elsewhere.
   total = config.train.steps
   if start >= total:
     logging.info('Training already finished at step %d; re-evaluating only.', start)
     return _finish(workdir, start, _run_evals(eval_step, state, data, mesh))
 
   metric_log = _MetricLog(writer, workdir)
-  hooks = [periodic_actions.ReportProgress(num_train_steps=total, writer=writer)]
+  progress = writers.Progress(total, writer)
   # XLA:CPU collectives over simulated devices can deadlock when many steps are in flight.
   sync_every_step = jax.default_backend() == 'cpu'
   show_bar = sys.stdout.isatty() and jax.process_index() == 0
@@ -189,15 +195,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     with watch('step' if step > start + 1 else 'first_step'):
       state, metrics = train_step(state, batch)  # Dispatched: runs while we fetch the next.
     if step < total:
-      with watch('data'):
+      with watch('data') as elapsed:
         batch = parallel.to_global(next(batches), mesh)
+      if metrics['loss'].is_ready():  # The step finished first: the device waited on data.
+        watch.add('data_wait', elapsed())
     if sync_every_step:
       with watch('step_wait'):
         jax.block_until_ready(metrics)
     metric_log.add(step, metrics)
     with watch('log'):
-      for hook in hooks:
-        hook(step)
+      progress(step)
       if show_bar:
         print(f'\rstep {step}/{total} ({(step - start) / (time.time() - t0):.1f} steps/s)',
               end='', flush=True)
@@ -218,12 +225,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                            for k, v in r.items() if isinstance(v, float)})
     if stop:
       ckpt.wait()
+      writer.close()
       logging.warning('Preempted: saved step %d in %s; rerun the same command to resume.',
                       step, ckpt.directory)
       return {'preempted_at_step': step}
   if show_bar:
     print()
-  writer.flush()
+  writer.close()
   with watch('checkpoint'):
     ckpt.wait()
     ckpt.close()
