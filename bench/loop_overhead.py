@@ -4,11 +4,11 @@
 
 Full loop: `train.train_and_evaluate` as the CLI runs it (input pipeline, logging every
 log_every, evaluation, async checkpoints), timed by its own stopwatch (timing.json), the
-first (compiling) step excluded. Bare loop: the same jitted step and shardings fed from a
+compiling first step and the eval step's compilation excluded. Bare loop: the same jitted step and shardings fed from a
 few batches already on device, one step after another, each waited for as the CPU loop
-does. Each repeat runs bare, full, bare, and divides the full loop by the mean of the two
-bare loops around it, so that a change in machine load between repeats cancels; the
-figures are medians of those per-repeat ratios.
+does. Each repeat is a fresh process that runs bare, full, bare and divides the full loop
+by the mean of the two bare loops around it, so that a change in machine load between
+repeats cancels; the figures are medians of those per-repeat ratios.
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import importlib.util
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -78,6 +79,26 @@ class BareLoop:
     return time.perf_counter() - start
 
 
+def one_repeat(config, num_steps: int) -> dict:
+  """bare, full, bare in this process; the full loop against the mean of the two."""
+  bare = BareLoop(config)
+  before = bare.run(num_steps - 1)
+  timing = full_loop(config)
+  after = bare.run(num_steps - 1)
+  base = (before + after) / 2
+  # The 599 steps after compiling (the first train step; the eval step ahead of time).
+  loop = timing['loop_s'] - timing['first_step_s'] - timing.get('compile_eval_s', 0.0)
+  evals, log, ckpt = (timing.get(f'{k}_s', 0.0) for k in ('eval', 'log', 'checkpoint'))
+  print(f"bare {before:.2f}s | full {loop:.2f}s (eval {evals:.2f}s, log {log:.2f}s, "
+        f"checkpoint {ckpt:.2f}s, reader {timing['data_s']:.2f}s, data wait "
+        f"{timing.get('data_wait_s', 0.0):.3f}s) | bare {after:.2f}s  -> full/bare "
+        f"{loop / base:.3f}", file=sys.stderr, flush=True)
+  return {'full': loop / base, 'no_eval': (loop - evals) / base,
+          'steps_and_data': (loop - evals - log - ckpt) / base,
+          'data_wait': timing.get('data_wait_s', 0.0) / loop,
+          'reader': timing['data_s'] / loop}
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--config', default='configs/default.py')
@@ -85,29 +106,28 @@ def main() -> None:
   parser.add_argument('--repeats', type=int, default=5)
   parser.add_argument('--num_threads', type=int, default=None,
                       help='Override config.dataset.num_threads.')
+  parser.add_argument('--one_repeat', action='store_true',
+                      help='(internal) one repeat in this process, a JSON line out')
   args = parser.parse_args()
-  logging.set_verbosity(logging.WARNING)
-  config = load_config(args.config)
-  config.train.steps = args.steps
-  if args.num_threads is not None:
-    config.dataset.num_threads = args.num_threads
-  bare = BareLoop(config)
+  if args.one_repeat:
+    logging.set_verbosity(logging.WARNING)
+    config = load_config(args.config)
+    config.train.steps = args.steps
+    if args.num_threads is not None:
+      config.dataset.num_threads = args.num_threads
+    print('REPEAT ' + json.dumps(one_repeat(config, args.steps)))
+    return
+  # One fresh process per repeat: in a long-lived process every rebuilt step ran a little
+  # slower than the last (4.1 -> 4.5 s over 6 builds), which would bias whichever loop
+  # comes later.
   rows = []
   for _ in range(args.repeats):
-    before = bare.run(args.steps - 1)
-    timing = full_loop(config)
-    after = bare.run(args.steps - 1)
-    base = (before + after) / 2
-    loop = timing['loop_s'] - timing['first_step_s']  # The 599 steps after compiling.
-    evals, log, ckpt = (timing.get(f'{k}_s', 0.0) for k in ('eval', 'log', 'checkpoint'))
-    rows.append({'full': loop / base, 'no_eval': (loop - evals) / base,
-                 'steps_and_data': (loop - evals - log - ckpt) / base,
-                 'data_wait': timing.get('data_wait_s', 0.0) / loop,
-                 'reader': timing['data_s'] / loop})
-    print(f"bare {before:.2f}s | full {loop:.2f}s (eval {evals:.2f}s, log {log:.2f}s, "
-          f"checkpoint {ckpt:.2f}s, reader {timing['data_s']:.2f}s, data wait "
-          f"{timing.get('data_wait_s', 0.0):.3f}s) | bare {after:.2f}s  -> "
-          f"full/bare {rows[-1]['full']:.3f}", flush=True)
+    cmd = [sys.executable, os.path.abspath(__file__), '--one_repeat', '--config', args.config,
+           '--steps', str(args.steps)]
+    if args.num_threads is not None:
+      cmd += ['--num_threads', str(args.num_threads)]
+    out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
+    rows.append(json.loads(out.split('REPEAT ')[-1]))
   med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
   print(f"\nmedians over {args.repeats} repeats, {args.steps} steps of {args.config}:")
   print(f"  full loop / bare loop                    {med['full']:.3f}")

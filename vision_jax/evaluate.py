@@ -63,6 +63,17 @@ def evaluate_splits(eval_step: Callable, state, evals: dict, mesh: Mesh,
           for split, dataset in evals.items()}
 
 
+def compile_ahead(eval_step: Callable, state, evals: dict, mesh: Mesh) -> None:
+  """Compiles (and runs once) eval_step on the first batch of the first eval split.
+
+  Evaluations during training then cost only their batches, and an evaluation that cannot
+  compile fails before any training time is spent. Every split has the same batch shape.
+  """
+  for dataset in evals.values():
+    jax.block_until_ready(eval_step(state, parallel.to_global(dataset[0], mesh)))
+    return
+
+
 def write_json(path: str, obj) -> None:
   """Writes JSON atomically (a temporary file renamed): never a half-written file."""
   with open(path + '.tmp', 'w') as f:

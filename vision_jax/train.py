@@ -189,6 +189,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   preemption = PreemptionWatcher()
   watch = _Stopwatch()
   t0 = time.time()
+  with watch('compile_eval'):  # Start-up, like the first step: excluded from rates.
+    evaluate.compile_ahead(eval_step, state, data.evals, mesh)
   with watch('data'):
     batch = parallel.to_global(next(batches), mesh)
   for step in range(start + 1, total + 1):
