@@ -28,8 +28,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # pylint: disable=g-import-not-at-top
 from absl import logging
 
-from vision_jax import ops, parallel, steps, train, train_state
-from vision_jax.data import input_pipeline, mixing
+from vision_jax import parallel, train, train_state
+from vision_jax.data import input_pipeline
 
 
 def load_config(path: str):
@@ -56,16 +56,7 @@ class BareLoop:
         config, mesh, num_classes=data.num_classes, image_size=data.image_size,
         in_channels=data.channels,
         steps_per_epoch=max(1, data.num_train // config.train.batch_size))
-    self.step = jax.jit(
-        steps.make_train_step(graphdef, tx, schedule, mean=data.mean, std=data.std,
-                              label_smoothing=config.optim.label_smoothing,
-                              accum_steps=config.optim.accum_steps,
-                              mix=mixing.from_config(config.dataset, data.num_classes,
-                                                     config.seed),
-                              fast_cpu_ops=ops.resolve_fast_cpu_ops(config.model.fast_cpu_ops),
-                              mesh=mesh),
-        in_shardings=(shardings, parallel.batch_sharding(mesh)),
-        out_shardings=(shardings, parallel.replicated(mesh)), donate_argnums=0)
+    self.step = train.jit_train_step(config, graphdef, tx, schedule, data, mesh, shardings)
     it = input_pipeline.iterate(data.train, 0, 0)
     self.batches = [parallel.to_global(next(it), mesh) for _ in range(8)]
     self.run(1)  # Compile.
