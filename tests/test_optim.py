@@ -333,3 +333,30 @@ def test_recipe_builds_its_optimizer(path):
             'head': {'kernel': jnp.zeros((8, 10)), 'bias': jnp.zeros(10)}}
   _, schedule = optim.make_optimizer(config, params, steps_per_epoch=100)
   assert float(schedule(config.train.steps // 2)) > 0
+
+
+def test_train_step_with_accumulation_equals_one_batch():
+  """The real train step, accum_steps=4 vs 1 on the same batch (ConvNet: no BatchNorm, so
+  equal up to float32 rounding). Before the fix it did not even trace: NNX refused to build
+  the model inside the accumulation scan from the outer trace's parameters."""
+  from vision_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from vision_jax import parallel, steps, train_state  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  batch = {'image': rng.integers(0, 256, (16, 8, 8, 1), dtype=np.uint8),
+           'label': rng.integers(0, 10, 16).astype(np.int32)}
+  params = {}
+  for accum in (1, 4):
+    config = config_lib.base_config()
+    config.train.batch_size, config.optim.accum_steps = 16, accum
+    config.optim.name, config.optim.schedule = 'sgd', 'constant'
+    config.model.width, config.model.hidden = 4, 16
+    mesh = parallel.make_mesh(config, jax.devices()[:1])
+    graphdef, state, tx, schedule, _ = train_state.create(
+        config, mesh, num_classes=10, image_size=8, in_channels=1, steps_per_epoch=10)
+    step = jax.jit(steps.make_train_step(graphdef, tx, schedule, mean=(0.5,), std=(0.5,),
+                                         accum_steps=accum))
+    state, metrics = step(state, batch)
+    assert np.isfinite(metrics['loss'])
+    params[accum] = jax.tree.leaves(state.params)
+  for a, b in zip(params[1], params[4]):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)

@@ -31,8 +31,9 @@ class TinyResNet(resnet.ResNet):
 
 models._REGISTRY['tiny_resnet'] = TinyResNet  # pylint: disable=protected-access
 
-def run(num_devices, data, fsdp, num_steps=3, batch=16, fast=False):
+def run(num_devices, data, fsdp, num_steps=3, batch=16, fast=False, accum=1):
   config = config_lib.base_config()
+  config.optim.accum_steps = accum
   config.model.fast_cpu_ops = 'on' if fast else 'off'
   config.model.name, config.model.width = 'tiny_resnet', 4
   config.optim.name, config.optim.schedule = sys.argv[1], 'constant'
@@ -43,7 +44,8 @@ def run(num_devices, data, fsdp, num_steps=3, batch=16, fast=False):
   graphdef, state, tx, schedule, shardings = train_state.create(
       config, mesh, num_classes=10, image_size=8, in_channels=3, steps_per_epoch=10)
   step = jax.jit(steps.make_train_step(graphdef, tx, schedule, mean=(0.5,) * 3,
-                                       std=(0.5,) * 3, fast_cpu_ops=fast, mesh=mesh),
+                                       std=(0.5,) * 3, fast_cpu_ops=fast, mesh=mesh,
+                                       accum_steps=accum),
                  in_shardings=(shardings, parallel.batch_sharding(mesh)),
                  out_shardings=(shardings, parallel.replicated(mesh)), donate_argnums=0)
   rng, losses = np.random.default_rng(0), []
@@ -66,7 +68,9 @@ def run(num_devices, data, fsdp, num_steps=3, batch=16, fast=False):
 
 print('RESULT ' + json.dumps({'one': run(1, -1, 1), 'data8': run(8, -1, 1),
                               'fsdp': run(8, 2, -1), 'fast8': run(8, -1, 1, fast=True),
-                              'fast_fsdp': run(8, 2, -1, fast=True)}))
+                              'fast_fsdp': run(8, 2, -1, fast=True),
+                              'one_accum': run(1, -1, 1, accum=2),
+                              'fast8_accum': run(8, -1, 1, fast=True, accum=2)}))
 '''
 
 
@@ -107,6 +111,15 @@ def test_fast_cpu_ops_run_per_device_and_equal_one_device(layouts):
     for a, b in zip(one['losses'], run['losses']):
       assert abs(a - b) < 1e-5, (name, one['losses'], run['losses'])
     assert _max_param_diff(one['params'], run['params']) < 1e-5, name
+
+
+def test_fast_cpu_ops_per_device_with_gradient_accumulation(layouts):
+  """Micro-batches (examples j, j+k, ...) stay spread over the devices; same answer."""
+  one, fast = layouts['one_accum'], layouts['fast8_accum']
+  assert fast['per_device_ops']
+  for a, b in zip(one['losses'], fast['losses']):
+    assert abs(a - b) < 1e-5, (one['losses'], fast['losses'])
+  assert _max_param_diff(one['params'], fast['params']) < 1e-5
 
 
 def test_fsdp_equals_replicated(layouts):

@@ -52,9 +52,14 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
 
   def _train_step(state: ts.TrainState, batch: Batch):
 
-    def micro_step(micro: Batch, rest: nnx.State):
-      """Loss, gradients and metrics of one micro-batch; threads the BatchNorm stats."""
-      model = nnx.merge(graphdef, state.params, rest)
+    def micro_step(micro: Batch, carry: tuple[nnx.State, nnx.State]):
+      """Loss, gradients and metrics of one micro-batch; threads the BatchNorm stats.
+
+      The parameters travel in the carry, unchanged: under accumulation this runs inside
+      `lax.scan`, and NNX refuses to build a module from arrays of an outer trace.
+      """
+      params, rest = carry
+      model = nnx.merge(graphdef, params, rest)
 
       def loss_fn(model):
         logits = model(micro['image'], train=True)
@@ -66,13 +71,13 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
       labels = micro['label']
       hard = labels if labels.ndim == 1 else jnp.argmax(labels, -1)
       accuracy = jnp.mean(jnp.argmax(logits, -1) == hard)
-      return (grads, {'loss': loss, 'accuracy': accuracy}), ts.split(model)[2]
+      return (grads, {'loss': loss, 'accuracy': accuracy}), (params, ts.split(model)[2])
 
     inputs = {'image': normalize(batch['image'], mean, std), 'label': batch['label']}
     if mix is not None:
       inputs['image'], inputs['label'] = mix(inputs['image'], inputs['label'], state.step)
-    (grads, metrics), rest = optim.accumulate_gradients(micro_step, inputs, accum_steps,
-                                                         state.rest)
+    (grads, metrics), (_, rest) = optim.accumulate_gradients(
+        micro_step, inputs, accum_steps, (state.params, state.rest))
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     new_params = optax.apply_updates(state.params, updates)
     # A non-finite loss or gradient leaves the state untouched; the loop stops on it.
