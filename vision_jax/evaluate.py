@@ -69,9 +69,9 @@ def compile_ahead(eval_step: Callable, state, evals: dict, mesh: Mesh) -> None:
   Evaluations during training then cost only their batches, and an evaluation that cannot
   compile fails before any training time is spent. Every split has the same batch shape.
   """
-  for dataset in evals.values():
-    jax.block_until_ready(eval_step(state, parallel.to_global(dataset[0], mesh)))
-    return
+  first = next(iter(evals.values()), None)
+  if first is not None:
+    jax.block_until_ready(eval_step(state, parallel.to_global(first[0], mesh)))
 
 
 def write_json(path: str, obj) -> None:
@@ -117,8 +117,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         f'{loaded.num_classes} and {loaded.image_shape[2]}. Evaluate on the dataset it was '
         'trained on.')
   eval_step = jax.jit(steps.make_eval_step(loaded.graphdef, mean=loaded.mean, std=loaded.std,
-                                           use_ema=config.optim.get('ema_decay', 0) > 0,
-                                           mesh=loaded.mesh),
+                                           use_ema=config.optim.get('ema_decay', 0) > 0),
                       out_shardings=parallel.replicated(loaded.mesh))  # As training does.
   logging.info('Evaluating checkpoint %d of %s on %s.', loaded.step, workdir, list(data.evals))
   results = evaluate_splits(eval_step, loaded.state, data.evals, loaded.mesh,

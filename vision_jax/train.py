@@ -114,12 +114,9 @@ class _Stopwatch:
 
   @contextlib.contextmanager
   def __call__(self, phase: str):
-    start, end = time.perf_counter(), None
-    try:
-      yield lambda: (end or time.perf_counter()) - start  # The phase's seconds so far.
-    finally:
-      end = time.perf_counter()
-      self.totals[phase] += end - start
+    start = time.perf_counter()
+    yield
+    self.totals[phase] += time.perf_counter() - start
 
   def add(self, phase: str, seconds: float) -> None:
     self.totals[phase] += seconds
@@ -203,10 +200,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     with watch('step' if step > start + 1 else 'first_step'):
       state, metrics = train_step(state, batch)  # Dispatched: runs while we fetch the next.
     if step < total:
-      with watch('data') as elapsed:
-        batch = parallel.to_global(next(batches), mesh)
+      read_start = time.perf_counter()
+      batch = parallel.to_global(next(batches), mesh)
+      read_s = time.perf_counter() - read_start
+      watch.add('data', read_s)
       if metrics['loss'].is_ready():  # The step finished first: the device waited on data.
-        watch.add('data_wait', elapsed())
+        watch.add('data_wait', read_s)
     if sync_every_step:
       with watch('step_wait'):
         jax.block_until_ready(metrics)
