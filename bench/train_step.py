@@ -33,7 +33,7 @@ import optax
 from flax import nnx
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
-from vision_jax import parallel  # pylint: disable=g-import-not-at-top
+from vision_jax import ops, parallel  # pylint: disable=g-import-not-at-top
 from vision_jax.models import create_model, layers  # pylint: disable=g-import-not-at-top
 from vision_jax.ops import per_shard  # pylint: disable=g-import-not-at-top
 
@@ -174,7 +174,7 @@ def ours_step(name: str, image_size: int, batch: int, fast: bool, seed: int = 0
   with layers.fast_cpu_ops(fast), per_shard.batch_parallel(mesh):
     lowered = jax.jit(step, donate_argnums=(0, 1, 2)).lower(
         params, rest, opt_state, images, labels)
-  compiled = lowered.compile()
+  compiled = lowered.compile(ops.cpu_compiler_options())
   compile_s = time.perf_counter() - start
   state = [params, rest, opt_state]
   num_params = sum(x.size for x in jax.tree.leaves(params))

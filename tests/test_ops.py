@@ -6,6 +6,7 @@ in a different order, so float32 rounding differs in the last bits.
 from __future__ import annotations
 
 import itertools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -200,6 +201,55 @@ def test_train_step_uses_the_fast_pool_gradient_when_asked(fast):
   batch = {'image': jnp.zeros((4, 8, 8, 1), jnp.uint8), 'label': jnp.zeros((4,), jnp.int32)}
   jaxpr = str(jax.make_jaxpr(step)(state, batch))
   assert ('select_and_scatter_add' in jaxpr) != fast  # XLA's max-pool gradient.
+
+
+def _ynn_fused_ops(compiled_text: str) -> set[str]:
+  """Names of the jax ops that XLA:CPU compiled into YNNPACK fusions."""
+  return {name.rsplit('/', 1)[-1] for line in compiled_text.splitlines()
+          if '__ynn_fusion' in line
+          for name in re.findall(r'op_name="([^"]+)"', line)}
+
+
+def test_cpu_compiler_options_take_convolutions_off_ynnpack_only():
+  """With `cpu_compiler_options()` convolutions leave YNNPACK (for XLA's multi-threaded
+  convolution) while dots stay on it; without them both are YNNPACK fusions, so a jaxlib
+  that changes these defaults fails here rather than silently slowing down."""
+  def f(x, w, m):
+    y = lax.conv_general_dilated(x, w, (1, 1), 'SAME', dimension_numbers=DN)
+    return y.reshape(-1, 64) @ m
+  # Big enough for XLA to use YNNPACK at all (it keeps tiny convolutions for itself).
+  rng = np.random.default_rng(0)
+  args = (_rand(rng, (8, 16, 16, 64)), _rand(rng, (3, 3, 64, 64)), _rand(rng, (64, 32)))
+  lowered = jax.jit(f).lower(*args)
+  default = _ynn_fused_ops(lowered.compile().as_text())
+  options = ops.cpu_compiler_options()
+  assert options is not None
+  tuned = _ynn_fused_ops(lowered.compile(options).as_text())
+  assert {'conv_general_dilated', 'dot_general'} <= default
+  assert 'conv_general_dilated' not in tuned and 'dot_general' in tuned
+  assert_close(jax.jit(f, compiler_options=options)(*args), jax.jit(f)(*args))
+
+
+def test_cpu_compiler_options_defer_to_xla_flags(monkeypatch):
+  monkeypatch.setenv('XLA_FLAGS', '--xla_cpu_experimental_ynn_fusion_type=-reduce')
+  assert ops.cpu_compiler_options() is None
+
+
+def test_train_step_compiles_convolutions_off_ynnpack():
+  """The loop's own jitted step (train.jit_train_step) carries the options."""
+  from vision_jax import config as config_lib, parallel, train, train_state
+  from vision_jax.data import input_pipeline
+  config = config_lib.base_config()
+  mesh = parallel.make_mesh(config, jax.devices()[:1])
+  graphdef, state, tx, schedule, shardings = train_state.create(
+      config, mesh, num_classes=10, image_size=8, in_channels=1, steps_per_epoch=10)
+  data = input_pipeline.Data(train=None, evals={}, num_train=10, eval_sizes={},
+                             num_classes=10, image_size=8, channels=1, mean=(0.5,),
+                             std=(0.5,), class_names=[], num_threads=0)
+  step = train.jit_train_step(config, graphdef, tx, schedule, data, mesh, shardings)
+  batch = {'image': jnp.zeros((8, 8, 8, 1), jnp.uint8), 'label': jnp.zeros((8,), jnp.int32)}
+  fused = _ynn_fused_ops(step.lower(state, batch).compile().as_text())
+  assert 'conv_general_dilated' not in fused
 
 
 # Conv + max-pool gradients on a 4-device mesh inside `per_shard.batch_parallel` (each

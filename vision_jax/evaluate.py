@@ -17,6 +17,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
+from vision_jax import ops
 from vision_jax import parallel
 
 
@@ -118,7 +119,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         'trained on.')
   eval_step = jax.jit(steps.make_eval_step(loaded.graphdef, mean=loaded.mean, std=loaded.std,
                                            use_ema=config.optim.get('ema_decay', 0) > 0),
-                      out_shardings=parallel.replicated(loaded.mesh))  # As training does.
+                      out_shardings=parallel.replicated(loaded.mesh),  # As training does.
+                      compiler_options=ops.cpu_compiler_options())
   logging.info('Evaluating checkpoint %d of %s on %s.', loaded.step, workdir, list(data.evals))
   results = evaluate_splits(eval_step, loaded.state, data.evals, loaded.mesh,
                             data.num_classes, data.num_threads)

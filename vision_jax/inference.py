@@ -19,6 +19,7 @@ import numpy as np
 from flax import nnx
 
 from vision_jax import checkpoint
+from vision_jax import ops
 from vision_jax import optim
 from vision_jax import parallel
 from vision_jax import train_state
@@ -84,7 +85,7 @@ class Loaded:
 
   @functools.cached_property
   def _jitted_logits(self):
-    return jax.jit(self.apply)
+    return jax.jit(self.apply, compiler_options=ops.cpu_compiler_options())
 
   def logits(self, images: np.ndarray) -> np.ndarray:
     """Logits of a host batch of uint8 NHWC images (compiles once per batch size)."""

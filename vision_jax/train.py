@@ -141,7 +141,8 @@ def jit_train_step(config: ml_collections.ConfigDict, graphdef, tx, schedule,
                             fast_cpu_ops=ops.resolve_fast_cpu_ops(config.model.fast_cpu_ops),
                             mesh=mesh),
       in_shardings=(shardings, parallel.batch_sharding(mesh)),
-      out_shardings=(shardings, parallel.replicated(mesh)), donate_argnums=0)
+      out_shardings=(shardings, parallel.replicated(mesh)), donate_argnums=0,
+      compiler_options=ops.cpu_compiler_options())
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -176,7 +177,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   eval_step = jax.jit(steps.make_eval_step(graphdef, mean=data.mean, std=data.std,
                                            use_ema=config.optim.ema_decay > 0, mesh=mesh),
                       in_shardings=(shardings, parallel.batch_sharding(mesh)),
-                      out_shardings=parallel.replicated(mesh))
+                      out_shardings=parallel.replicated(mesh),
+                      compiler_options=ops.cpu_compiler_options())
   writer = writers.Writer(workdir if jax.process_index() == 0 else None)  # Log-only elsewhere.
   total = config.train.steps
   if start >= total:

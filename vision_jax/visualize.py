@@ -141,11 +141,12 @@ def saliency_maps(apply: Callable, state, images: np.ndarray, targets: np.ndarra
   """
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from vision_jax import ops  # pylint: disable=g-import-not-at-top
 
   def target_logit(state, x, t):
     return jnp.sum(jnp.take_along_axis(apply(state, x), t[:, None], axis=1))
 
-  grad = jax.jit(jax.grad(target_logit, argnums=1))
+  grad = jax.jit(jax.grad(target_logit, argnums=1), compiler_options=ops.cpu_compiler_options())
   x = jnp.asarray(images, jnp.float32)
   t = jnp.asarray(targets, jnp.int32)
   vanilla = np.asarray(grad(state, x, t))

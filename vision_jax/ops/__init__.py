@@ -3,11 +3,17 @@
 `conv.conv_general_dilated` and `pool.max_pool` compute the same values and gradients as
 XLA's ops (within float32 rounding) but run the backward pass several times faster on
 XLA:CPU. Models switch to them with `create_model(..., fast_cpu_ops=True)`; the training
-loop decides with `resolve_fast_cpu_ops(config.model.fast_cpu_ops)`.
+loop decides with `resolve_fast_cpu_ops(config.model.fast_cpu_ops)`. Every step jitted on
+the CPU backend also compiles with `cpu_compiler_options()` (multi-threaded convolutions).
 """
 from __future__ import annotations
 
+import functools
+import os
+
+from absl import logging
 import jax
+import jax.numpy as jnp
 
 _ON = ('true', 'on', 'yes', '1')
 _OFF = ('false', 'off', 'no', '0')
@@ -31,3 +37,37 @@ def resolve_fast_cpu_ops(setting: str | bool) -> bool:
       return False
   raise ValueError(f'config.model.fast_cpu_ops must be "auto", True or False, got '
                    f'{setting!r}.')
+
+
+
+# XLA:CPU (jaxlib 0.10.2) hands convolutions to YNNPACK, which runs a convolution with fewer
+# than 128 input channels on one thread; XLA's own (Eigen) convolution uses every core: 3x3
+# 64->64 on 128x32x32 77 -> 37 ms, the 3->64 stem 16 -> 3 ms, none slower (bench/README).
+# The value is XLA's default YNNPACK set minus convolutions (the compiled HLO is identical
+# to XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=-individual_convolution): dots and
+# reductions stay on YNNPACK, where they are fastest.
+_YNN_OPTION = 'xla_cpu_experimental_ynn_fusion_type'
+_YNN_WITHOUT_CONVOLUTIONS = 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'
+
+
+def cpu_compiler_options() -> dict[str, str] | None:
+  """Compiler options for every jitted step on the CPU backend; None elsewhere.
+
+  Also None when XLA_FLAGS chooses the YNNPACK fusions itself (the user's choice wins) or
+  this jaxlib rejects the option (XLA's defaults are correct, only slower).
+  """
+  if jax.default_backend() != 'cpu' or _YNN_OPTION in os.environ.get('XLA_FLAGS', ''):
+    return None
+  return _cpu_options_if_supported()
+
+
+@functools.cache
+def _cpu_options_if_supported() -> dict[str, str] | None:
+  options = {_YNN_OPTION: _YNN_WITHOUT_CONVOLUTIONS}
+  try:
+    jax.jit(lambda x: x + 1).lower(jnp.zeros(())).compile(options)
+  except Exception as e:  # pylint: disable=broad-except  # The error type varies by version.
+    logging.warning('XLA:CPU does not accept %s=%s (%s); using its defaults.', _YNN_OPTION,
+                    _YNN_WITHOUT_CONVOLUTIONS, e)
+    return None
+  return options
