@@ -37,6 +37,9 @@ _COORDINATOR = flags.DEFINE_string(
     'jax.distributed is initialised automatically on TPU pods and SLURM clusters.')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Multi-host: process count.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'Multi-host: this process index.')
+_KEEP_HOST_MEMORY = flags.DEFINE_bool(
+    'keep_host_memory', True, 'Keep freed host memory in the process (glibc malloc) rather '
+    "than page-faulting XLA:CPU's per-step buffers back in every step; see host_memory.py.")
 flags.mark_flags_as_required(['workdir'])
 
 
@@ -140,6 +143,9 @@ class _QuietOrbax(logging_std.Filter):
 
 
 def main(argv: list[str]) -> None:
+  if _KEEP_HOST_MEMORY.value:  # Before any other thread allocates.
+    from vision_jax import host_memory  # pylint: disable=g-import-not-at-top
+    host_memory.keep_freed_memory()
   logging.get_absl_handler().addFilter(_QuietOrbax())
   try:
     run(argv)

@@ -124,11 +124,15 @@ def _batch_chunk(x_shape: Sequence[int], itemsize: int) -> int:
 
 
 def _map_batch(f, x: jax.Array, nb: int) -> jax.Array:
-  """f over chunks of nb images (a sequential `lax.map`), then the remainder, concatenated."""
+  """f over chunks of nb images (a sequential `lax.map`), then the remainder, concatenated.
+
+  Chunks are dynamic slices of x, not a reshape of it: a reshaped x made XLA recompute the
+  BatchNorm + ReLU that produced x once per layout (measured: ResNet-18 step -3%).
+  """
   if not nb:
     return f(x)
   steps, tail = divmod(x.shape[0], nb)
-  y = lax.map(f, x[:steps * nb].reshape(steps, nb, *x.shape[1:]))
+  y = lax.map(lambda i: f(lax.dynamic_slice_in_dim(x, i * nb, nb)), jnp.arange(steps))
   y = y.reshape(steps * nb, *y.shape[2:])
   return jnp.concatenate([y, f(x[steps * nb:])]) if tail else y
 
@@ -195,6 +199,7 @@ def weight_grad(x: jax.Array, dy: jax.Array, kernel_hw: tuple[int, int],
 
   Chunks keep the patch matrix in cache: one big im2col, or kh*kw unchunked per-tap
   matmuls, are memory-bound on CPU and measured slower than XLA's own weight gradient.
+  They are dynamic slices of x and dy (see `_map_batch`).
   """
   kh, kw = kernel_hw
   n, ho, wo, cout = dy.shape
@@ -210,9 +215,10 @@ def weight_grad(x: jax.Array, dy: jax.Array, kernel_hw: tuple[int, int],
   if steps == 1:
     acc, _ = body(acc, (x[:nb], dy[:nb]))
   else:
-    main = (x[:steps * nb].reshape(steps, nb, *x.shape[1:]),
-            dy[:steps * nb].reshape(steps, nb, ho, wo, cout))
-    acc, _ = lax.scan(body, acc, main)
+    def chunk(acc, i):
+      return body(acc, (lax.dynamic_slice_in_dim(x, i * nb, nb),
+                        lax.dynamic_slice_in_dim(dy, i * nb, nb)))
+    acc, _ = lax.scan(chunk, acc, jnp.arange(steps))
   if tail:
     acc, _ = body(acc, (x[steps * nb:], dy[steps * nb:]))
   return acc.reshape(kh, kw, cin, cout).astype(x.dtype)
