@@ -266,7 +266,8 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument('--batch', type=int, default=0, help='0: the model default')
   parser.add_argument('--rounds', type=int, default=5, help='interleaved rounds')
   parser.add_argument('--steps', type=int, default=2, help='timed steps per round')
-  parser.add_argument('--warmup', type=int, default=1, help='untimed steps first')
+  parser.add_argument('--warmup', type=int, default=3,
+                      help='untimed steps first (compilation, the heap settling)')
   parser.add_argument('--contenders', default='ours,ours_xla,torch_cl,torch')
   parser.add_argument('--threads', type=int, default=os.cpu_count() or 1,
                       help='PyTorch threads; XLA:CPU uses every core')
