@@ -24,9 +24,6 @@ import time
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from vision_jax import host_memory  # pylint: disable=g-import-not-at-top
-
-host_memory.keep_freed_memory()  # As `vision_jax.main` does, before any thread allocates.
 
 import jax  # pylint: disable=g-import-not-at-top
 from absl import logging

@@ -29,9 +29,9 @@ from typing import Callable
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 from vision_jax import host_memory  # pylint: disable=g-import-not-at-top
 
-# The process is set up as `vision_jax.main` sets up its own (before any thread allocates);
-# both frameworks run in it, so both keep their freed memory (`--default_malloc`: neither).
-if '--default_malloc' not in sys.argv:
+# `--keep_host_memory` sets the process up as `vision_jax.main --keep_host_memory` does
+# (before any thread allocates). Both frameworks run in it, so both gain from it.
+if '--keep_host_memory' in sys.argv:
   host_memory.keep_freed_memory()
 
 import jax  # pylint: disable=g-import-not-at-top,g-bad-import-order
@@ -274,8 +274,8 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument('--cpu_devices', type=int, default=1,
                       help='split the host into this many XLA:CPU devices, data parallel')
   parser.add_argument('--json', action='store_true', help='end with one JSON line')
-  parser.add_argument('--default_malloc', action='store_true',
-                      help="glibc's default malloc instead of the CLI's (host_memory.py)")
+  parser.add_argument('--keep_host_memory', action='store_true',
+                      help='keep freed memory in one glibc heap (host_memory.py)')
   args = parser.parse_args(argv)
   jax.config.update('jax_num_cpu_devices', args.cpu_devices)  # Before the backend starts.
   torch.set_num_threads(args.threads)
@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> None:
   contenders = [c for c in args.contenders.split(',') if c]
   print(f'jax {jax.__version__} ({jax.default_backend()}, {jax.device_count()} devices), torch {torch.__version__} '
         f'({torch.get_num_threads()} threads), {os.cpu_count()} cores, malloc '
-        f'{"default" if args.default_malloc else "keeps freed memory"}, '
+        f'{"keeps freed memory" if args.keep_host_memory else "default"}, '
         f'load {os.getloadavg()[0]:.2f}', flush=True)
   results = {}
   for name in names:
