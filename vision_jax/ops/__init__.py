@@ -39,7 +39,6 @@ def resolve_fast_cpu_ops(setting: str | bool) -> bool:
                    f'{setting!r}.')
 
 
-
 # XLA:CPU (jaxlib 0.10.2) hands convolutions to YNNPACK, which runs a convolution with fewer
 # than 128 input channels on one thread; XLA's own (Eigen) convolution uses every core: 3x3
 # 64->64 on 128x32x32 77 -> 37 ms, the 3->64 stem 16 -> 3 ms, none slower (bench/README).
