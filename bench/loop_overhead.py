@@ -4,11 +4,11 @@
 
 Full loop: `train.train_and_evaluate` as the CLI runs it (input pipeline, logging every
 log_every, evaluation, async checkpoints), timed by its own stopwatch (timing.json), the
-compiling first step and the eval step's compilation excluded. Bare loop: the same jitted step and shardings fed from a
-few batches already on device, one step after another, each waited for as the CPU loop
-does. Each repeat is a fresh process that runs bare, full, bare and divides the full loop
-by the mean of the two bare loops around it, so that a change in machine load between
-repeats cancels; the figures are medians of those per-repeat ratios.
+compiling first step and the eval step's compilation excluded. Bare loop: the same jitted
+step and shardings fed from a few batches already on device, one step after another, each
+waited for as the CPU loop does. Each repeat is a fresh process that runs bare, full, bare
+and divides the full loop by the mean of the two bare loops around it, so that a change in
+machine load between repeats cancels; the figures are medians of those per-repeat ratios.
 """
 from __future__ import annotations
 

@@ -284,7 +284,8 @@ def main(argv: list[str] | None = None) -> None:
   if unknown:
     parser.error(f'unknown model(s) {unknown}; choose from {list(MODELS)}')
   contenders = [c for c in args.contenders.split(',') if c]
-  print(f'jax {jax.__version__} ({jax.default_backend()}, {jax.device_count()} devices), torch {torch.__version__} '
+  print(f'jax {jax.__version__} ({jax.default_backend()}, {jax.device_count()} devices), '
+        f'torch {torch.__version__} '
         f'({torch.get_num_threads()} threads), {os.cpu_count()} cores, malloc '
         f'{"keeps freed memory" if args.keep_host_memory else "default"}, '
         f'load {os.getloadavg()[0]:.2f}', flush=True)

@@ -17,16 +17,16 @@ default run (7 ms steps, many small buffers) ~5% slower; many-threaded input pip
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import sys
 
-# mallopt(3) parameters (glibc malloc.h).
+# mallopt(3) parameters (glibc malloc.h), each with the value set and why.
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
 _SETTINGS = (
-    (_M_ARENA_MAX, 1),        # One heap for all threads: big blocks come from it, ...
-    (_M_MMAP_MAX, 0),         # ... never from a private mmap that free() unmaps, ...
-    (_M_TRIM_THRESHOLD, -1),  # ... and free() never shrinks it: glibc stores the int as
-)                             # a size_t, so -1 is "no threshold" (INT_MAX would be 2 GiB).
+    (_M_ARENA_MAX, 1),        # One heap for all threads: big blocks come from it,
+    (_M_MMAP_MAX, 0),         # never from a private mmap that free() unmaps,
+    (_M_TRIM_THRESHOLD, -1),  # and free() never shrinks it (glibc stores the value as a
+                              # size_t, so -1 means no threshold; INT_MAX would be 2 GiB).
+)
 
 
 def keep_freed_memory() -> bool:
@@ -34,9 +34,8 @@ def keep_freed_memory() -> bool:
   if not sys.platform.startswith('linux'):
     return False
   try:
-    libc = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6')
-    mallopt = libc.mallopt
-  except (OSError, AttributeError):  # No libc found, or one without mallopt (e.g. musl).
+    mallopt = ctypes.CDLL(None).mallopt  # The C library this process already runs on.
+  except (OSError, AttributeError):  # A libc without mallopt.
     return False
   mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
   return all(mallopt(param, value) == 1 for param, value in _SETTINGS)
