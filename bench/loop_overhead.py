@@ -66,7 +66,7 @@ class BareLoop:
     start = time.perf_counter()
     for i in range(num_steps):
       self.state, metrics = self.step(self.state, self.batches[i % len(self.batches)])
-      jax.block_until_ready(metrics)
+    jax.block_until_ready(metrics)
     return time.perf_counter() - start
 
 

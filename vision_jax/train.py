@@ -66,28 +66,55 @@ def _finish(workdir: str, step: int, results: dict) -> dict:
   return out
 
 
-class _MetricLog:
-  """Collects per-step device metrics; flushes means to the writers every `log_every`."""
+class _StepLog:
+  """The steps still running, and the means of finished steps' metrics every `log_every`.
 
-  def __init__(self, writer, workdir: str):
-    self.writer, self.pending = writer, []
+  `add` is called right after a step is dispatched. It waits for the steps before it but
+  the last `lag` (with lag 1 the next step is queued while the loop does its bookkeeping,
+  so the device does not idle on it) and writes a log line when a finished step is a
+  multiple of `log_every`. `settle` waits for all of them and writes what is left: before
+  a checkpoint (never save parameters from after a non-finite step) and at the end.
+  """
+
+  def __init__(self, writer, workdir: str, ckpt: checkpoint.Checkpointer, *,
+               log_every: int, lag: int, watch: '_Stopwatch'):
+    self.writer, self.ckpt, self.log_every, self.lag, self.watch = (
+        writer, ckpt, log_every, lag, watch)
+    self.running, self.finished = collections.deque(), []
     self.path = os.path.join(workdir, 'metrics.jsonl')
 
   def add(self, step: int, metrics) -> None:
-    self.pending.append((step, metrics))
+    self.running.append((step, metrics))
+    while len(self.running) > self.lag:
+      self._finish_oldest()
 
-  def flush(self, ckpt: checkpoint.Checkpointer) -> None:
-    if not self.pending:
+  def settle(self) -> None:
+    while self.running:
+      self._finish_oldest()
+    with self.watch('log'):
+      self._write()
+
+  def _finish_oldest(self) -> None:
+    step, metrics = self.running.popleft()
+    with self.watch('step_wait'):
+      jax.block_until_ready(metrics)
+    self.finished.append((step, metrics))
+    if step % self.log_every == 0:
+      with self.watch('log'):
+        self._write()
+
+  def _write(self) -> None:
+    if not self.finished:
       return
-    steps_, device_metrics = zip(*self.pending)
-    fetched = list(zip(steps_, parallel.fetch(list(device_metrics))))  # One transfer.
-    self.pending = []
+    steps_, device_metrics = zip(*self.finished)
+    fetched = list(zip(steps_, parallel.fetch(list(device_metrics))))
+    self.finished = []
     for s, m in fetched:
       if not m['finite']:
-        ckpt.wait()
-        last = ckpt.latest_step()
-        kept = (f'The last good checkpoint is step {last} in {ckpt.directory} (kept); rerun '
-                'to resume from it' if last else 'No checkpoint was saved before it; rerun')
+        self.ckpt.wait()
+        last = self.ckpt.latest_step()
+        kept = (f'The last good checkpoint is step {last} in {self.ckpt.directory} (kept); '
+                'rerun to resume from it' if last else 'No checkpoint was saved before it; rerun')
         raise NonFiniteError(
             f'Non-finite loss or gradient at step {s} (loss={m["loss"]}). The update was not '
             f'applied and training stopped. {kept} with a lower config.optim.learning_rate '
@@ -185,40 +212,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     logging.info('Training already finished at step %d; re-evaluating only.', start)
     return _finish(workdir, start, _run_evals(eval_step, state, data, mesh))
 
-  metric_log = _MetricLog(writer, workdir)
   progress = writers.Progress(total, writer)
-  # XLA:CPU collectives over simulated devices can deadlock when many steps are in flight.
-  sync_every_step = jax.default_backend() == 'cpu'
+  watch = _Stopwatch()
+  # XLA:CPU collectives over simulated devices can deadlock with steps in flight
+  # (shared/DESIGN.md): there each step is waited for before the next is dispatched.
+  lag = 0 if jax.default_backend() == 'cpu' and jax.device_count() > 1 else 1
+  step_log = _StepLog(writer, workdir, ckpt, log_every=config.train.log_every, lag=lag,
+                      watch=watch)
   show_bar = sys.stdout.isatty() and jax.process_index() == 0
   batches = input_pipeline.iterate(data.train, start, data.num_threads)
   preemption = PreemptionWatcher()
-  watch = _Stopwatch()
   t0 = time.time()
   with watch('compile_eval'):  # Start-up, like the first step: excluded from rates.
     evaluate.compile_ahead(eval_step, state, data.evals, mesh)
   with watch('data'):
-    batch = parallel.to_global(next(batches), mesh)
+    batch = parallel.step_input(next(batches), mesh)
   for step in range(start + 1, total + 1):
     with watch('step' if step > start + 1 else 'first_step'):
       state, metrics = train_step(state, batch)  # Dispatched: runs while we fetch the next.
     if step < total:
       read_start = time.perf_counter()
-      batch = parallel.to_global(next(batches), mesh)
+      batch = parallel.step_input(next(batches), mesh)
       read_s = time.perf_counter() - read_start
       watch.add('data', read_s)
       if metrics['loss'].is_ready():  # The step finished first: the device waited on data.
         watch.add('data_wait', read_s)
-    if sync_every_step:
-      with watch('step_wait'):
-        jax.block_until_ready(metrics)
-    metric_log.add(step, metrics)
+    step_log.add(step, metrics)
     with watch('log'):
       progress(step)
       if show_bar:
         print(f'\rstep {step}/{total} ({(step - start) / (time.time() - t0):.1f} steps/s)',
               end='', flush=True)
-      if step % config.train.log_every == 0 or step == total:
-        metric_log.flush(ckpt)
     evals = {}
     if step == total or (config.train.eval_every and step % config.train.eval_every == 0):
       with watch('eval'):
@@ -226,8 +250,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         _log_evals(writer, step, evals, workdir)
     stop = preemption.should_stop(step)
     if step % config.checkpoint.every_steps == 0 or step == total or stop:
+      step_log.settle()  # Never save parameters from after a non-finite step.
       with watch('checkpoint'):
-        metric_log.flush(ckpt)  # Never save parameters from after a non-finite step.
         ckpt.save(step, state, {'next_step': step, 'seed': config.seed,
                                 'global_batch': config.train.batch_size},
                   metrics={f'{split}/{k}': v for split, r in evals.items()
