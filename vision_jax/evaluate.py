@@ -7,6 +7,7 @@ the same evaluation on a saved checkpoint, without training.
 """
 from __future__ import annotations
 
+import collections
 import json
 import os
 from typing import Callable, Iterable
@@ -22,13 +23,25 @@ from vision_jax import parallel
 
 
 def collect(eval_step: Callable, state, batches: Iterable, mesh: Mesh) -> dict[str, np.ndarray]:
-  """Runs eval_step over `batches`; returns the unpadded per-example arrays."""
+  """Runs eval_step over `batches`; returns the unpadded per-example arrays.
+
+  Batch k+1 is dispatched before batch k's outputs are read (`parallel.steps_ahead`).
+  """
   parts: dict[str, list[np.ndarray]] = {}
-  for batch in batches:
-    out = parallel.fetch(eval_step(state, parallel.to_global(batch, mesh)))
+  running = collections.deque()
+
+  def read_oldest():
+    out = parallel.fetch(running.popleft())
     keep = out.pop('mask') > 0
     for key, value in out.items():
       parts.setdefault(key, []).append(value[keep])
+
+  for batch in batches:
+    running.append(eval_step(state, parallel.step_input(batch, mesh)))
+    while len(running) > parallel.steps_ahead():
+      read_oldest()
+  while running:
+    read_oldest()
   return {k: np.concatenate(v) for k, v in parts.items()}
 
 
@@ -72,7 +85,7 @@ def compile_ahead(eval_step: Callable, state, evals: dict, mesh: Mesh) -> None:
   """
   first = next(iter(evals.values()), None)
   if first is not None:
-    jax.block_until_ready(eval_step(state, parallel.to_global(first[0], mesh)))
+    jax.block_until_ready(eval_step(state, parallel.step_input(first[0], mesh)))
 
 
 def write_json(path: str, obj) -> None:

@@ -162,6 +162,16 @@ def to_global(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
 
 
+def steps_ahead() -> int:
+  """How many dispatched steps may run beyond the one a loop waits for.
+
+  One keeps the device busy while the host reads the next batch and logs the last. None
+  with XLA:CPU over several devices: its collectives could deadlock with steps in flight
+  (shared/DESIGN.md).
+  """
+  return 0 if jax.default_backend() == 'cpu' and jax.device_count() > 1 else 1
+
+
 def step_input(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, Any]:
   """What a jitted step (with batch_sharding as in_shardings) is given for a batch.
 
