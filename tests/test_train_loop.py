@@ -1,6 +1,7 @@
 """The training loop in-process: what it does around the steps, not what the steps learn."""
 import gc
 import json
+import os
 
 import pytest
 
@@ -12,7 +13,7 @@ from vision_jax.config import base_config
 def _config(data_dir: str, **train_overrides):
   config = base_config()
   config.dataset.data_dir = data_dir
-  config.train.update(steps=12, log_every=4, eval_every=6, **train_overrides)
+  config.train.update(dict(steps=12, log_every=4, eval_every=6) | train_overrides)
   config.checkpoint.every_steps = 6
   config.optim.warmup_steps = 2
   return config
@@ -54,3 +55,14 @@ def test_objects_are_unfrozen_when_the_loop_fails(tmp_path, data_dir, monkeypatc
     train.train_and_evaluate(config, str(tmp_path))
   assert seen and min(seen) > before
   assert gc.get_freeze_count() == before
+
+
+def test_keep_best_ranks_checkpoints_by_the_evaluation_of_their_step(tmp_path, data_dir):
+  config = _config(data_dir, eval_every=3)
+  config.checkpoint.update(every_steps=3, keep=1, keep_best='test/loss', keep_best_mode='max')
+  train.train_and_evaluate(config, str(tmp_path))
+  evals = [json.loads(line) for line in (tmp_path / 'eval_metrics.jsonl').open()]
+  assert [e['step'] for e in evals] == [3, 6, 9, 12]
+  worst = max(evals, key=lambda e: e['eval/test/loss'])['step']  # 'Best' by max loss.
+  kept = sorted(int(d) for d in os.listdir(tmp_path / 'checkpoints') if d.isdigit())
+  assert kept == sorted({worst, 12})  # The latest, plus the one its own evaluation ranked.
