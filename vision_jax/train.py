@@ -231,9 +231,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   progress = writers.Progress(total, writer)
   watch = _Stopwatch()
-  def data_position(step: int) -> dict:  # Saved with the state: where the input resumes.
-    return {'next_step': step, 'seed': config.seed, 'global_batch': config.train.batch_size}
-
   step_log = _StepLog(writer, workdir, ckpt, log_every=config.train.log_every,
                       lag=parallel.steps_ahead(), watch=watch)
   show_bar = sys.stdout.isatty() and jax.process_index() == 0
@@ -261,21 +258,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if show_bar:
           print(f'\rstep {step}/{total} ({(step - start) / (time.time() - t0):.1f} steps/s)',
                 end='', flush=True)
-      stop = preemption.should_stop(step)
-      save_now = step % config.checkpoint.every_steps == 0 or step == total or stop
-      if save_now:
-        step_log.settle()  # Never save parameters from after a non-finite step.
-      if save_now and not config.checkpoint.keep_best:  # Written while evaluating.
-        with watch('checkpoint'):
-          ckpt.save(step, state, data_position(step))
       evals = {}
       if step == total or (config.train.eval_every and step % config.train.eval_every == 0):
         with watch('eval'):
           evals = _run_evals(eval_step, state, data, mesh)
           _log_evals(writer, step, evals, workdir)
-      if save_now and config.checkpoint.keep_best:  # Ranked by this evaluation.
+      stop = preemption.should_stop(step)
+      if step % config.checkpoint.every_steps == 0 or step == total or stop:
+        step_log.settle()  # Never save parameters from after a non-finite step.
         with watch('checkpoint'):
-          ckpt.save(step, state, data_position(step),
+          ckpt.save(step, state, {'next_step': step, 'seed': config.seed,
+                                  'global_batch': config.train.batch_size},
                     metrics={f'{split}/{k}': v for split, r in evals.items()
                              for k, v in r.items() if isinstance(v, float)})
       if stop:
