@@ -136,13 +136,16 @@ def test_in_memory_gather_equals_the_per_example_path(data_dir):
   fast = ip.train_dataset(source, fn, global_batch=96, seed=2)
   slow_fn = lambda ex, rng: fn(ex, rng)  # No identity_for: the per-example path.
   slow = ip.train_dataset(source, slow_fn, global_batch=96, seed=2)
-  # Gathered 64 steps at a time (test below). 1437 / 96: steps 14 and 15 straddle an epoch boundary; 63 | 64 a chunk boundary; 3
-  # after 130 goes back to a chunk already replaced.
+  # Gathered 64 steps at a time (test below). 1437 / 96: steps 14 and 15 straddle an epoch
+  # boundary; 63 | 64 a chunk boundary; 3 after 130 goes back to a chunk no longer held.
   for step in (0, 14, 15, 40, 63, 64, 130, 3):
     a, b = fast[step], slow[step]
     for key in ('image', 'label'):
       assert a[key].dtype == b[key].dtype
       np.testing.assert_array_equal(a[key], b[key])
+  threaded = ip.iterate(fast, 60, num_threads=4)  # Readers on both sides of a chunk edge.
+  for step in range(60, 70):
+    np.testing.assert_array_equal(next(threaded)['label'], slow[step]['label'])
 
 
 def test_chunked_gather_holds_at_most_16_mib_and_equals_one_batch_at_a_time():

@@ -114,7 +114,7 @@ class ChunkedGather:
     self.source, self.order, self.global_batch, self.shard = source, order, global_batch, shard
     batch_bytes = source.images[0].nbytes * _rows(global_batch, shard)
     self.steps = int(np.clip(max_bytes // max(batch_bytes, 1), 1, max_steps))
-    self._chunk: tuple[int, dict[str, np.ndarray]] | None = None
+    self._chunks: dict[int, dict[str, np.ndarray]] = {}  # The last two made.
     self._lock = threading.Lock()
 
   def _gather(self, first: int) -> dict[str, np.ndarray]:
@@ -126,10 +126,12 @@ class ChunkedGather:
 
   def __call__(self, step: int) -> dict[str, np.ndarray]:
     first = step - step % self.steps
-    with self._lock:  # Reader threads may ask for steps of the same chunk.
-      if self._chunk is None or self._chunk[0] != first:
-        self._chunk = (first, self._gather(first))
-      chunk = self._chunk[1]
+    with self._lock:  # Reader threads ask for steps of the same chunk, or of two.
+      chunk = self._chunks.get(first)
+      if chunk is None:
+        chunk = self._chunks[first] = self._gather(first)
+        if len(self._chunks) > 2:
+          del self._chunks[next(iter(self._chunks))]  # The one made first.
     return {k: v[step - first] for k, v in chunk.items()}
 
 
