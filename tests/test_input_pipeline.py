@@ -146,6 +146,18 @@ def test_in_memory_gather_equals_the_per_example_path(data_dir):
   threaded = ip.iterate(fast, 60, num_threads=4)  # Readers on both sides of a chunk edge.
   for step in range(60, 70):
     np.testing.assert_array_equal(next(threaded)['label'], slow[step]['label'])
+  # Evaluation too, padding included (1437 = 14 * 96 + 93: the last batch has 3 pad rows).
+  shard = ip.HostShard(1, 2)
+  fast_eval = ip.eval_dataset(source, fn, global_batch=96, shard=shard)
+  slow_eval = ip.eval_dataset(source, slow_fn, global_batch=96, shard=shard)
+  assert len(fast_eval) == len(slow_eval) == 15
+  for index in (0, 7, 14):
+    a, b = fast_eval[index], slow_eval[index]
+    assert sorted(a) == sorted(b) == ['image', 'label', 'mask']
+    for key in a:
+      assert a[key].dtype == b[key].dtype
+      np.testing.assert_array_equal(a[key], b[key])
+  assert fast_eval[14]['mask'].sum() == 45  # Host 1 holds rows 48-95: 45 real, 3 padded.
 
 
 def test_chunked_gather_holds_at_most_16_mib_and_equals_one_batch_at_a_time():

@@ -91,12 +91,16 @@ def train_dataset(source, fn: preprocess.Preprocess, *, global_batch: int, seed:
     return _stack([fn(source[int(i)], np.random.default_rng((seed, int(p))) if random
                       else None) for p, i in zip(positions, order(positions))])
 
-  in_memory = (isinstance(source, sources.ArraySource) and isinstance(source.images, np.ndarray)
-               and getattr(fn, 'identity_for', lambda _: False)(source.images.shape[1:]))
-  if in_memory:  # Same batches, without a Python call per example.
+  if _gatherable(source, fn):  # Same batches, without a Python call per example.
     batch = ChunkedGather(source, order, global_batch, shard)
 
   return grain.MapDataset.range(0, sys.maxsize).map(batch)
+
+
+def _gatherable(source, fn: preprocess.Preprocess) -> bool:
+  """Whether a batch is a numpy gather: images in memory that `fn` leaves unchanged."""
+  return (isinstance(source, sources.ArraySource) and isinstance(source.images, np.ndarray)
+          and getattr(fn, 'identity_for', lambda _: False)(source.images.shape[1:]))
 
 
 class ChunkedGather:
@@ -150,7 +154,14 @@ def eval_dataset(source, fn: preprocess.Preprocess, *, global_batch: int,
   def batch(index: int) -> dict[str, np.ndarray]:
     return _stack([example(int(p)) for p in _positions(index, global_batch, shard)])
 
-  return grain.MapDataset.range(num_batches).map(batch)
+  def gathered(index: int) -> dict[str, np.ndarray]:
+    positions = _positions(index, global_batch, shard)
+    rows = np.minimum(positions, len(source) - 1)
+    return {'image': source.images[rows], 'label': source.labels[rows].astype(np.int32),
+            'mask': (positions < len(source)).astype(np.float32)}
+
+  return grain.MapDataset.range(num_batches).map(
+      gathered if _gatherable(source, fn) else batch)
 
 
 def iterate(dataset: grain.MapDataset, start: int = 0, num_threads: int = 4) -> Iterator:
