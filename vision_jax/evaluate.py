@@ -28,7 +28,7 @@ def collect(eval_step: Callable, state, batches: Iterable, mesh: Mesh) -> dict[s
   Batch k+1 is dispatched before batch k's outputs are read (`parallel.steps_ahead`).
   """
   parts: dict[str, list[np.ndarray]] = {}
-  running = collections.deque()
+  running, ahead = collections.deque(), parallel.steps_ahead()
 
   def read_oldest():
     out = parallel.fetch(running.popleft())
@@ -38,7 +38,7 @@ def collect(eval_step: Callable, state, batches: Iterable, mesh: Mesh) -> dict[s
 
   for batch in batches:
     running.append(eval_step(state, parallel.step_input(batch, mesh)))
-    while len(running) > parallel.steps_ahead():
+    while len(running) > ahead:
       read_oldest()
   while running:
     read_oldest()

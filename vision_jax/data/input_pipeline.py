@@ -103,6 +103,11 @@ def _gatherable(source, fn: preprocess.Preprocess) -> bool:
           and getattr(fn, 'identity_for', lambda _: False)(source.images.shape[1:]))
 
 
+def _gather(source: sources.ArraySource, rows: np.ndarray) -> dict[str, np.ndarray]:
+  """Examples `rows` (any shape) as the per-example path makes them: labels int32."""
+  return {'image': source.images[rows], 'label': source.labels[rows].astype(np.int32)}
+
+
 class ChunkedGather:
   """Batch `step` of a split held in memory, gathered with its neighbours in one go.
 
@@ -121,19 +126,17 @@ class ChunkedGather:
     self._chunks: dict[int, dict[str, np.ndarray]] = {}  # The last two made.
     self._lock = threading.Lock()
 
-  def _gather(self, first: int) -> dict[str, np.ndarray]:
+  def _chunk(self, first: int) -> dict[str, np.ndarray]:
     positions = np.concatenate([_positions(s, self.global_batch, self.shard)
                                 for s in range(first, first + self.steps)])
-    indices = self.order(positions).reshape(self.steps, -1)
-    return {'image': self.source.images[indices],
-            'label': self.source.labels[indices].astype(np.int32)}
+    return _gather(self.source, self.order(positions).reshape(self.steps, -1))
 
   def __call__(self, step: int) -> dict[str, np.ndarray]:
     first = step - step % self.steps
     with self._lock:  # Reader threads ask for steps of the same chunk, or of two.
       chunk = self._chunks.get(first)
       if chunk is None:
-        chunk = self._chunks[first] = self._gather(first)
+        chunk = self._chunks[first] = self._chunk(first)
         if len(self._chunks) > 2:
           del self._chunks[next(iter(self._chunks))]  # The one made first.
     return {k: v[step - first] for k, v in chunk.items()}
@@ -156,8 +159,7 @@ def eval_dataset(source, fn: preprocess.Preprocess, *, global_batch: int,
 
   def gathered(index: int) -> dict[str, np.ndarray]:
     positions = _positions(index, global_batch, shard)
-    rows = np.minimum(positions, len(source) - 1)
-    return {'image': source.images[rows], 'label': source.labels[rows].astype(np.int32),
+    return {**_gather(source, np.minimum(positions, len(source) - 1)),
             'mask': (positions < len(source)).astype(np.float32)}
 
   return grain.MapDataset.range(num_batches).map(
