@@ -19,6 +19,7 @@ from jax import lax
 from vision_jax import ops
 from vision_jax.models import create_model, layers
 from vision_jax.ops import conv as fast_conv
+from vision_jax.ops import onednn
 from vision_jax.ops import pool as fast_pool
 
 RTOL = 1e-5
@@ -49,13 +50,20 @@ def _conv_vjps(x, w, strides, padding, dtype=jnp.float32):
   return (y_ref, *vjp_ref(g)), (y, *vjp(g))
 
 
-@pytest.fixture(params=['plan', 'ours_matmul', 'ours_conv_chunked', 'xla'])
+@pytest.fixture(params=['plan', 'onednn', 'plan_xla', 'ours_matmul', 'ours_conv_chunked',
+                        'xla'])
 def method(request, monkeypatch):
-  """Runs a test under the per-shape plan, then with each gradient forced to one method;
-  'ours_conv_chunked' also forces batch chunks of 2 images (batch 3: one chunk + a tail)."""
-  force = {'plan': {}, 'ours_matmul': {'dw': 'ours', 'dx': 'matmul'},
-           'ours_conv_chunked': {'dw': 'ours', 'dx': 'conv'},
-           'xla': {'dw': 'xla', 'dx': 'xla'}}[request.param]
+  """Runs a test under the per-shape plan (oneDNN's kernels where built), with both
+  gradients on oneDNN, then without oneDNN: the plan, and each gradient forced to one
+  method; 'ours_conv_chunked' also forces batch chunks of 2 images (batch 3: one chunk +
+  a tail)."""
+  if request.param == 'onednn' and not onednn.available():
+    pytest.skip('oneDNN is not built here (see the warning logged by vision_jax.ops.onednn)')
+  without = {'impl': 'xla'}
+  force = {'plan': {}, 'onednn': {'dw': 'onednn', 'dx': 'onednn'}, 'plan_xla': without,
+           'ours_matmul': {**without, 'dw': 'ours', 'dx': 'matmul'},
+           'ours_conv_chunked': {**without, 'dw': 'ours', 'dx': 'conv'},
+           'xla': {**without, 'dw': 'xla', 'dx': 'xla'}}[request.param]
   monkeypatch.setattr(fast_conv, 'FORCE', force)
   if request.param == 'ours_conv_chunked':
     monkeypatch.setattr(fast_conv, '_CONV_CHUNK_MIN_BYTES', 0)
@@ -165,9 +173,11 @@ def _loss_and_grads(fast: bool):
     return nnx.jit(lambda m: nnx.value_and_grad(loss_fn)(m))(model)
 
 
-@pytest.mark.parametrize('force', [{}, {'dw': 'ours', 'dx': 'conv'}])
+@pytest.mark.parametrize('force', [{}, {'impl': 'xla'}, {'impl': 'xla', 'dw': 'ours',
+                                                          'dx': 'conv'}])
 def test_convnet_fast_path_equals_xla(force, monkeypatch):
-  """Same loss and gradients; at this small batch `plan` keeps XLA's dw, so force ours too."""
+  """Same loss and gradients, with oneDNN (where built) and without; at this small batch
+  `plan` keeps XLA's dw without oneDNN, so force ours too."""
   monkeypatch.setattr(fast_conv, 'FORCE', force)
   loss_ref, grads_ref = _loss_and_grads(False)
   loss, grads = _loss_and_grads(True)
@@ -259,7 +269,9 @@ _PER_SHARD_SCRIPT = r'''
 import jax, jax.numpy as jnp, numpy as np
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import sys
 from vision_jax.ops import conv, per_shard, pool
+conv.FORCE['impl'] = sys.argv[1]
 
 def loss(conv_fn, pool_fn, x, w):
   y = conv_fn(x, w, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
@@ -283,16 +295,22 @@ for a, b in zip(got, ref):
   err = float(np.abs(np.asarray(a) - np.asarray(b)).max() / np.abs(np.asarray(b)).max())
   assert err < 1e-5, err
 assert text.count('manual_computation') >= 3, 'conv fwd/bwd and pool fwd/bwd run per shard'
+assert (sys.argv[1] == 'onednn') == ('vision_jax_onednn_weight_grad' in text)
 print('OK', got[0].sharding.spec)
 '''
 
 
-def test_fast_ops_run_per_batch_shard_on_a_mesh():
+@pytest.mark.parametrize('impl', ['onednn', 'xla'])
+def test_fast_ops_run_per_batch_shard_on_a_mesh(impl):
+  """Also: oneDNN's kernels run concurrently, one device per thread (its library-managed
+  scratchpad made this hang or go wrong)."""
   import os, subprocess, sys  # pylint: disable=g-import-not-at-top,multiple-imports
   from conftest import REPO  # pylint: disable=g-import-not-at-top
+  if impl == 'onednn' and not onednn.available():
+    pytest.skip('oneDNN is not built here')
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4',
              JAX_PLATFORMS='cpu')
-  proc = subprocess.run([sys.executable, '-c', _PER_SHARD_SCRIPT], cwd=REPO, env=env,
+  proc = subprocess.run([sys.executable, '-c', _PER_SHARD_SCRIPT, impl], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "OK P(('data', 'fsdp'),)" in proc.stdout, proc.stdout  # dx stays split.

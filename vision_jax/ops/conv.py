@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from vision_jax.ops import onednn
 from vision_jax.ops import per_shard as ps
 
 Pads = tuple[tuple[int, int], tuple[int, int]]
@@ -42,7 +43,8 @@ Pads = tuple[tuple[int, int], tuple[int, int]]
 _NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1),
                                  out_spec=(0, 3, 1, 2))
 _DN = ('NHWC', 'HWIO', 'NHWC')
-# Override of `plan`: {'dw': 'ours'|'xla', 'dx': 'matmul'|'conv'|'xla'}. Read at trace time.
+# Override of `plan`: {'dw': 'onednn'|'ours'|'xla', 'dx': 'onednn'|'matmul'|'conv'|'xla',
+# 'impl': 'onednn'|'xla' (oneDNN's kernels when available, or XLA's)}. Read at trace time.
 FORCE: dict[str, str] = {}
 # Below this activation size (x or dy) XLA's own weight gradient is as fast (in cache).
 _XLA_DW_MAX_BYTES = 4 << 20
@@ -151,8 +153,20 @@ def _conv(x: jax.Array, w: jax.Array, strides: tuple[int, int], pads: Pads,
   return _conv_fwd(x, w, strides, pads, precision)[0]
 
 
+def _use_onednn(dtype) -> bool:
+  """oneDNN's kernels for float32 when built (`onednn.available`) and not FORCE'd off."""
+  return FORCE.get('impl', 'onednn') == 'onednn' and dtype == jnp.float32 and (
+      onednn.available())
+
+
+def _local_forward(x, w, strides, pads, precision):
+  if _use_onednn(x.dtype):
+    return onednn.forward(x, w, strides, pads)
+  return _forward_chunked(x, w, strides, pads, precision)
+
+
 def _conv_fwd(x, w, strides, pads, precision):
-  forward = ps.per_shard(lambda x, w: _forward_chunked(x, w, strides, pads, precision),
+  forward = ps.per_shard(lambda x, w: _local_forward(x, w, strides, pads, precision),
                          x.shape[0], (ps.BATCH, ps.REPLICATED), ps.BATCH)
   return forward(x, w), (x, w)
 
@@ -286,10 +300,12 @@ def weight_grad_xla(x: jax.Array, dy: jax.Array, w_shape: Sequence[int],
 
 
 def plan(x_shape: Sequence[int], w_shape: Sequence[int], y_shape: Sequence[int],
-         itemsize: int = 4) -> tuple[str, str]:
+         itemsize: int = 4, use_onednn: bool = False) -> tuple[str, str]:
   """(weight-grad method, input-grad method) for one layer, from measured speeds.
 
-  dw: 'ours' (chunked im2col) or 'xla'. XLA:CPU's weight gradient is fine while the
+  With oneDNN (`use_onednn`): its kernels for both, except the input gradient of a 1x1
+  conv (one matmul: ~5 ms against oneDNN's 11 for the 1x1/2 shortcut of a CIFAR ResNet).
+  Without, dw: 'ours' (chunked im2col) or 'xla'. XLA:CPU's weight gradient is fine while the
   activations fit in cache and 2-3x the forward once they do not (batch 128 at 32x32x64:
   33 MB); ours streams cache-sized chunks, so it takes over from _XLA_DW_MAX_BYTES, unless
   one image's patches alone overflow a chunk (ImageNet-sized early layers).
@@ -299,6 +315,8 @@ def plan(x_shape: Sequence[int], w_shape: Sequence[int], y_shape: Sequence[int],
   """
   kh, kw, cin, _ = w_shape
   one_by_one = kh * kw == 1
+  if use_onednn:
+    return FORCE.get('dw', 'onednn'), FORCE.get('dx', 'matmul' if one_by_one else 'onednn')
   big = max(math.prod(x_shape), math.prod(y_shape)) * itemsize >= _XLA_DW_MAX_BYTES
   image_patches = y_shape[1] * y_shape[2] * kh * kw * cin * itemsize
   dw = 'ours' if one_by_one or (big and image_patches <= _CHUNK_BYTES) else 'xla'
@@ -311,12 +329,18 @@ _INPUT_GRADS = {'matmul': input_grad_matmul, 'conv': input_grad_conv, 'xla': inp
 
 def _local_grads(x, w, dy, strides, pads, precision):
   """(dx, dw) of one batch shard; dw in float32 so that shards sum without rounding."""
-  dw_method, dx_method = plan(x.shape, w.shape, dy.shape, x.dtype.itemsize)
-  if dw_method == 'ours':
+  dw_method, dx_method = plan(x.shape, w.shape, dy.shape, x.dtype.itemsize,
+                              _use_onednn(x.dtype))
+  if dw_method == 'onednn':
+    dw = onednn.weight_grad(x, dy, w.shape, strides, pads)
+  elif dw_method == 'ours':
     dw = weight_grad(x, dy, w.shape[:2], strides, pads, precision)
   else:
     dw = weight_grad_xla(x, dy, w.shape, strides, pads, precision)
-  dx = _INPUT_GRADS[dx_method](dy, w, x.shape, strides, pads, precision)
+  if dx_method == 'onednn':
+    dx = onednn.input_grad(dy, w, x.shape, strides, pads)
+  else:
+    dx = _INPUT_GRADS[dx_method](dy, w, x.shape, strides, pads, precision)
   return dx.astype(x.dtype), dw.astype(jnp.float32)
 
 

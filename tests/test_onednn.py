@@ -1,0 +1,94 @@
+"""oneDNN's convolutions (vision_jax/ops/onednn.py): built here, exact, and optional.
+
+Gradients against XLA's for every kernel size, stride and padding are in test_ops.py (the
+'plan' and 'onednn' methods); these check what only this path has: the build, the shapes
+where oneDNN picks its fast (blocked, multi-threaded) kernels, and the fallback.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from vision_jax.ops import conv as fast_conv
+from vision_jax.ops import onednn
+
+X86_LINUX = platform.system() == 'Linux' and platform.machine() == 'x86_64'
+needs_onednn = pytest.mark.skipif(not X86_LINUX, reason='oneDNN wheels: x86-64 Linux only')
+DN = ('NHWC', 'HWIO', 'NHWC')
+
+
+@needs_onednn
+def test_it_builds_from_the_requirements_here():
+  """requirements.txt installs the wheels; g++ builds the bridge (else: see the warning)."""
+  path = onednn._load()  # pylint: disable=protected-access
+  assert path and os.path.exists(path), 'oneDNN bridge not built: see the logged warning'
+
+
+def _grads(conv_fn, x, w, strides, g):
+  f = lambda x, w: conv_fn(x, w, strides, 'SAME', dimension_numbers=DN)
+  y, vjp = jax.vjp(jax.jit(f), x, w)
+  return (y, *vjp(g))
+
+
+@needs_onednn
+@pytest.mark.parametrize('channels,size,stride', [(64, 16, 1), (64, 16, 2), (128, 8, 1),
+                                                  (3, 16, 1)])
+def test_resnet_layer_shapes_match_xla(channels, size, stride):
+  """Shapes where oneDNN uses its blocked brgemm kernels (the toy shapes of test_ops do
+  not), against XLA in float32, within 1e-5 of the largest entry."""
+  rng = np.random.default_rng(channels + size + stride)
+  x = jnp.asarray(rng.standard_normal((4, size, size, channels)), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((3, 3, channels, 64)) * 0.05, jnp.float32)
+  out_size = -(-size // stride)
+  g = jnp.asarray(rng.standard_normal((4, out_size, out_size, 64)), jnp.float32)
+  ref = _grads(lax.conv_general_dilated, x, w, (stride, stride), g)
+  got = _grads(fast_conv.conv_general_dilated, x, w, (stride, stride), g)
+  hlo = jax.jit(jax.grad(lambda x, w: jnp.sin(fast_conv.conv_general_dilated(
+      x, w, (stride, stride), 'SAME', dimension_numbers=DN)).sum(), (0, 1))).lower(
+          x, w).as_text()
+  assert 'vision_jax_onednn_weight_grad' in hlo and 'vision_jax_onednn_forward' in hlo
+  for r, o in zip(ref, got):
+    r, o = np.asarray(r, np.float64), np.asarray(o, np.float64)
+    assert np.abs(o - r).max() <= 1e-5 * np.abs(r).max()
+
+
+_FALLBACK_SCRIPT = r'''
+import jax, jax.numpy as jnp, numpy as np
+from jax import lax
+from vision_jax.ops import conv, onednn
+x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 8, 8, 16)), jnp.float32)
+w = jnp.asarray(np.random.default_rng(1).standard_normal((3, 3, 16, 8)), jnp.float32)
+loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w, (1, 1), 'SAME',
+                                                dimension_numbers=('NHWC', 'HWIO', 'NHWC'))))
+hlo = jax.jit(jax.grad(loss(conv.conv_general_dilated), (0, 1))).lower(x, w).as_text()
+got = jax.grad(loss(conv.conv_general_dilated), (0, 1))(x, w)
+ref = jax.grad(loss(lax.conv_general_dilated), (0, 1))(x, w)
+for a, b in zip(got, ref):
+  assert np.abs(np.asarray(a) - np.asarray(b)).max() <= 1e-5 * np.abs(np.asarray(b)).max()
+print('AVAILABLE' if onednn.available() else 'FALLBACK', 'onednn' in hlo)
+'''
+
+
+@pytest.mark.parametrize('env,warned', [({'CXX': '/nonexistent/c++'}, True),
+                                        ({'VISION_JAX_ONEDNN': '0'}, False)])
+def test_without_it_xla_convolutions_give_the_same_gradients(env, warned, tmp_path):
+  """No compiler (a fresh cache, so nothing prebuilt): one warning that says why, then
+  XLA's convolutions. Switched off: no warning, same."""
+  from conftest import REPO  # pylint: disable=g-import-not-at-top
+  env = dict(os.environ, JAX_PLATFORMS='cpu', VISION_JAX_CACHE=str(tmp_path), **env)
+  proc = subprocess.run([sys.executable, '-c', _FALLBACK_SCRIPT], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'FALLBACK False' in proc.stdout, proc.stdout
+  assert ('oneDNN convolutions unavailable' in proc.stderr) == warned, proc.stderr[-2000:]
+  if warned and X86_LINUX:
+    assert 'C++ compiler' in proc.stderr  # Names what is missing.
+  assert not list(tmp_path.glob('*.so'))
