@@ -1,8 +1,10 @@
 """Train-step throughput, side by side: our jitted JAX step vs a PyTorch twin.
 
-For each model, four contenders run the same architecture, batch, loss (softmax
+For each model, five contenders run the same architecture, batch, loss (softmax
 cross-entropy) and optimiser (SGD, momentum 0.9, fp32) on the same number of threads:
-  ours       vision_jax model with the CPU fast path (`fast_cpu_ops=True`)
+  ours       vision_jax model with the CPU fast path (`fast_cpu_ops=True`): oneDNN's
+             convolutions where built (vision_jax/ops/onednn.py), our gradients around them
+  ours_eigen the same fast path without oneDNN (XLA's convolutions, our gradients)
   ours_xla   the same model on XLA's own convolution / pooling gradients
   torch_cl   PyTorch, channels_last (the faster PyTorch layout on CPU: the reference)
   torch      PyTorch, NCHW
@@ -42,7 +44,7 @@ from flax import nnx  # pylint: disable=g-import-not-at-top,g-bad-import-order
 
 from vision_jax import ops, parallel  # pylint: disable=g-import-not-at-top
 from vision_jax.models import create_model, layers  # pylint: disable=g-import-not-at-top
-from vision_jax.ops import per_shard  # pylint: disable=g-import-not-at-top
+from vision_jax.ops import conv, per_shard  # pylint: disable=g-import-not-at-top
 
 import torch  # pylint: disable=g-import-not-at-top,g-bad-import-order
 from torch import nn  # pylint: disable=g-import-not-at-top,g-bad-import-order
@@ -144,8 +146,8 @@ def torch_model(name: str, image_size: int) -> nn.Module:
 
 
 # ---------------------------------------------------------------- step builders
-def ours_step(name: str, image_size: int, batch: int, fast: bool, seed: int = 0
-              ) -> tuple[Callable[[], None], float, int]:
+def ours_step(name: str, image_size: int, batch: int, fast: bool, seed: int = 0,
+              onednn: bool = True) -> tuple[Callable[[], None], float, int]:
   """A jitted SGD step as the training loop runs it: (run one step, compile s, #params).
 
   Over every jax device: with `--cpu_devices N` the batch is split over N CPU devices (data
@@ -178,9 +180,15 @@ def ours_step(name: str, image_size: int, batch: int, fast: bool, seed: int = 0
 
   start = time.perf_counter()
   # Max-pools follow the switch active at trace time; fast ops run per batch shard.
-  with layers.fast_cpu_ops(fast), per_shard.batch_parallel(mesh):
-    lowered = jax.jit(step, donate_argnums=(0, 1, 2)).lower(
-        params, rest, opt_state, images, labels)
+  saved = dict(conv.FORCE)
+  conv.FORCE.update({} if onednn else {'impl': 'xla'})  # Read while tracing.
+  try:
+    with layers.fast_cpu_ops(fast), per_shard.batch_parallel(mesh):
+      lowered = jax.jit(step, donate_argnums=(0, 1, 2)).lower(
+          params, rest, opt_state, images, labels)
+  finally:
+    conv.FORCE.clear()
+    conv.FORCE.update(saved)
   compiled = lowered.compile(ops.cpu_compiler_options())
   compile_s = time.perf_counter() - start
   state = [params, rest, opt_state]
@@ -221,7 +229,8 @@ def bench_model(name: str, batch: int, rounds: int, steps: int, warmup: int,
   info = []
   for c in contenders:
     if c.startswith('ours'):
-      runs[c], compile_s, n = ours_step(registry_name, image_size, batch, c == 'ours')
+      runs[c], compile_s, n = ours_step(registry_name, image_size, batch, c != 'ours_xla',
+                                        onednn=c == 'ours')
       info.append(f'{c}: compile {compile_s:.1f} s, {n:,} params')
     else:
       runs[c], n = torch_step(name, image_size, batch, c == 'torch_cl')
@@ -252,7 +261,8 @@ def bench_model(name: str, batch: int, rounds: int, steps: int, warmup: int,
     result['ratio_best'] = best['ours'] / best[ref]
     print(f'  ratio ours/{ref}: {result["ratio"]:.2f} (medians), '
           f'{result["ratio_best"]:.2f} (best rounds)', flush=True)
-  extra = {'ours_xla': 'ours_xla_img_s', 'torch': 'torch_nchw_img_s'}
+  extra = {'ours_eigen': 'ours_eigen_img_s', 'ours_xla': 'ours_xla_img_s',
+           'torch': 'torch_nchw_img_s'}
   extra.pop(ref, None)
   result.update({extra[c]: v for c, v in img_s.items() if c in extra})
   result = {k: round(v, 3) for k, v in result.items() if v is not None}
@@ -268,7 +278,7 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument('--steps', type=int, default=2, help='timed steps per round')
   parser.add_argument('--warmup', type=int, default=3,
                       help='untimed steps first (compilation, the heap settling)')
-  parser.add_argument('--contenders', default='ours,ours_xla,torch_cl,torch')
+  parser.add_argument('--contenders', default='ours,ours_eigen,ours_xla,torch_cl,torch')
   parser.add_argument('--threads', type=int, default=os.cpu_count() or 1,
                       help='PyTorch threads; XLA:CPU uses every core')
   parser.add_argument('--cpu_devices', type=int, default=1,

@@ -41,9 +41,11 @@ def _grads(conv_fn, x, w, strides, g):
 @needs_onednn
 @pytest.mark.parametrize('channels,size,stride', [(64, 16, 1), (64, 16, 2), (128, 8, 1),
                                                   (3, 16, 1)])
-def test_resnet_layer_shapes_match_xla(channels, size, stride):
+def test_resnet_layer_shapes_match_xla(channels, size, stride, monkeypatch):
   """Shapes where oneDNN uses its blocked brgemm kernels (the toy shapes of test_ops do
-  not), against XLA in float32, within 1e-5 of the largest entry."""
+  not), against XLA in float32, within 1e-5 of the largest entry. (Forced: at batch 4
+  they are below the size where the plan picks oneDNN.)"""
+  monkeypatch.setattr(fast_conv, 'FORCE', {'impl': 'onednn'})
   rng = np.random.default_rng(channels + size + stride)
   x = jnp.asarray(rng.standard_normal((4, size, size, channels)), jnp.float32)
   w = jnp.asarray(rng.standard_normal((3, 3, channels, 64)) * 0.05, jnp.float32)
@@ -60,10 +62,26 @@ def test_resnet_layer_shapes_match_xla(channels, size, stride):
     assert np.abs(o - r).max() <= 1e-5 * np.abs(r).max()
 
 
+@needs_onednn
+def test_the_plan_uses_it_for_resnet_layers_not_for_tiny_ones():
+  """By forward FLOPs: the digits ConvNet's first conv (9 MFLOP) made its step ~15% slower
+  on oneDNN; its second (302 MFLOP) and CIFAR ResNet layers (>= 500 MFLOP) take it."""
+  def custom_calls(x_shape, w_shape, strides):
+    x, w = jnp.zeros(x_shape), jnp.zeros(w_shape)
+    f = lambda x, w: jnp.sin(fast_conv.conv_general_dilated(
+        x, w, strides, 'SAME', dimension_numbers=DN)).sum()
+    return jax.jit(jax.grad(f, (0, 1))).lower(x, w).as_text().count('vision_jax_onednn_')
+  assert custom_calls((128, 8, 8, 1), (3, 3, 1, 64), (1, 1)) == 0  # digits conv1
+  assert custom_calls((128, 4, 4, 64), (3, 3, 64, 128), (1, 1)) == 3  # digits conv2
+  assert custom_calls((128, 8, 8, 256), (1, 1, 256, 512), (2, 2)) == 2  # fwd, dw; dx: matmul
+  assert custom_calls((128, 32, 32, 64), (3, 3, 64, 64), (1, 1)) == 3
+
+
 _FALLBACK_SCRIPT = r'''
 import jax, jax.numpy as jnp, numpy as np
 from jax import lax
 from vision_jax.ops import conv, onednn
+conv.FORCE['impl'] = 'onednn'  # At any size, if it is available.
 x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 8, 8, 16)), jnp.float32)
 w = jnp.asarray(np.random.default_rng(1).standard_normal((3, 3, 16, 8)), jnp.float32)
 loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w, (1, 1), 'SAME',

@@ -53,14 +53,15 @@ def _conv_vjps(x, w, strides, padding, dtype=jnp.float32):
 @pytest.fixture(params=['plan', 'onednn', 'plan_xla', 'ours_matmul', 'ours_conv_chunked',
                         'xla'])
 def method(request, monkeypatch):
-  """Runs a test under the per-shape plan (oneDNN's kernels where built), with both
-  gradients on oneDNN, then without oneDNN: the plan, and each gradient forced to one
-  method; 'ours_conv_chunked' also forces batch chunks of 2 images (batch 3: one chunk +
+  """Runs a test under the per-shape plan (oneDNN's kernels where built and large enough),
+  with oneDNN forced for the forward and both gradients, then without oneDNN: the plan,
+  and each gradient forced to one method; 'ours_conv_chunked' also forces batch chunks of 2 images (batch 3: one chunk +
   a tail)."""
   if request.param == 'onednn' and not onednn.available():
     pytest.skip('oneDNN is not built here (see the warning logged by vision_jax.ops.onednn)')
   without = {'impl': 'xla'}
-  force = {'plan': {}, 'onednn': {'dw': 'onednn', 'dx': 'onednn'}, 'plan_xla': without,
+  force = {'plan': {}, 'onednn': {'impl': 'onednn', 'dw': 'onednn', 'dx': 'onednn'},
+           'plan_xla': without,
            'ours_matmul': {**without, 'dw': 'ours', 'dx': 'matmul'},
            'ours_conv_chunked': {**without, 'dw': 'ours', 'dx': 'conv'},
            'xla': {**without, 'dw': 'xla', 'dx': 'xla'}}[request.param]

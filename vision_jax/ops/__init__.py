@@ -5,6 +5,8 @@ XLA's ops (within float32 rounding) but run the backward pass several times fast
 XLA:CPU. Models switch to them with `create_model(..., fast_cpu_ops=True)`; the training
 loop decides with `resolve_fast_cpu_ops(config.model.fast_cpu_ops)`. Every step jitted on
 the CPU backend also compiles with `cpu_compiler_options()` (multi-threaded convolutions).
+On x86-64 Linux the convolutions themselves are oneDNN's (`onednn.py`, built with g++ on
+first use; `VISION_JAX_ONEDNN=0` turns it off), the library PyTorch's CPU convolutions use.
 """
 from __future__ import annotations
 

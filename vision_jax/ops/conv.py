@@ -1,9 +1,16 @@
 """A 2-D convolution whose gradients are fast on XLA:CPU.
 
 On 2 x86 cores XLA:CPU's weight gradient of a 3x3 conv over 32x32 maps costs ~3x the
-forward pass, and both gradients of a 1x1 conv cost 5-15x (PyTorch/oneDNN: ~1x).
-`conv_general_dilated` keeps XLA's convolution for the forward pass and defines its own VJP,
-choosing per layer shape (`plan`):
+forward pass, and both gradients of a 1x1 conv cost 5-15x (PyTorch/oneDNN: ~1x); its
+forward itself runs at ~0.6x oneDNN's speed. `conv_general_dilated` defines its own VJP:
+
+* where oneDNN is built (`onednn.available()`: x86-64 Linux with the requirements and g++),
+  float32 forward, input and weight gradients are oneDNN's kernels as XLA custom calls
+  (3x3 64->64 on 128x32x32: 21 / 21 / 24 ms against XLA's 37 / 35 / 43), except the input
+  gradient of a 1x1 conv (one matmul, below). `FORCE['impl'] = 'xla'` turns it off.
+
+Otherwise XLA's convolution does the forward pass and the gradients are chosen per layer
+shape (`plan`):
 
 * weight gradient: im2col over chunks of the batch (a `lax.scan`), each chunk one 2-D
   matmul patches^T (kh*kw*Cin, rows) @ dy (rows, Cout) accumulated in float32. Chunks of
@@ -44,7 +51,8 @@ _NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1),
                                  out_spec=(0, 3, 1, 2))
 _DN = ('NHWC', 'HWIO', 'NHWC')
 # Override of `plan`: {'dw': 'onednn'|'ours'|'xla', 'dx': 'onednn'|'matmul'|'conv'|'xla',
-# 'impl': 'onednn'|'xla' (oneDNN's kernels when available, or XLA's)}. Read at trace time.
+# 'impl': 'onednn'|'xla' (oneDNN's kernels at any size when available, or never)}. Read at
+# trace time.
 FORCE: dict[str, str] = {}
 # Below this activation size (x or dy) XLA's own weight gradient is as fast (in cache).
 _XLA_DW_MAX_BYTES = 4 << 20
@@ -56,6 +64,11 @@ _CONV_CHUNK_MAX_IMAGE_BYTES = 512 << 10
 # Weight-gradient chunks: patch matrices of ~4.5 MiB (cache-resident), 256..8192 rows.
 _CHUNK_BYTES = 9 << 19
 _MIN_CHUNK_ROWS, _MAX_CHUNK_ROWS = 256, 8192
+# oneDNN for convs of at least this many forward FLOPs (per device). Below, inside a step,
+# its calls cost more than they save: on the digits ConvNet's first conv (9 MFLOP, 1 input
+# channel) the whole step ran ~15% slower; its second (302 MFLOP) was even, and the layers
+# of CIFAR/ImageNet ResNets (>= 500 MFLOP at their batch sizes) gain.
+_ONEDNN_MIN_FLOPS = 100e6
 
 
 def _is_nhwc(dimension_numbers: Any, ndim: int) -> bool:
@@ -153,14 +166,20 @@ def _conv(x: jax.Array, w: jax.Array, strides: tuple[int, int], pads: Pads,
   return _conv_fwd(x, w, strides, pads, precision)[0]
 
 
-def _use_onednn(dtype) -> bool:
-  """oneDNN's kernels for float32 when built (`onednn.available`) and not FORCE'd off."""
-  return FORCE.get('impl', 'onednn') == 'onednn' and dtype == jnp.float32 and (
-      onednn.available())
+def _use_onednn(x: jax.Array, w_shape: Sequence[int], y_shape: Sequence[int]) -> bool:
+  """oneDNN's kernels for float32 convs of >= _ONEDNN_MIN_FLOPS when built
+  (`onednn.available`) and not FORCE'd off ('impl': 'onednn' forces it at any size)."""
+  impl = FORCE.get('impl')
+  if impl == 'xla' or x.dtype != jnp.float32:
+    return False
+  flops = 2 * math.prod(y_shape) * math.prod(w_shape[:3])
+  return (impl == 'onednn' or flops >= _ONEDNN_MIN_FLOPS) and onednn.available()
 
 
 def _local_forward(x, w, strides, pads, precision):
-  if _use_onednn(x.dtype):
+  kernel_hw = w.shape[:2]
+  y_shape = (x.shape[0], *onednn.output_hw(x.shape, kernel_hw, strides, pads), w.shape[3])
+  if _use_onednn(x, w.shape, y_shape):
     return onednn.forward(x, w, strides, pads)
   return _forward_chunked(x, w, strides, pads, precision)
 
@@ -330,7 +349,7 @@ _INPUT_GRADS = {'matmul': input_grad_matmul, 'conv': input_grad_conv, 'xla': inp
 def _local_grads(x, w, dy, strides, pads, precision):
   """(dx, dw) of one batch shard; dw in float32 so that shards sum without rounding."""
   dw_method, dx_method = plan(x.shape, w.shape, dy.shape, x.dtype.itemsize,
-                              _use_onednn(x.dtype))
+                              _use_onednn(x, w.shape, dy.shape))
   if dw_method == 'onednn':
     dw = onednn.weight_grad(x, dy, w.shape, strides, pads)
   elif dw_method == 'ours':
