@@ -9,6 +9,7 @@
 // Built on first use by vision_jax/ops/onednn.py (g++, headers from jaxlib and from the
 // onednn-devel wheel); every entry point is an XLA FFI handler.
 #include <cstdint>
+#include <cstdlib>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -132,6 +133,31 @@ memory Wrap(const memory::desc& desc, const void* data) {
   return memory(desc, Engine(), const_cast<void*>(data));
 }
 
+// Memory for one call's temporaries (reordered weights, scratchpads), per thread and reused
+// by the next call: a fresh allocation per call would page-fault megabytes every step.
+enum Slot { kWeights = 0, kScratch = 1, kReorderScratch = 2, kSlots = 3 };
+
+memory Temporary(const memory::desc& desc, Slot slot) {
+  struct Buffer {
+    void* data = nullptr;
+    size_t size = 0;
+    ~Buffer() { std::free(data); }
+  };
+  thread_local Buffer buffers[kSlots];
+  Buffer& buffer = buffers[slot];
+  const size_t size = desc.get_size();
+  if (size > buffer.size) {
+    std::free(buffer.data);
+    buffer.size = (size + 4095) / 4096 * 4096;
+    buffer.data = std::aligned_alloc(64, buffer.size);
+    if (buffer.data == nullptr) {
+      buffer.size = 0;
+      throw dnnl::error(dnnl_out_of_memory, "no memory for a oneDNN temporary");
+    }
+  }
+  return memory(desc, Engine(), buffer.data);
+}
+
 // Runs `kind` with `args` (weights passed separately, in HWIO at `hwio`).
 ffi::Error Run(const Geometry& g, Kind kind, std::unordered_map<int, memory> args,
                void* hwio) {
@@ -139,16 +165,17 @@ ffi::Error Run(const Geometry& g, Kind kind, std::unordered_map<int, memory> arg
     const Plan& plan = GetPlan(g, kind);
     dnnl::stream stream(Engine());
     memory user = Wrap(g.hwio(), hwio);
-    memory weights = plan.reorder ? memory(plan.weights, Engine()) : user;
+    memory weights = plan.reorder ? Temporary(plan.weights, kWeights) : user;
     const int weights_arg = kind == kWeightGrad ? DNNL_ARG_DIFF_WEIGHTS : DNNL_ARG_WEIGHTS;
     auto reorder = [&](memory& from, memory& to) {
       plan.to_or_from_hwio.execute(stream, {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to},
                                             {DNNL_ARG_SCRATCHPAD,
-                                             memory(plan.reorder_scratch, Engine())}});
+                                             Temporary(plan.reorder_scratch,
+                                                       kReorderScratch)}});
     };
     if (plan.reorder && kind != kWeightGrad) reorder(user, weights);
     args[weights_arg] = weights;
-    args[DNNL_ARG_SCRATCHPAD] = memory(plan.scratch, Engine());
+    args[DNNL_ARG_SCRATCHPAD] = Temporary(plan.scratch, kScratch);
     plan.conv.execute(stream, args);
     if (plan.reorder && kind == kWeightGrad) reorder(weights, user);
     stream.wait();
