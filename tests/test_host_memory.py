@@ -25,14 +25,15 @@ for _ in range(24):
   before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
   f(x).block_until_ready()
   faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-print(json.dumps(sum(faults[16:])))  # Once the heap has settled (see below).
+print(json.dumps(faults[16:]))  # Once the heap has mostly settled (see below).
 '''
 _SCRATCH_PAGES = 64 * 2**20 // 4096
 _RUNS = 8  # Counted: the last 8 of 24.
 
 
-def _page_faults(mode: str) -> int:
-  """Minor page faults of the last 8 of 24 runs of a jitted function with 64 MiB of scratch."""
+def _page_faults(mode: str) -> list[int]:
+  """Minor page faults of each of the last 8 of 24 runs of a jitted function with 64 MiB
+  of scratch."""
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=root)
   out = subprocess.run([sys.executable, '-c', _SCRIPT, mode], env=env, check=True,
@@ -44,11 +45,13 @@ def _page_faults(mode: str) -> int:
 def test_scratch_memory_is_reused_instead_of_faulted_in_every_run():
   default = _page_faults('default')
   kept = _page_faults('keep')
+  assert len(default) == len(kept) == _RUNS
   # The premise: by default every run faults its whole scratch buffer in again.
-  assert default >= 0.9 * _RUNS * _SCRATCH_PAGES, default
-  # Kept: while the heap settles, some of the first ~15 runs still land on fresh pages
-  # (measured: 1-6 of them); after that none do.
-  assert kept <= 0.25 * default, (kept, default)
+  assert min(default) >= 0.9 * _SCRATCH_PAGES, default
+  # Kept: most runs reuse pages already mapped. While the heap settles a run can still land
+  # on fresh pages (measured: 1-6 of the first 16 runs; under load, 3 of the last 8 once),
+  # so the median run is what is checked.
+  assert sorted(kept)[_RUNS // 2] <= 0.1 * _SCRATCH_PAGES, (kept, default)
 
 
 def test_keep_freed_memory_reports_what_it_did():

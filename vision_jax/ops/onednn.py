@@ -125,6 +125,7 @@ def _call(target: str, out_shape: Sequence[int], a: jax.Array, b: jax.Array,
 
 def output_hw(x_shape: Sequence[int], kernel_hw: Sequence[int], strides: tuple[int, int],
               pads: Pads) -> tuple[int, int]:
+  """(Ho, Wo) of a convolution of NHWC `x_shape` with explicit (low, high) `pads`."""
   return tuple((x_shape[1 + i] + sum(pads[i]) - kernel_hw[i]) // strides[i] + 1
                for i in range(2))
 
