@@ -84,6 +84,7 @@ def _build() -> pathlib.Path:
   except (OSError, subprocess.TimeoutExpired) as e:
     raise Unavailable(f'building the oneDNN bridge failed: {e}') from e
   if done.returncode:
+    tmp.unlink(missing_ok=True)
     raise Unavailable(f'building the oneDNN bridge failed ({" ".join(cmd)}):\n'
                       f'{done.stderr[-2000:]}')
   os.replace(tmp, out)
