@@ -21,7 +21,9 @@ from vision_jax.ops import conv as fast_conv
 from vision_jax.ops import onednn
 
 X86_LINUX = platform.system() == 'Linux' and platform.machine() == 'x86_64'
-needs_onednn = pytest.mark.skipif(not X86_LINUX, reason='oneDNN wheels: x86-64 Linux only')
+SWITCHED_OFF = os.environ.get('VISION_JAX_ONEDNN', '1').lower() in ('0', 'off', 'false', 'no')
+needs_onednn = pytest.mark.skipif(not X86_LINUX or SWITCHED_OFF,
+                                  reason='oneDNN wheels: x86-64 Linux only; or switched off')
 DN = ('NHWC', 'HWIO', 'NHWC')
 
 
@@ -101,7 +103,8 @@ def test_without_it_xla_convolutions_give_the_same_gradients(env, warned, tmp_pa
   """No compiler (a fresh cache, so nothing prebuilt): one warning that says why, then
   XLA's convolutions. Switched off: no warning, same."""
   from conftest import REPO  # pylint: disable=g-import-not-at-top
-  env = dict(os.environ, JAX_PLATFORMS='cpu', VISION_JAX_CACHE=str(tmp_path), **env)
+  inherited = {k: v for k, v in os.environ.items() if k != 'VISION_JAX_ONEDNN'}
+  env = dict(inherited, JAX_PLATFORMS='cpu', VISION_JAX_CACHE=str(tmp_path), **env)
   proc = subprocess.run([sys.executable, '-c', _FALLBACK_SCRIPT], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -110,3 +113,26 @@ def test_without_it_xla_convolutions_give_the_same_gradients(env, warned, tmp_pa
   if warned and X86_LINUX:
     assert 'C++ compiler' in proc.stderr  # Names what is missing.
   assert not list(tmp_path.glob('*.so'))
+
+
+@needs_onednn
+def test_the_training_loops_own_step_calls_it():
+  """train.jit_train_step, as the CLI builds it for the digits default (batch 128): the
+  second conv (302 MFLOP) runs forward, input and weight gradient on oneDNN, the first
+  (9 MFLOP) on XLA."""
+  from vision_jax import config as config_lib, parallel, train, train_state  # pylint: disable=g-import-not-at-top
+  from vision_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  config = config_lib.base_config()
+  mesh = parallel.make_mesh(config, jax.devices()[:1])
+  graphdef, state, tx, schedule, shardings = train_state.create(
+      config, mesh, num_classes=10, image_size=8, in_channels=1, steps_per_epoch=10)
+  data = input_pipeline.Data(train=None, evals={}, num_train=10, eval_sizes={},
+                             num_classes=10, image_size=8, channels=1, mean=(0.5,),
+                             std=(0.5,), class_names=[], num_threads=0)
+  step = train.jit_train_step(config, graphdef, tx, schedule, data, mesh, shardings)
+  batch = {'image': jnp.zeros((128, 8, 8, 1), jnp.uint8),
+           'label': jnp.zeros((128,), jnp.int32)}
+  text = step.lower(state, batch).as_text()
+  calls = sorted(t for t in ('forward', 'input_grad', 'weight_grad')
+                 for _ in range(text.count(f'@vision_jax_onednn_{t}(')))
+  assert calls == ['forward', 'input_grad', 'weight_grad'], calls
