@@ -27,3 +27,23 @@ def run_cli(args: list[str], data_dir: str, *, env: dict | None = None,
   full_env = dict(os.environ, TFDS_DATA_DIR=data_dir, JAX_PLATFORMS='cpu', **(env or {}))
   return subprocess.run([sys.executable, '-m', 'vision_jax.main', *args], cwd=REPO,
                         env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def lower_digits_train_step(batch_size: int):
+  """The training loop's own jitted step (train.jit_train_step) for the digits default
+  config and a zero batch of `batch_size` 8x8 images, lowered (not run)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from vision_jax import config as config_lib, parallel, train, train_state  # pylint: disable=g-import-not-at-top
+  from vision_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  config = config_lib.base_config()
+  mesh = parallel.make_mesh(config, jax.devices()[:1])
+  graphdef, state, tx, schedule, shardings = train_state.create(
+      config, mesh, num_classes=10, image_size=8, in_channels=1, steps_per_epoch=10)
+  data = input_pipeline.Data(train=None, evals={}, num_train=10, eval_sizes={},
+                             num_classes=10, image_size=8, channels=1, mean=(0.5,),
+                             std=(0.5,), class_names=[], num_threads=0)
+  step = train.jit_train_step(config, graphdef, tx, schedule, data, mesh, shardings)
+  batch = {'image': jnp.zeros((batch_size, 8, 8, 1), jnp.uint8),
+           'label': jnp.zeros((batch_size,), jnp.int32)}
+  return step.lower(state, batch)

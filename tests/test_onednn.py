@@ -120,19 +120,8 @@ def test_the_training_loops_own_step_calls_it():
   """train.jit_train_step, as the CLI builds it for the digits default (batch 128): the
   second conv (302 MFLOP) runs forward, input and weight gradient on oneDNN, the first
   (9 MFLOP) on XLA."""
-  from vision_jax import config as config_lib, parallel, train, train_state  # pylint: disable=g-import-not-at-top
-  from vision_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
-  config = config_lib.base_config()
-  mesh = parallel.make_mesh(config, jax.devices()[:1])
-  graphdef, state, tx, schedule, shardings = train_state.create(
-      config, mesh, num_classes=10, image_size=8, in_channels=1, steps_per_epoch=10)
-  data = input_pipeline.Data(train=None, evals={}, num_train=10, eval_sizes={},
-                             num_classes=10, image_size=8, channels=1, mean=(0.5,),
-                             std=(0.5,), class_names=[], num_threads=0)
-  step = train.jit_train_step(config, graphdef, tx, schedule, data, mesh, shardings)
-  batch = {'image': jnp.zeros((128, 8, 8, 1), jnp.uint8),
-           'label': jnp.zeros((128,), jnp.int32)}
-  text = step.lower(state, batch).as_text()
+  from conftest import lower_digits_train_step  # pylint: disable=g-import-not-at-top
+  text = lower_digits_train_step(128).as_text()
   calls = sorted(t for t in ('forward', 'input_grad', 'weight_grad')
                  for _ in range(text.count(f'@vision_jax_onednn_{t}(')))
   assert calls == ['forward', 'input_grad', 'weight_grad'], calls

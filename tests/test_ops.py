@@ -248,18 +248,8 @@ def test_cpu_compiler_options_defer_to_xla_flags(monkeypatch):
 
 def test_train_step_compiles_convolutions_off_ynnpack():
   """The loop's own jitted step (train.jit_train_step) carries the options."""
-  from vision_jax import config as config_lib, parallel, train, train_state
-  from vision_jax.data import input_pipeline
-  config = config_lib.base_config()
-  mesh = parallel.make_mesh(config, jax.devices()[:1])
-  graphdef, state, tx, schedule, shardings = train_state.create(
-      config, mesh, num_classes=10, image_size=8, in_channels=1, steps_per_epoch=10)
-  data = input_pipeline.Data(train=None, evals={}, num_train=10, eval_sizes={},
-                             num_classes=10, image_size=8, channels=1, mean=(0.5,),
-                             std=(0.5,), class_names=[], num_threads=0)
-  step = train.jit_train_step(config, graphdef, tx, schedule, data, mesh, shardings)
-  batch = {'image': jnp.zeros((8, 8, 8, 1), jnp.uint8), 'label': jnp.zeros((8,), jnp.int32)}
-  fused = _ynn_fused_ops(step.lower(state, batch).compile().as_text())
+  from conftest import lower_digits_train_step  # pylint: disable=g-import-not-at-top
+  fused = _ynn_fused_ops(lower_digits_train_step(8).compile().as_text())
   assert 'conv_general_dilated' not in fused
 
 
