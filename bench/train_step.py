@@ -1,10 +1,12 @@
 """Train-step throughput, side by side: our jitted JAX step vs a PyTorch twin.
 
-For each model, five contenders run the same architecture, batch, loss (softmax
+For each model, these contenders run the same architecture, batch, loss (softmax
 cross-entropy) and optimiser (SGD, momentum 0.9, fp32) on the same number of threads:
   ours       vision_jax model with the CPU fast path (`fast_cpu_ops=True`): oneDNN's
-             convolutions where built (vision_jax/ops/onednn.py), our gradients around them
-  ours_eigen the same fast path without oneDNN (XLA's convolutions, our gradients)
+             convolutions where built (vision_jax/ops/onednn.py), our gradients around them,
+             BatchNorm with its hand-written gradient (vision_jax/ops/batch_norm.py)
+  ours_flax_bn  the same with Flax's BatchNorm (autodiff), to show what that one is worth
+  ours_eigen the fast path without oneDNN (XLA's convolutions, our gradients)
   ours_xla   the same model on XLA's own convolution / pooling gradients
   torch_cl   PyTorch, channels_last (the faster PyTorch layout on CPU: the reference)
   torch      PyTorch, NCHW
@@ -147,7 +149,8 @@ def torch_model(name: str, image_size: int) -> nn.Module:
 
 # ---------------------------------------------------------------- step builders
 def ours_step(name: str, image_size: int, batch: int, fast: bool, seed: int = 0,
-              onednn: bool = True) -> tuple[Callable[[], None], float, int]:
+              onednn: bool = True, fast_batch_norm: bool = True
+              ) -> tuple[Callable[[], None], float, int]:
   """A jitted SGD step as the training loop runs it: (run one step, compile s, #params).
 
   Over every jax device: with `--cpu_devices N` the batch is split over N CPU devices (data
@@ -155,6 +158,9 @@ def ours_step(name: str, image_size: int, batch: int, fast: bool, seed: int = 0,
   """
   kwargs = {'image_size': image_size} if name == 'convnet' else {}
   model = create_model(name, NUM_CLASSES, rngs=nnx.Rngs(seed), fast_cpu_ops=fast, **kwargs)
+  for _, module in model.iter_modules():
+    if isinstance(module, layers.BatchNorm):
+      module.fast = fast and fast_batch_norm
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   tx = optax.sgd(LR, momentum=MOMENTUM)
   opt_state = tx.init(params)
@@ -230,7 +236,8 @@ def bench_model(name: str, batch: int, rounds: int, steps: int, warmup: int,
   for c in contenders:
     if c.startswith('ours'):
       runs[c], compile_s, n = ours_step(registry_name, image_size, batch, c != 'ours_xla',
-                                        onednn=c == 'ours')
+                                        onednn=c in ('ours', 'ours_flax_bn'),
+                                        fast_batch_norm=c != 'ours_flax_bn')
       info.append(f'{c}: compile {compile_s:.1f} s, {n:,} params')
     else:
       runs[c], n = torch_step(name, image_size, batch, c == 'torch_cl')
@@ -261,8 +268,8 @@ def bench_model(name: str, batch: int, rounds: int, steps: int, warmup: int,
     result['ratio_best'] = best['ours'] / best[ref]
     print(f'  ratio ours/{ref}: {result["ratio"]:.2f} (medians), '
           f'{result["ratio_best"]:.2f} (best rounds)', flush=True)
-  extra = {'ours_eigen': 'ours_eigen_img_s', 'ours_xla': 'ours_xla_img_s',
-           'torch': 'torch_nchw_img_s'}
+  extra = {'ours_flax_bn': 'ours_flax_bn_img_s', 'ours_eigen': 'ours_eigen_img_s',
+           'ours_xla': 'ours_xla_img_s', 'torch': 'torch_nchw_img_s'}
   extra.pop(ref, None)
   result.update({extra[c]: v for c, v in img_s.items() if c in extra})
   result = {k: round(v, 3) for k, v in result.items() if v is not None}
@@ -278,7 +285,8 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument('--steps', type=int, default=2, help='timed steps per round')
   parser.add_argument('--warmup', type=int, default=3,
                       help='untimed steps first (compilation, the heap settling)')
-  parser.add_argument('--contenders', default='ours,ours_eigen,ours_xla,torch_cl,torch')
+  parser.add_argument('--contenders',
+                      default='ours,ours_flax_bn,ours_eigen,ours_xla,torch_cl,torch')
   parser.add_argument('--threads', type=int, default=os.cpu_count() or 1,
                       help='PyTorch threads; XLA:CPU uses every core')
   parser.add_argument('--cpu_devices', type=int, default=1,

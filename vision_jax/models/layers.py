@@ -1,8 +1,9 @@
 """Building blocks shared by every model family.
 
-Models build their convolutions and poolings through `conv` and `max_pool` so that one
-switch (`use_fast_cpu_ops`) chooses the implementation for a whole model: XLA's own ops, or
-the CPU fast path of `vision_jax.ops` whose gradients are quicker on XLA:CPU.
+Models build their convolutions, poolings and BatchNorms through `conv`, `max_pool` and
+`BatchNorm` so that one switch (`fast_cpu_ops`) chooses the implementation for a whole
+model: XLA's own ops, or the CPU fast path of `vision_jax.ops` whose gradients are quicker
+on XLA:CPU.
 """
 from __future__ import annotations
 
@@ -61,6 +62,33 @@ def max_pool(x: jax.Array, window: int, strides: int, padding: str = 'VALID', *,
     from vision_jax.ops import pool as fast_pool  # pylint: disable=g-import-not-at-top
     return fast_pool.max_pool(x, window, strides, padding)
   return nnx.max_pool(x, (window, window), (strides, strides), padding)
+
+
+class BatchNorm(nnx.BatchNorm):
+  """`nnx.BatchNorm` (same parameters, statistics and values); built under `fast_cpu_ops`,
+  its training-mode pass over float32 NHWC batches is `ops.batch_norm`'s, whose gradient
+  reads the activations fewer times."""
+
+  def __init__(self, *args, **kwargs):
+    super().__init__(*args, **kwargs)
+    self.fast = _FAST_CPU_OPS  # Fixed at build time, like a conv's implementation.
+
+  def __call__(self, x: jax.Array, use_running_average: bool | None = None, *,
+               mask: jax.Array | None = None) -> jax.Array:
+    if use_running_average is None:
+      use_running_average = self.use_running_average
+    if (not self.fast or use_running_average is not False or mask is not None
+        or self.axis_name is not None or self.axis not in (-1, x.ndim - 1)
+        or x.dtype != jnp.float32 or self.dtype not in (None, jnp.float32)
+        or self.scale is None or self.bias is None or not self.use_fast_variance):
+      return super().__call__(x, use_running_average, mask=mask)
+    from vision_jax.ops import batch_norm  # pylint: disable=g-import-not-at-top
+    y, mean, var = batch_norm.batch_norm_train(x, self.scale[...], self.bias[...],
+                                               self.epsilon)
+    m = self.momentum
+    self.mean[...] = jax.lax.stop_gradient(m * self.mean[...] + (1 - m) * mean)
+    self.var[...] = jax.lax.stop_gradient(m * self.var[...] + (1 - m) * var)
+    return y
 
 
 def as_dtype(name) -> jnp.dtype:

@@ -30,7 +30,7 @@ def _conv(cin: int, cout: int, kernel: int, rngs: nnx.Rngs, dtype,
 
 def _norm(features: int, rngs: nnx.Rngs, dtype, zero_scale: bool = False) -> nnx.BatchNorm:
   scale_init = nnx.initializers.zeros if zero_scale else nnx.initializers.ones
-  return nnx.BatchNorm(features, momentum=0.9, epsilon=1e-5, dtype=dtype,
+  return layers.BatchNorm(features, momentum=0.9, epsilon=1e-5, dtype=dtype,
                        scale_init=scale_init, rngs=rngs)
 
 
