@@ -1,8 +1,10 @@
-"""CPU fast paths for convolution and max-pool gradients (XLA's own ops elsewhere).
+"""CPU fast paths for convolution, max-pool and BatchNorm gradients (XLA's own ops elsewhere).
 
 `conv.conv_general_dilated` and `pool.max_pool` compute the same values and gradients as
 XLA's ops (within float32 rounding) but run the backward pass several times faster on
-XLA:CPU. Models switch to them with `create_model(..., fast_cpu_ops=True)`; the training
+XLA:CPU; `batch_norm.batch_norm_train` is training-mode BatchNorm with a gradient that
+reads the activations fewer times than autodiff's. Models switch to them with
+`create_model(..., fast_cpu_ops=True)`; the training
 loop decides with `resolve_fast_cpu_ops(config.model.fast_cpu_ops)`. Every step jitted on
 the CPU backend also compiles with `cpu_compiler_options()` (multi-threaded convolutions).
 On x86-64 Linux the convolutions themselves are oneDNN's (`onednn.py`, built with g++ on
