@@ -28,10 +28,11 @@ def _conv(cin: int, cout: int, kernel: int, rngs: nnx.Rngs, dtype,
                      dtype=dtype, kernel_init=_CONV_INIT, rngs=rngs)
 
 
-def _norm(features: int, rngs: nnx.Rngs, dtype, zero_scale: bool = False) -> nnx.BatchNorm:
+def _norm(features: int, rngs: nnx.Rngs, dtype, zero_scale: bool = False
+          ) -> layers.BatchNorm:
   scale_init = nnx.initializers.zeros if zero_scale else nnx.initializers.ones
   return layers.BatchNorm(features, momentum=0.9, epsilon=1e-5, dtype=dtype,
-                       scale_init=scale_init, rngs=rngs)
+                          scale_init=scale_init, rngs=rngs)
 
 
 def stem_max_pool(x: jax.Array, pad_value: float = -jnp.inf) -> jax.Array:
