@@ -7,11 +7,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from flax import nnx
 
-from test_ops import assert_close
+from test_ops import assert_close, train_pass
 from vision_jax.models import layers, resnet
 from vision_jax.ops import batch_norm
 
@@ -57,20 +56,7 @@ def _train_step(fast: bool):
   """Loss, gradients and BatchNorm statistics after one training-mode pass."""
   with layers.fast_cpu_ops(fast):
     model = _TinyResNet(10, width=8, rngs=nnx.Rngs(0))
-  rng = np.random.default_rng(3)
-  images = jnp.asarray(rng.random((8, 8, 8, 3), np.float32))
-  labels = jnp.asarray(rng.integers(0, 10, 8))
-
-  def loss_fn(model):
-    logits = model(images, train=True)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-
-  @nnx.jit
-  def step(model):
-    loss, grads = nnx.value_and_grad(loss_fn)(model)
-    return loss, grads, nnx.state(model, nnx.BatchStat)
-
-  return step(model)
+  return train_pass(model, (8, 8, 8, 3), fast, seed=3)
 
 
 def test_resnet_with_it_equals_resnet_with_flax_batch_norm():

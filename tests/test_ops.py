@@ -160,18 +160,30 @@ def test_max_pool_matches_xla(window, strides, padding, ties):
   assert_close(vjp(g)[0], vjp_ref(g)[0])
 
 
-def _loss_and_grads(fast: bool):
-  model = create_model('convnet', 10, image_size=32, fast_cpu_ops=fast, rngs=nnx.Rngs(0))
-  rng = np.random.default_rng(7)
-  images = jnp.asarray(rng.random((4, 32, 32, 3), np.float32))
-  labels = jnp.asarray(rng.integers(0, 10, 4))
+def train_pass(model: nnx.Module, image_shape: tuple[int, ...], fast: bool, seed: int = 7):
+  """(loss, gradients, BatchNorm statistics after it) of one jitted training-mode pass on
+  random images and labels; traced with the fast-path switch as given (max-pools follow
+  it then; convs and BatchNorms chose when the model was built)."""
+  rng = np.random.default_rng(seed)
+  images = jnp.asarray(rng.random(image_shape, np.float32))
+  labels = jnp.asarray(rng.integers(0, 10, image_shape[0]))
 
   def loss_fn(model):
     logits = model(images, train=True)
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
-  with layers.fast_cpu_ops(fast):  # Max-pools follow the switch active at trace time.
-    return nnx.jit(lambda m: nnx.value_and_grad(loss_fn)(m))(model)
+  @nnx.jit
+  def run(model):
+    loss, grads = nnx.value_and_grad(loss_fn)(model)
+    return loss, grads, nnx.state(model, nnx.BatchStat)
+
+  with layers.fast_cpu_ops(fast):
+    return run(model)
+
+
+def _loss_and_grads(fast: bool):
+  model = create_model('convnet', 10, image_size=32, fast_cpu_ops=fast, rngs=nnx.Rngs(0))
+  return train_pass(model, (4, 32, 32, 3), fast)[:2]
 
 
 @pytest.mark.parametrize('force', [{}, {'impl': 'xla'}, {'impl': 'xla', 'dw': 'ours',
