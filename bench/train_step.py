@@ -172,7 +172,12 @@ def ours_step(name: str, image_size: int, batch: int, fast: bool, seed: int = 0,
   params, rest, opt_state = jax.device_put((params, rest, opt_state),
                                            parallel.replicated(mesh))
 
-  def step(params, rest, opt_state, images, labels):
+  # Like the training loop (train.jit_train_step), the step takes and returns the state's
+  # leaves: passing nnx Variables costs Python per Variable on every call.
+  treedef = jax.tree.structure((params, rest, opt_state))
+
+  def step(leaves, images, labels):
+    params, rest, opt_state = jax.tree.unflatten(treedef, leaves)
     model = nnx.merge(graphdef, params, rest)
 
     def loss_fn(model):
@@ -182,7 +187,7 @@ def ours_step(name: str, image_size: int, batch: int, fast: bool, seed: int = 0,
     loss, grads = nnx.value_and_grad(loss_fn)(model)
     _, params, rest = nnx.split(model, nnx.Param, ...)
     updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), rest, opt_state, loss
+    return jax.tree.leaves((optax.apply_updates(params, updates), rest, opt_state)), loss
 
   start = time.perf_counter()
   # Max-pools follow the switch active at trace time; fast ops run per batch shard.
@@ -190,18 +195,18 @@ def ours_step(name: str, image_size: int, batch: int, fast: bool, seed: int = 0,
   conv.FORCE.update({} if onednn else {'impl': 'xla'})  # Read while tracing.
   try:
     with layers.fast_cpu_ops(fast), per_shard.batch_parallel(mesh):
-      lowered = jax.jit(step, donate_argnums=(0, 1, 2)).lower(
-          params, rest, opt_state, images, labels)
+      lowered = jax.jit(step, donate_argnums=0).lower(
+          jax.tree.leaves((params, rest, opt_state)), images, labels)
   finally:
     conv.FORCE.clear()
     conv.FORCE.update(saved)
   compiled = lowered.compile(ops.cpu_compiler_options())
   compile_s = time.perf_counter() - start
-  state = [params, rest, opt_state]
+  state = [jax.tree.leaves((params, rest, opt_state))]
   num_params = sum(x.size for x in jax.tree.leaves(params))
 
   def run() -> None:
-    *state[:], loss = compiled(*state, images, labels)
+    state[0], loss = compiled(state[0], images, labels)
     loss.block_until_ready()  # Also keeps XLA:CPU from queueing steps: time each one.
 
   return run, compile_s, num_params
