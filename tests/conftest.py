@@ -32,10 +32,11 @@ def run_cli(args: list[str], data_dir: str, *, env: dict | None = None,
 def lower_digits_train_step(batch_size: int):
   """The training loop's own jitted step (train.jit_train_step) for the digits default
   config and a zero batch of `batch_size` 8x8 images, lowered (not run)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from vision_jax import config as config_lib, parallel, train, train_state  # pylint: disable=g-import-not-at-top
-  from vision_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  import jax
+  import jax.numpy as jnp
+  from vision_jax import config as config_lib, parallel, train, train_state
+  from vision_jax.data import input_pipeline
   config = config_lib.base_config()
   mesh = parallel.make_mesh(config, jax.devices()[:1])
   graphdef, state, tx, schedule, shardings = train_state.create(

@@ -55,8 +55,8 @@ def _conv_vjps(x, w, strides, padding, dtype=jnp.float32):
 def method(request, monkeypatch):
   """Runs a test under the per-shape plan (oneDNN's kernels where built and large enough),
   with oneDNN forced for the forward and both gradients, then without oneDNN: the plan,
-  and each gradient forced to one method; 'ours_conv_chunked' also forces batch chunks of 2 images (batch 3: one chunk +
-  a tail)."""
+  and each gradient forced to one method; 'ours_conv_chunked' also forces batch chunks of
+  2 images (batch 3: one chunk + a tail)."""
   if request.param == 'onednn' and not onednn.available():
     pytest.skip('oneDNN is not built here (see the warning logged by vision_jax.ops.onednn)')
   without = {'impl': 'xla'}
