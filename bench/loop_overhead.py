@@ -11,6 +11,8 @@ for the one, two or three before it). Each repeat is a fresh process that runs b
 bare and divides the full loop by the mean of the two bare loops around it, so that a
 change in machine load between repeats cancels; the figures are medians of those
 per-repeat ratios, plus the fastest full loop over the fastest bare loop of all repeats.
+Also the median interval between step dispatches in both loops: the steady step, which
+shows whether the loop slows every step or only the steps near an evaluation or a save.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # pylint: disable=g-import-not-at-top
+import numpy as np
 from absl import logging
 
 from vision_jax import parallel, train, train_state
@@ -65,11 +68,15 @@ class BareLoop:
     self.run(1)  # Compile.
 
   def run(self, num_steps: int) -> float:
-    """Seconds for num_steps steps on batches already on device."""
+    """Seconds for num_steps steps on batches already on device; also `step_ms`, the
+    median interval between dispatches (the loop's `step_ms_median`)."""
+    ticks = np.empty(num_steps)
     start = time.perf_counter()
     for i in range(num_steps):
       self.leaves, metrics = self.step(self.leaves, self.batches[i % len(self.batches)])
+      ticks[i] = time.perf_counter()
     jax.block_until_ready(metrics)
+    self.step_ms = float(np.median(np.diff(ticks))) * 1e3 if num_steps > 1 else float('nan')
     return time.perf_counter() - start
 
 
@@ -77,8 +84,10 @@ def one_repeat(config, num_steps: int) -> dict:
   """bare, full, bare in this process; the full loop against the mean of the two."""
   bare = BareLoop(config)
   before = bare.run(num_steps - 1)
+  step_ms = [bare.step_ms]
   timing = full_loop(config)
   after = bare.run(num_steps - 1)
+  step_ms.append(bare.step_ms)
   base = (before + after) / 2
   # The 599 steps after compiling (the first train step; the eval step ahead of time).
   loop = timing['loop_s'] - timing['first_step_s'] - timing.get('compile_eval_s', 0.0)
@@ -86,10 +95,12 @@ def one_repeat(config, num_steps: int) -> dict:
   print(f"bare {before:.2f}s | full {loop:.2f}s (eval {evals:.2f}s, log {log:.2f}s, "
         f"checkpoint {ckpt:.2f}s, reader {timing['data_s']:.2f}s, data wait "
         f"{timing.get('data_wait_s', 0.0):.3f}s) | bare {after:.2f}s  -> full/bare "
-        f"{loop / base:.3f}", file=sys.stderr, flush=True)
+        f"{loop / base:.3f}; median step {timing['step_ms_median']:.2f} ms vs "
+        f"{step_ms[0]:.2f} / {step_ms[1]:.2f} ms", file=sys.stderr, flush=True)
   return {'full': loop / base, 'full_s': loop, 'bare_s': min(before, after),
           'no_eval': (loop - evals) / base,
           'steps_and_data': (loop - evals - log - ckpt) / base,
+          'median_step': timing['step_ms_median'] / statistics.mean(step_ms),
           'data_wait': timing.get('data_wait_s', 0.0) / loop,
           'reader': timing['data_s'] / loop}
 
@@ -132,6 +143,8 @@ def main() -> None:
         "  (the machine's noise only ever slows a run)")
   print(f"  same, evaluation time excluded           {med['no_eval']:.3f}")
   print(f"  steps + input only (no eval/log/ckpt)    {med['steps_and_data']:.3f}")
+  print(f"  median step interval, full / bare        {med['median_step']:.3f}"
+        "  (the steady step: evaluations, saves and bursts of noise left out)")
   print(f"  waiting for data (step done, batch not)  {med['data_wait']:.2%} of the loop")
   print(f"  inside the reader (overlaps the step)    {med['reader']:.2%} of the loop")
   print(json.dumps({k: round(v, 4) for k, v in med.items()}))

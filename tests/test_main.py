@@ -32,6 +32,9 @@ def test_trains_evaluates_and_checkpoints(tmp_path, data_dir):
       'loop_s', 'data_wait_s'))
   assert 0 < phases <= timing['loop_s'] * 1.01  # Phases partition the loop, no overlap.
   assert timing.get('data_wait_s', 0.0) <= timing['data_s']  # A share of the reads.
+  # The steady step: 28 intervals between the 29 dispatches after the compiling first.
+  assert 0 < timing['step_ms_median'] <= timing['step_ms_p90']
+  assert timing['step_ms_median'] * 28 / 1e3 < timing['loop_s'] - timing['first_step_s']
 
   # Same command again: training is finished, so it re-evaluates without training (here
   # with the opt-in malloc setting, which must not change a number).
