@@ -158,7 +158,7 @@ def ours_step(name: str, image_size: int, batch: int, fast: bool, seed: int = 0,
   """
   kwargs = {'image_size': image_size} if name == 'convnet' else {}
   model = create_model(name, NUM_CLASSES, rngs=nnx.Rngs(seed), fast_cpu_ops=fast, **kwargs)
-  for _, module in model.iter_modules():
+  for _, module in nnx.iter_modules(model):
     if isinstance(module, layers.BatchNorm):
       module.fast = fast and fast_batch_norm
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
