@@ -97,8 +97,8 @@ class _StepLog:
 
   def _finish_oldest(self) -> None:
     step, metrics = self.running.popleft()
-    with self.watch('step_wait'):  # A step's outputs are ready together: wait for one.
-      metrics['finite'].block_until_ready()
+    with self.watch('step_wait'):
+      jax.block_until_ready(metrics)
     self.finished.append((step, metrics))
     if step % self.log_every == 0:
       with self.watch('log'):
@@ -129,20 +129,6 @@ class _StepLog:
         f.write(json.dumps({'step': step, **means}) + '\n')
 
 
-class _Phase:
-  """`with watch('name'):` adds the block's wall time to totals['name'] (one at a time)."""
-  __slots__ = ('totals', 'name', 'start')
-
-  def __init__(self, totals: dict[str, float], name: str):
-    self.totals, self.name, self.start = totals, name, 0.0
-
-  def __enter__(self) -> None:
-    self.start = time.perf_counter()
-
-  def __exit__(self, *exc_info) -> None:
-    self.totals[self.name] += time.perf_counter() - self.start
-
-
 class _Stopwatch:
   """Wall time per phase of the loop: logged and written to timing.json at the end.
 
@@ -151,20 +137,17 @@ class _Stopwatch:
   time the device sat idle for input: the reads that ended after their step had finished.
   `tick` after each dispatch gives the median and 90th percentile of the intervals between
   them: the steady step time, untouched by the evaluations and saves between some steps.
-  Phases are plain objects, not generator context managers: on 2 cores the loop's own
-  Python runs on the step's cores, and `contextlib` cost ~10 us per block (six per step).
   """
 
   def __init__(self, num_steps: int):
     self.totals: dict[str, float] = collections.defaultdict(float)
-    self.phases: dict[str, _Phase] = {}
     self.ticks, self.num_ticks = np.empty(num_steps), 0
 
-  def __call__(self, phase: str) -> _Phase:
-    timer = self.phases.get(phase)
-    if timer is None:
-      timer = self.phases[phase] = _Phase(self.totals, phase)
-    return timer
+  @contextlib.contextmanager
+  def __call__(self, phase: str):
+    start = time.perf_counter()
+    yield
+    self.totals[phase] += time.perf_counter() - start
 
   def add(self, phase: str, seconds: float) -> None:
     self.totals[phase] += seconds
