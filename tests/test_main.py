@@ -44,11 +44,20 @@ def test_trains_evaluates_and_checkpoints(tmp_path, data_dir):
   assert json.loads((workdir / 'results.json').read_text()) == results
   assert [json.loads(line)['step'] for line in (workdir / 'metrics.jsonl').open()] == logged
 
-  # Asking for more steps resumes from step 30 rather than starting over.
-  longer = run_cli(SHORT + ['--workdir', str(workdir), '--config.train.steps=40'], data_dir)
+  assert not [f for f in os.listdir(workdir) if f.startswith('config.') and f != 'config.json']
+
+  # Asking for more steps resumes from step 30 rather than starting over. The changed
+  # config replaces config.json; the one steps 1-30 ran with is kept, and the changes said.
+  longer = run_cli(SHORT + ['--workdir', str(workdir), '--config.train.steps=40',
+                            '--config.train.batch_size=64'], data_dir)
   assert longer.returncode == 0, longer.stderr[-3000:]
   assert 'Resumed from checkpoint at step 30' in longer.stderr
   assert json.loads((workdir / 'results.json').read_text())['step'] == 40
+  assert 'train.batch_size: 128 -> 64; train.steps: 30 -> 40' in longer.stderr
+  assert 'Resuming at step 30 with train.batch_size 128 -> 64' in longer.stderr
+  kept = [f for f in os.listdir(workdir) if f.startswith('config.') and f != 'config.json']
+  assert len(kept) == 1 and json.loads((workdir / kept[0]).read_text()) == config
+  assert json.loads((workdir / 'config.json').read_text())['train']['steps'] == 40
 
 
 @pytest.mark.parametrize('override, expected', [

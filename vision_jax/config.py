@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import json
 from typing import Any
 
 import ml_collections
@@ -142,6 +143,22 @@ def check_keys(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(
             f'Unknown config key {section}.{key}.{_close(key, base[section].keys())} '
             f'Known keys of config.{section}: {", ".join(sorted(base[section].keys()))}.')
+
+
+def differences(old: dict, new: dict, prefix: str = '') -> list[str]:
+  """'key: old -> new' for each value that differs between two configs read from JSON
+  (a key only one of them has shows as <absent>), in key order."""
+  absent = object()
+  def show(value) -> str:
+    return '<absent>' if value is absent else json.dumps(value)
+  out = []
+  for key in sorted(set(old) | set(new)):
+    a, b = old.get(key, absent), new.get(key, absent)
+    if isinstance(a, dict) and isinstance(b, dict):
+      out += differences(a, b, f'{prefix}{key}.')
+    elif a != b:
+      out.append(f'{prefix}{key}: {show(a)} -> {show(b)}')
+  return out
 
 
 def explain_override_error(argv: list[str], error: Exception) -> str:

@@ -12,6 +12,7 @@ import json
 import logging as logging_std
 import os
 import sys
+import time
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')  # tf.data/tfds only; keep logs readable.
 
@@ -64,9 +65,29 @@ def _check_workdir(workdir: str) -> str:
 
 
 def _save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Writes the run's config.json. A different one already there (the run resumed with a
+  changed config) is kept as config.<when it was written>.json, and the changes logged."""
+  from vision_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   path = os.path.join(workdir, 'config.json')
+  text = config.to_json_best_effort(indent=2)
+  if os.path.exists(path):
+    with open(path) as f:
+      previous = f.read()
+    if previous == text:
+      return
+    written = time.strftime('%Y%m%d-%H%M%S', time.gmtime(os.path.getmtime(path)))
+    kept, n = os.path.join(workdir, f'config.{written}.json'), 1
+    while os.path.exists(kept):
+      kept, n = os.path.join(workdir, f'config.{written}-{n}.json'), n + 1
+    os.replace(path, kept)
+    try:
+      changes = config_lib.differences(json.loads(previous), json.loads(text))
+    except json.JSONDecodeError:
+      changes = ['the previous one is not valid JSON']
+    logging.warning('The config differs from the one this workdir last ran with (kept as '
+                    '%s): %s.', kept, '; '.join(changes) or 'formatting only')
   with open(path + '.tmp', 'w') as f:
-    f.write(config.to_json_best_effort(indent=2))
+    f.write(text)
   os.replace(path + '.tmp', path)
 
 

@@ -67,6 +67,21 @@ def _finish(workdir: str, step: int, results: dict) -> dict:
   return out
 
 
+def _warn_if_stream_changed(stream: dict, config: ml_collections.ConfigDict,
+                            step: int) -> None:
+  """The input stream is a function of (seed, global batch, step): resuming with another
+  seed or batch size reads a different stream from `step` on. Allowed, but said."""
+  now = {'seed': config.seed, 'train.batch_size': config.train.batch_size}
+  then = {'seed': stream.get('seed'), 'train.batch_size': stream.get('global_batch')}
+  changed = [f'{k} {then[k]} -> {now[k]}' for k in now if then[k] not in (None, now[k])]
+  if changed:
+    logging.warning(
+        'Resuming at step %d with %s: the checkpoint was reading another input stream, so '
+        'from here on examples of the current epoch may repeat or be skipped and the run '
+        'will not equal an uninterrupted one. Rerun with the original values to continue '
+        'the same stream.', step, ', '.join(changed))
+
+
 class _StepLog:
   """The steps still running, and the means of finished steps' metrics every `log_every`.
 
@@ -234,6 +249,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if restored:
     start, state, stream = restored
     logging.info('Resumed from checkpoint at step %d (%s).', start, stream)
+    _warn_if_stream_changed(stream, config, start)
   elif config.init_from.checkpoint:
     state, report = finetune.init_from_checkpoint(config, state, tx, shardings)
     logging.info('Initialised from %s: %s', config.init_from.checkpoint, report['counts'])
