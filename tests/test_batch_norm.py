@@ -1,4 +1,5 @@
-"""The CPU fast path's BatchNorm equals Flax's: values, gradients, running statistics.
+"""Our BatchNorm equals Flax's, and its CPU fast path equals it: values, gradients, running
+statistics.
 
 "Equal" as in test_ops: max|ours - flax| <= 1e-5 * max|flax| per tensor.
 """
@@ -10,7 +11,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from test_ops import assert_close, train_pass
+from test_ops import FAST, assert_close, train_pass
+from vision_jax import ops
 from vision_jax.models import layers, resnet
 from vision_jax.ops import batch_norm
 
@@ -52,24 +54,48 @@ class _TinyResNet(resnet.ResNet):
   STAGES, BLOCK, STEM = (1, 1), 'basic', 'cifar'
 
 
-def _train_step(fast: bool):
+def _train_step(kernels: ops.Kernels):
   """Loss, gradients and BatchNorm statistics after one training-mode pass."""
-  with layers.fast_cpu_ops(fast):
-    model = _TinyResNet(10, width=8, rngs=nnx.Rngs(0))
-  return train_pass(model, (8, 8, 8, 3), fast, seed=3)
+  return train_pass(_TinyResNet(10, width=8, kernels=kernels, rngs=nnx.Rngs(0)), (8, 8, 8, 3),
+                    seed=3)
 
 
-def test_resnet_with_it_equals_resnet_with_flax_batch_norm():
+def test_resnet_with_it_equals_resnet_with_xla_batch_norm():
   """The same model built with and without the fast path: same loss, gradients, and
   running statistics after the update."""
-  loss_ref, grads_ref, stats_ref = _train_step(False)
-  loss, grads, stats = _train_step(True)
+  loss_ref, grads_ref, stats_ref = _train_step(ops.XLA)
+  loss, grads, stats = _train_step(FAST)
   assert_close(loss, loss_ref)
   for tree, ref in ((grads, grads_ref), (stats, stats_ref)):
     leaves, leaves_ref = jax.tree.leaves_with_path(tree), jax.tree.leaves_with_path(ref)
     assert [p for p, _ in leaves] == [p for p, _ in leaves_ref]
     for (_, a), (_, b) in zip(leaves, leaves_ref):
       assert_close(a, b)
+
+
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize('train', [True, False])
+def test_batch_norm_equals_flax(dtype, train):
+  """layers.BatchNorm (XLA kernels) against nnx.BatchNorm with the same settings: output,
+  dtype, and the running statistics after the pass."""
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.standard_normal((4, 5, 5, 6), np.float32) * 3 + 1, dtype)
+  ours = layers.BatchNorm(6, momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=nnx.Rngs(0))
+  ref = nnx.BatchNorm(6, momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=nnx.Rngs(0))
+  for bn in (ours, ref):
+    bn.scale[...] = jnp.asarray(rng.standard_normal(6), jnp.float32)
+    bn.mean[...] = jnp.full((6,), 0.5)
+    bn.var[...] = jnp.full((6,), 2.0)
+  rng = np.random.default_rng(1)  # The same affine parameters in both.
+  _ = rng.standard_normal((4, 5, 5, 6))
+  scale = jnp.asarray(rng.standard_normal(6), jnp.float32)
+  ours.scale[...], ref.scale[...] = scale, scale
+  y, y_ref = ours(x, use_running_average=not train), ref(x, use_running_average=not train)
+  assert y.dtype == y_ref.dtype == dtype
+  assert_close(y.astype(jnp.float32), y_ref.astype(jnp.float32),
+               1e-5 if dtype == jnp.float32 else 1e-2)
+  for stat in ('mean', 'var'):
+    assert_close(getattr(ours, stat)[...], getattr(ref, stat)[...])
 
 
 def _uses_fast_path(bn: layers.BatchNorm, x: jax.Array, train: bool) -> bool:
@@ -79,12 +105,11 @@ def _uses_fast_path(bn: layers.BatchNorm, x: jax.Array, train: bool) -> bool:
 
 
 def test_fast_path_only_where_it_applies():
-  """Training mode on float32 under the switch; Flax's own BatchNorm otherwise (running
-  averages at eval, bfloat16 models, models built without the switch)."""
+  """Training mode on float32 when built with the fast kernels; the plain formula
+  otherwise (running averages at eval, bfloat16 models, models built on XLA's ops)."""
   x = jnp.ones((2, 4, 4, 3))
-  with layers.fast_cpu_ops(True):
-    fast = layers.BatchNorm(3, rngs=nnx.Rngs(0))
-    fast_bf16 = layers.BatchNorm(3, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+  fast = layers.BatchNorm(3, kernels=FAST, rngs=nnx.Rngs(0))
+  fast_bf16 = layers.BatchNorm(3, dtype=jnp.bfloat16, kernels=FAST, rngs=nnx.Rngs(0))
   plain = layers.BatchNorm(3, rngs=nnx.Rngs(0))
   assert _uses_fast_path(fast, x, train=True)
   assert not _uses_fast_path(fast, x, train=False)

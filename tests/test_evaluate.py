@@ -95,11 +95,19 @@ def test_resolve_step(tmp_path):
     inference.resolve_step(str(tmp_path), str(tmp_path / 'nope'))
 
 
-def test_merge_results_keeps_one_checkpoint_per_file(tmp_path):
+def test_results_json_keeps_one_checkpoint_per_file(tmp_path):
   from vision_jax import evaluate
   (tmp_path / 'results.json').write_text(json.dumps(
       {'step': 100, 'eval': {'test': {'accuracy': 0.5}, 'val': {'accuracy': 0.4}}}))
-  same = evaluate.merge_results(str(tmp_path), 100, {'test': {'accuracy': 0.6}})
+  counts = [[1, 0], [0, 1]]
+  same = evaluate.write_results(str(tmp_path), 100, {'test': {'accuracy': 0.6,
+                                                             'confusion_matrix': counts}},
+                                ['a', 'b'])
   assert same == {'step': 100, 'eval': {'test': {'accuracy': 0.6}, 'val': {'accuracy': 0.4}}}
-  other = evaluate.merge_results(str(tmp_path), 50, {'test': {'accuracy': 0.3}})
+  assert json.loads((tmp_path / 'results.json').read_text()) == same
+  assert json.loads((tmp_path / 'confusion_test.json').read_text()) == counts
+  assert (tmp_path / 'confusion_test.png').exists()
+  other = evaluate.write_results(str(tmp_path), 50, {'test': {'accuracy': 0.3,
+                                                             'confusion_matrix': counts}},
+                                 ['a', 'b'])
   assert other == {'step': 50, 'eval': {'test': {'accuracy': 0.3}}}

@@ -7,6 +7,7 @@ import pytest
 
 from conftest import run_cli
 from vision_jax import checkpoint
+from vision_jax import finetune
 
 BASE = ['--config', 'configs/default.py', '--config.train.eval_every=0',
         '--config.optim.warmup_steps=5', '--config.train.log_every=10']
@@ -14,8 +15,7 @@ BASE = ['--config', 'configs/default.py', '--config.train.eval_every=0',
 
 def _params(workdir) -> dict:
   _, state = checkpoint.read_state(str(workdir))
-  return {f'{layer}/{name}': np.asarray(v['value'])
-          for layer, leaves in state['params'].items() for name, v in leaves.items()}
+  return finetune.flat(state['params'])
 
 
 @pytest.fixture(scope='module')

@@ -36,9 +36,8 @@ def test_trains_evaluates_and_checkpoints(tmp_path, data_dir):
   assert 0 < timing['step_ms_median'] <= timing['step_ms_p90']
   assert timing['step_ms_median'] * 28 / 1e3 < timing['loop_s'] - timing['first_step_s']
 
-  # Same command again: training is finished, so it re-evaluates without training (here
-  # with the opt-in malloc setting, which must not change a number).
-  again = run_cli(SHORT + ['--workdir', str(workdir), '--keep_host_memory'], data_dir)
+  # Same command again: training is finished, so it re-evaluates without training.
+  again = run_cli(SHORT + ['--workdir', str(workdir)], data_dir)
   assert again.returncode == 0, again.stderr[-3000:]
   assert 'already finished' in again.stderr
   assert json.loads((workdir / 'results.json').read_text()) == results

@@ -15,6 +15,7 @@ import pytest
 from flax import nnx
 
 from vision_jax import models
+from vision_jax import ops
 from vision_jax.models import bit, cnn, resnet
 
 # torchvision's counts at 1,000 classes (and the papers' CIFAR models at 10).
@@ -228,7 +229,7 @@ def test_zero_init_residual_zeroes_last_norm_of_each_block(block_cls, last):
 
 
 def test_weight_standardisation_ignores_kernel_scale_and_shift():
-  conv = bit.std_conv(8, 4, 3, fast_rngs(), jnp.float32)
+  conv = bit.std_conv(8, 4, 3, fast_rngs(), jnp.float32, ops.XLA)
   x = jax.random.normal(jax.random.key(0), (1, 5, 5, 8))
   y = conv(x)
   conv.kernel[...] = conv.kernel[...] * jnp.array([2.0, 3.0, 0.5, 7.0]) + 1.0

@@ -1,8 +1,8 @@
 """oneDNN's convolutions (vision_jax/ops/onednn.py): built here, exact, and optional.
 
-Gradients against XLA's for every kernel size, stride and padding are in test_ops.py (the
-'plan' and 'onednn' methods); these check what only this path has: the build, the shapes
-where oneDNN picks its fast (blocked, multi-threaded) kernels, and the fallback.
+Gradients of the fast path against XLA's for every kernel size, stride and padding are in
+test_ops.py; these check what only this path has: the build, the shapes where oneDNN picks
+its fast (blocked, multi-threaded) kernels, where the plan uses it, and the fallback.
 """
 from __future__ import annotations
 
@@ -34,31 +34,25 @@ def test_it_builds_from_the_requirements_here():
   assert path and os.path.exists(path), 'oneDNN bridge not built: see the logged warning'
 
 
-def _grads(conv_fn, x, w, strides, g):
-  f = lambda x, w: conv_fn(x, w, strides, 'SAME', dimension_numbers=DN)
-  y, vjp = jax.vjp(jax.jit(f), x, w)
-  return (y, *vjp(g))
-
-
 @needs_onednn
 @pytest.mark.parametrize('channels,size,stride', [(64, 16, 1), (64, 16, 2), (128, 8, 1),
                                                   (3, 16, 1)])
-def test_resnet_layer_shapes_match_xla(channels, size, stride, monkeypatch):
+def test_resnet_layer_shapes_match_xla(channels, size, stride):
   """Shapes where oneDNN uses its blocked brgemm kernels (the toy shapes of test_ops do
-  not), against XLA in float32, within 1e-5 of the largest entry. (Forced: at batch 4
-  they are below the size where the plan picks oneDNN.)"""
-  monkeypatch.setattr(fast_conv, 'FORCE', {'impl': 'onednn'})
+  not): its forward, input and weight gradients against XLA's in float32, within 1e-5 of
+  the largest entry."""
+  assert onednn.available()
   rng = np.random.default_rng(channels + size + stride)
   x = jnp.asarray(rng.standard_normal((4, size, size, channels)), jnp.float32)
   w = jnp.asarray(rng.standard_normal((3, 3, channels, 64)) * 0.05, jnp.float32)
-  out_size = -(-size // stride)
-  g = jnp.asarray(rng.standard_normal((4, out_size, out_size, 64)), jnp.float32)
-  ref = _grads(lax.conv_general_dilated, x, w, (stride, stride), g)
-  got = _grads(fast_conv.conv_general_dilated, x, w, (stride, stride), g)
-  hlo = jax.jit(jax.grad(lambda x, w: jnp.sin(fast_conv.conv_general_dilated(
-      x, w, (stride, stride), 'SAME', dimension_numbers=DN)).sum(), (0, 1))).lower(
-          x, w).as_text()
-  assert 'vision_jax_onednn_weight_grad' in hlo and 'vision_jax_onednn_forward' in hlo
+  s = (stride, stride)
+  pads = tuple(lax.padtype_to_pads(x.shape[1:3], w.shape[:2], s, 'SAME'))
+  f = lambda x, w: lax.conv_general_dilated(x, w, s, pads, dimension_numbers=DN)
+  y_ref, vjp = jax.vjp(f, x, w)
+  g = jnp.asarray(rng.standard_normal(y_ref.shape), jnp.float32)
+  ref = (y_ref, *vjp(g))
+  got = (onednn.forward(x, w, s, pads), onednn.input_grad(g, w, x.shape, s, pads),
+         onednn.weight_grad(x, g, w.shape, s, pads))
   for r, o in zip(ref, got):
     r, o = np.asarray(r, np.float64), np.asarray(o, np.float64)
     assert np.abs(o - r).max() <= 1e-5 * np.abs(r).max()
@@ -71,7 +65,7 @@ def test_the_plan_uses_it_for_resnet_layers_not_for_tiny_ones():
   def custom_calls(x_shape, w_shape, strides):
     x, w = jnp.zeros(x_shape), jnp.zeros(w_shape)
     f = lambda x, w: jnp.sin(fast_conv.conv_general_dilated(
-        x, w, strides, 'SAME', dimension_numbers=DN)).sum()
+        x, w, strides, 'SAME', dimension_numbers=DN, use_onednn=True)).sum()
     return jax.jit(jax.grad(f, (0, 1))).lower(x, w).as_text().count('vision_jax_onednn_')
   assert custom_calls((128, 8, 8, 1), (3, 3, 1, 64), (1, 1)) == 0  # digits conv1
   assert custom_calls((128, 4, 4, 64), (3, 3, 64, 128), (1, 1)) == 3  # digits conv2
@@ -83,13 +77,14 @@ _FALLBACK_SCRIPT = r'''
 import jax, jax.numpy as jnp, numpy as np
 from jax import lax
 from vision_jax.ops import conv, onednn
-conv.FORCE['impl'] = 'onednn'  # At any size, if it is available.
-x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 8, 8, 16)), jnp.float32)
-w = jnp.asarray(np.random.default_rng(1).standard_normal((3, 3, 16, 8)), jnp.float32)
+# A layer big enough for the plan to give it to oneDNN, were it available.
+x = jnp.asarray(np.random.default_rng(0).standard_normal((8, 32, 32, 64)), jnp.float32)
+w = jnp.asarray(np.random.default_rng(1).standard_normal((3, 3, 64, 64)) * 0.05, jnp.float32)
 loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w, (1, 1), 'SAME',
                                                 dimension_numbers=('NHWC', 'HWIO', 'NHWC'))))
-hlo = jax.jit(jax.grad(loss(conv.conv_general_dilated), (0, 1))).lower(x, w).as_text()
-got = jax.grad(loss(conv.conv_general_dilated), (0, 1))(x, w)
+ours = lambda *a, **k: conv.conv_general_dilated(*a, use_onednn=True, **k)
+hlo = jax.jit(jax.grad(loss(ours), (0, 1))).lower(x, w).as_text()
+got = jax.grad(loss(ours), (0, 1))(x, w)
 ref = jax.grad(loss(lax.conv_general_dilated), (0, 1))(x, w)
 for a, b in zip(got, ref):
   assert np.abs(np.asarray(a) - np.asarray(b)).max() <= 1e-5 * np.abs(np.asarray(b)).max()

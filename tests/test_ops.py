@@ -6,7 +6,6 @@ in a different order, so float32 rounding differs in the last bits.
 from __future__ import annotations
 
 import itertools
-import re
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +16,7 @@ from flax import nnx
 from jax import lax
 
 from vision_jax import ops
-from vision_jax.models import create_model, layers
+from vision_jax.models import create_model
 from vision_jax.ops import conv as fast_conv
 from vision_jax.ops import onednn
 from vision_jax.ops import pool as fast_pool
@@ -38,68 +37,71 @@ def _rand(rng, shape, dtype=jnp.float32):
   return jnp.asarray(rng.standard_normal(shape), dtype)
 
 
-def _conv_vjps(x, w, strides, padding, dtype=jnp.float32):
+def _conv_vjps(x, w, strides, padding, dtype=jnp.float32, use_onednn=False):
   """(y, dx, dw) for XLA's conv and ours, with the same random cotangent."""
   dn = lax.conv_dimension_numbers(x.shape, w.shape, DN)  # As nnx.Conv passes it.
   ref = lambda x, w: lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=dn)
   ours = lambda x, w: fast_conv.conv_general_dilated(x, w, strides, padding,
-                                                     dimension_numbers=dn)
+                                                     dimension_numbers=dn,
+                                                     use_onednn=use_onednn)
   y_ref, vjp_ref = jax.vjp(jax.jit(ref), x, w)
   y, vjp = jax.vjp(jax.jit(ours), x, w)
   g = _rand(np.random.default_rng(1), y_ref.shape, dtype)
   return (y_ref, *vjp_ref(g)), (y, *vjp(g))
 
 
-@pytest.fixture(params=['plan', 'onednn', 'plan_xla', 'ours_matmul', 'ours_conv_chunked',
-                        'xla'])
-def method(request, monkeypatch):
-  """Runs a test under the per-shape plan (oneDNN's kernels where built and large enough),
-  with oneDNN forced for the forward and both gradients, then without oneDNN: the plan,
-  and each gradient forced to one method; 'ours_conv_chunked' also forces batch chunks of
-  2 images (batch 3: one chunk + a tail)."""
-  if request.param == 'onednn' and not onednn.available():
+@pytest.fixture(params=[False, True], ids=['xla_conv', 'onednn'])
+def use_onednn(request):
+  """The fast path with XLA's convolutions, and with oneDNN's where it is built (these
+  toy shapes stay below the size the plan gives oneDNN: test_onednn covers its kernels)."""
+  if request.param and not onednn.available():
     pytest.skip('oneDNN is not built here (see the warning logged by vision_jax.ops.onednn)')
-  without = {'impl': 'xla'}
-  force = {'plan': {}, 'onednn': {'impl': 'onednn', 'dw': 'onednn', 'dx': 'onednn'},
-           'plan_xla': without,
-           'ours_matmul': {**without, 'dw': 'ours', 'dx': 'matmul'},
-           'ours_conv_chunked': {**without, 'dw': 'ours', 'dx': 'conv'},
-           'xla': {**without, 'dw': 'xla', 'dx': 'xla'}}[request.param]
-  monkeypatch.setattr(fast_conv, 'FORCE', force)
-  if request.param == 'ours_conv_chunked':
-    monkeypatch.setattr(fast_conv, '_CONV_CHUNK_MIN_BYTES', 0)
-    monkeypatch.setattr(fast_conv, '_CONV_CHUNK_BYTES', 2 * 11 * 9 * 5 * 4)
   return request.param
 
 
 @pytest.mark.parametrize('kernel,strides,padding', list(itertools.product(
     (1, 3, 7), (1, 2), ('SAME', 'VALID'))))
-def test_conv_matches_xla(kernel, strides, padding, method):
-  del method
+def test_conv_matches_xla(kernel, strides, padding, use_onednn):
   rng = np.random.default_rng(kernel * 10 + strides)
   x = _rand(rng, (3, 11, 9, 5))  # Odd sizes: SAME pads asymmetrically at stride 2.
   w = _rand(rng, (kernel, kernel, 5, 4))
-  for r, o in zip(*_conv_vjps(x, w, (strides, strides), padding)):
+  for r, o in zip(*_conv_vjps(x, w, (strides, strides), padding, use_onednn=use_onednn)):
     assert_close(o, r)
 
 
 @pytest.mark.parametrize('padding', [((1, 2), (0, 1)), ((3, 3), (3, 3)), ((0, 0), (2, 0))])
-def test_conv_explicit_padding(padding, method):
-  del method
+def test_conv_explicit_padding(padding, use_onednn):
   rng = np.random.default_rng(2)
   x, w = _rand(rng, (2, 10, 7, 3)), _rand(rng, (3, 3, 3, 6))
-  for r, o in zip(*_conv_vjps(x, w, (2, 2), padding)):
+  for r, o in zip(*_conv_vjps(x, w, (2, 2), padding, use_onednn=use_onednn)):
     assert_close(o, r)
+
+
+@pytest.mark.parametrize('kernel,strides,padding', [
+    (1, 1, ((0, 0), (0, 0))), (1, 2, ((0, 0), (0, 0))), (3, 1, ((1, 1), (1, 1))),
+    (3, 2, ((1, 1), (1, 1))), (7, 2, ((3, 3), (3, 3))), (3, 2, ((0, 1), (1, 0)))])
+def test_each_gradient_method_matches_xla(kernel, strides, padding):
+  """The im2col weight gradient and the matmul input gradient, whichever layer the plan
+  would give them, against lax's transpose rules."""
+  rng = np.random.default_rng(kernel + strides)
+  x, w = _rand(rng, (3, 11, 9, 5)), _rand(rng, (kernel, kernel, 5, 4))
+  s = (strides, strides)
+  dy = _rand(rng, lax.conv_general_dilated(x, w, s, padding, dimension_numbers=DN).shape)
+  assert_close(fast_conv.weight_grad(x, dy, w.shape[:2], s, padding),
+               fast_conv.weight_grad_xla(x, dy, w.shape, s, padding))
+  assert_close(fast_conv.input_grad_matmul(dy, w, x.shape, s, padding),
+               fast_conv.input_grad_xla(dy, w, x.shape, s, padding))
 
 
 def test_conv_weight_grad_chunks_with_tail(monkeypatch):
   """Batch split into scanned chunks plus a remainder chunk still sums every image."""
   monkeypatch.setattr(fast_conv, '_MAX_CHUNK_ROWS', 2 * 9 * 9)  # 2 images a chunk, batch 7.
-  monkeypatch.setattr(fast_conv, 'FORCE', {'dw': 'ours'})
   rng = np.random.default_rng(3)
   x, w = _rand(rng, (7, 9, 9, 4)), _rand(rng, (3, 3, 4, 5))
-  for r, o in zip(*_conv_vjps(x, w, (1, 1), 'SAME')):
-    assert_close(o, r)
+  pads = ((1, 1), (1, 1))
+  dy = _rand(rng, (7, 9, 9, 5))
+  assert_close(fast_conv.weight_grad(x, dy, (3, 3), (1, 1), pads),
+               fast_conv.weight_grad_xla(x, dy, w.shape, (1, 1), pads))
 
 
 def test_conv_bfloat16():
@@ -160,10 +162,12 @@ def test_max_pool_matches_xla(window, strides, padding, ties):
   assert_close(vjp(g)[0], vjp_ref(g)[0])
 
 
-def train_pass(model: nnx.Module, image_shape: tuple[int, ...], fast: bool, seed: int = 7):
+FAST = ops.choose('on', platform='cpu')
+
+
+def train_pass(model: nnx.Module, image_shape: tuple[int, ...], seed: int = 7):
   """(loss, gradients, BatchNorm statistics after it) of one jitted training-mode pass on
-  random images and labels; traced with the fast-path switch as given (max-pools follow
-  it then; convs and BatchNorms chose when the model was built)."""
+  random images and labels; the model's kernels were chosen when it was built."""
   rng = np.random.default_rng(seed)
   images = jnp.asarray(rng.random(image_shape, np.float32))
   labels = jnp.asarray(rng.integers(0, 10, image_shape[0]))
@@ -177,23 +181,16 @@ def train_pass(model: nnx.Module, image_shape: tuple[int, ...], fast: bool, seed
     loss, grads = nnx.value_and_grad(loss_fn)(model)
     return loss, grads, nnx.state(model, nnx.BatchStat)
 
-  with layers.fast_cpu_ops(fast):
-    return run(model)
+  return run(model)
 
 
-def _loss_and_grads(fast: bool):
-  model = create_model('convnet', 10, image_size=32, fast_cpu_ops=fast, rngs=nnx.Rngs(0))
-  return train_pass(model, (4, 32, 32, 3), fast)[:2]
-
-
-@pytest.mark.parametrize('force', [{}, {'impl': 'xla'}, {'impl': 'xla', 'dw': 'ours',
-                                                          'dx': 'conv'}])
-def test_convnet_fast_path_equals_xla(force, monkeypatch):
-  """Same loss and gradients, with oneDNN (where built) and without; at this small batch
-  `plan` keeps XLA's dw without oneDNN, so force ours too."""
-  monkeypatch.setattr(fast_conv, 'FORCE', force)
-  loss_ref, grads_ref = _loss_and_grads(False)
-  loss, grads = _loss_and_grads(True)
+def test_convnet_fast_path_equals_xla():
+  """Same loss and gradients for the model built on the fast path and on XLA's ops."""
+  def loss_and_grads(kernels):
+    model = create_model('convnet', 10, image_size=32, kernels=kernels, rngs=nnx.Rngs(0))
+    return train_pass(model, (4, 32, 32, 3))[:2]
+  loss_ref, grads_ref = loss_and_grads(ops.XLA)
+  loss, grads = loss_and_grads(FAST)
   np.testing.assert_allclose(loss, loss_ref, rtol=RTOL)
   leaves_ref = jax.tree.leaves_with_path(grads_ref)
   leaves = jax.tree.leaves_with_path(grads)
@@ -202,79 +199,60 @@ def test_convnet_fast_path_equals_xla(force, monkeypatch):
     assert_close(o, r)
 
 
-def test_resolve_fast_cpu_ops():
-  assert ops.resolve_fast_cpu_ops('auto') == (jax.default_backend() == 'cpu')
-  assert ops.resolve_fast_cpu_ops(True) and ops.resolve_fast_cpu_ops('on')
-  assert not ops.resolve_fast_cpu_ops(False) and not ops.resolve_fast_cpu_ops('False')
+def test_wants_fast_path():
+  assert ops.wants_fast_path('auto', 'cpu') and not ops.wants_fast_path('auto', 'cuda')
+  assert ops.wants_fast_path(True, 'cpu') and ops.wants_fast_path('on', 'cpu')
+  assert not ops.wants_fast_path(False, 'tpu') and not ops.wants_fast_path('False', 'cpu')
   with pytest.raises(ValueError, match='fast_cpu_ops'):
-    ops.resolve_fast_cpu_ops('sometimes')
+    ops.wants_fast_path('sometimes', 'cpu')
+  with pytest.raises(ValueError, match="this run is on 'cuda'"):
+    ops.wants_fast_path(True, 'cuda')
+  assert ops.choose('auto', platform='tpu') is ops.XLA
 
 
 @pytest.mark.parametrize('fast', [True, False])
-def test_train_step_uses_the_fast_pool_gradient_when_asked(fast):
-  """The real train step (steps.make_train_step) traces max-pools on the fast path."""
+def test_train_step_uses_the_fast_pool_gradient_when_built_with_it(fast):
+  """The real train step (steps.make_train_step) of a model built on the fast path."""
   from vision_jax import steps, train_state
-  model = create_model('convnet', 10, image_size=8, in_channels=1, fast_cpu_ops=fast)
+  model = create_model('convnet', 10, image_size=8, in_channels=1,
+                       kernels=FAST if fast else ops.XLA)
   graphdef, params, rest = train_state.split(model)
   tx = optax.sgd(0.1)
   state = train_state.TrainState(step=jnp.zeros((), jnp.int32), params=params, rest=rest,
                                  opt_state=tx.init(params))
-  step = steps.make_train_step(graphdef, tx, lambda s: 0.1, mean=(0.5,), std=(0.5,),
-                               fast_cpu_ops=fast)
+  step = steps.make_train_step(graphdef, tx, lambda s: 0.1, mean=(0.5,), std=(0.5,))
   batch = {'image': jnp.zeros((4, 8, 8, 1), jnp.uint8), 'label': jnp.zeros((4,), jnp.int32)}
   jaxpr = str(jax.make_jaxpr(step)(state, batch))
   assert ('select_and_scatter_add' in jaxpr) != fast  # XLA's max-pool gradient.
 
 
-def _ynn_fused_ops(compiled_text: str) -> set[str]:
-  """Names of the jax ops that XLA:CPU compiled into YNNPACK fusions."""
-  return {name.rsplit('/', 1)[-1] for line in compiled_text.splitlines()
-          if '__ynn_fusion' in line
-          for name in re.findall(r'op_name="([^"]+)"', line)}
-
-
-def test_cpu_compiler_options_take_convolutions_off_ynnpack_only():
-  """With `cpu_compiler_options()` convolutions leave YNNPACK (for XLA's multi-threaded
-  convolution) while dots stay on it; without them both are YNNPACK fusions, so a jaxlib
-  that changes these defaults fails here rather than silently slowing down."""
+def test_compiler_options_keep_the_values():
+  """The CPU compiler options change how XLA:CPU runs convolutions, not what they compute."""
   def f(x, w, m):
     y = lax.conv_general_dilated(x, w, (1, 1), 'SAME', dimension_numbers=DN)
     return y.reshape(-1, 64) @ m
-  # Big enough for XLA to use YNNPACK at all (it keeps tiny convolutions for itself).
   rng = np.random.default_rng(0)
   args = (_rand(rng, (8, 16, 16, 64)), _rand(rng, (3, 3, 64, 64)), _rand(rng, (64, 32)))
-  lowered = jax.jit(f).lower(*args)
-  default = _ynn_fused_ops(lowered.compile().as_text())
-  options = ops.cpu_compiler_options()
-  assert options is not None
-  tuned = _ynn_fused_ops(lowered.compile(options).as_text())
-  assert {'conv_general_dilated', 'dot_general'} <= default
-  assert 'conv_general_dilated' not in tuned and 'dot_general' in tuned
+  options = ops.compiler_options()
+  assert options is not None  # Accepted by this jaxlib on the CPU backend.
   assert_close(jax.jit(f, compiler_options=options)(*args), jax.jit(f)(*args))
 
 
-def test_cpu_compiler_options_defer_to_xla_flags(monkeypatch):
+def test_compiler_options_defer_to_xla_flags(monkeypatch):
   monkeypatch.setenv('XLA_FLAGS', '--xla_cpu_experimental_ynn_fusion_type=-reduce')
-  assert ops.cpu_compiler_options() is None
+  assert ops.compiler_options() is None
 
 
-def test_train_step_compiles_convolutions_off_ynnpack():
-  """The loop's own jitted step (train.jit_train_step) carries the options."""
-  from conftest import lower_digits_train_step  # pylint: disable=g-import-not-at-top
-  fused = _ynn_fused_ops(lower_digits_train_step(8).compile().as_text())
-  assert 'conv_general_dilated' not in fused
-
-
-# Conv + max-pool gradients on a 4-device mesh inside `per_shard.batch_parallel` (each
-# device its batch shard, dw summed) against XLA's ops on one device. Runs in a subprocess:
-# the device count is fixed before jax starts.
+# Conv + max-pool gradients on a 4-device mesh (each device its batch shard, dw summed)
+# against XLA's ops on one device. Runs in a subprocess: the device count is fixed before
+# jax starts. With oneDNN the layer is big enough (per device) for the plan to use it.
 _PER_SHARD_SCRIPT = r'''
 import jax, jax.numpy as jnp, numpy as np
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import sys
-from vision_jax.ops import conv, per_shard, pool
-conv.FORCE['impl'] = sys.argv[1]
+from vision_jax.ops import conv, pool
+use_onednn = sys.argv[1] == 'onednn'
 
 def loss(conv_fn, pool_fn, x, w):
   y = conv_fn(x, w, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
@@ -282,18 +260,20 @@ def loss(conv_fn, pool_fn, x, w):
   return jnp.sum(jnp.sin(y))
 
 rng = np.random.default_rng(0)
-x = rng.standard_normal((8, 12, 12, 3)).astype(np.float32)
-w = rng.standard_normal((3, 3, 3, 5)).astype(np.float32)
+cin, cout = (64, 64) if use_onednn else (3, 5)
+x = rng.standard_normal((8, 32, 32, cin)).astype(np.float32)
+w = (rng.standard_normal((3, 3, cin, cout)) * 0.05).astype(np.float32)
 ref = jax.jit(jax.grad(lambda x, w: loss(
     lax.conv_general_dilated, lambda y: lax.reduce_window(
         y, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), 'VALID'), x, w), (0, 1)))(x, w)
 mesh = Mesh(np.array(jax.devices()).reshape(2, 2), ('data', 'fsdp'))
 xs = jax.device_put(x, NamedSharding(mesh, P(('data', 'fsdp'))))
-fast = lambda x, w: loss(conv.conv_general_dilated, lambda y: pool.max_pool(y, 2, 2), x, w)
-with per_shard.batch_parallel(mesh):
-  step = jax.jit(jax.grad(fast, (0, 1)))
-  text = step.lower(xs, w).as_text()
-  got = step(xs, w)
+fast_conv = lambda *a, **k: conv.conv_general_dilated(*a, mesh=mesh, use_onednn=use_onednn,
+                                                      **k)
+fast = lambda x, w: loss(fast_conv, lambda y: pool.max_pool(y, 2, 2, mesh=mesh), x, w)
+step = jax.jit(jax.grad(fast, (0, 1)))
+text = step.lower(xs, w).as_text()
+got = step(xs, w)
 for a, b in zip(got, ref):
   err = float(np.abs(np.asarray(a) - np.asarray(b)).max() / np.abs(np.asarray(b)).max())
   assert err < 1e-5, err
@@ -322,6 +302,6 @@ def test_fast_ops_run_per_batch_shard_on_a_mesh(impl):
 def test_per_shard_is_the_identity_without_a_mesh():
   from vision_jax.ops import per_shard  # pylint: disable=g-import-not-at-top
   f = lambda x: x * 2
-  assert per_shard.per_shard(f, 8, (per_shard.BATCH,), per_shard.BATCH) is f
+  assert per_shard.per_shard(f, None, 8, (per_shard.BATCH,), per_shard.BATCH) is f
   from vision_jax import parallel  # pylint: disable=g-import-not-at-top
   assert per_shard.BATCH_AXES == parallel.AXES  # The ops split the batch as the loop does.

@@ -12,9 +12,12 @@ import sys
 import pytest
 
 from conftest import REPO
+import jax
+
 from vision_jax import config as config_lib
+from vision_jax import distributed
 from vision_jax import parallel
-from vision_jax.config import ConfigError
+from vision_jax.errors import ConfigError
 
 # Trains a small ResNet (the real ResNet class with BatchNorm, CIFAR stem, one basic block
 # per stage, the second with a projection shortcut; width 4, 8x8 images) for a few steps on
@@ -23,7 +26,7 @@ from vision_jax.config import ConfigError
 _STEPS_SCRIPT = r'''
 import json, sys
 import jax, numpy as np
-from vision_jax import config as config_lib, models, parallel, steps, train_state
+from vision_jax import config as config_lib, evaluate, models, parallel, steps, train_state
 from vision_jax.models import resnet
 
 class TinyResNet(resnet.ResNet):
@@ -44,8 +47,7 @@ def run(num_devices, data, fsdp, num_steps=3, batch=16, fast=False, accum=1):
   graphdef, state, tx, schedule, shardings = train_state.create(
       config, mesh, num_classes=10, image_size=8, in_channels=3, steps_per_epoch=10)
   step = jax.jit(steps.make_train_step(graphdef, tx, schedule, mean=(0.5,) * 3,
-                                       std=(0.5,) * 3, fast_cpu_ops=fast, mesh=mesh,
-                                       accum_steps=accum),
+                                       std=(0.5,) * 3, accum_steps=accum),
                  in_shardings=(shardings, parallel.batch_sharding(mesh)),
                  out_shardings=(shardings, parallel.replicated(mesh)), donate_argnums=0)
   rng, losses = np.random.default_rng(0), []
@@ -59,12 +61,19 @@ def run(num_devices, data, fsdp, num_steps=3, batch=16, fast=False, accum=1):
     losses.append(float(jax.block_until_ready(metrics)['loss']))
   leaves = jax.tree_util.tree_leaves_with_path(state.params)
   mu = jax.tree.leaves(state.opt_state)
+  # The eval step as training and --mode=eval jit it: every device gets its rows.
+  eval_step = evaluate.jit_eval_step(graphdef, mean=(0.5,) * 3, std=(0.5,) * 3, mesh=mesh,
+                                     state_shardings=shardings)
+  eval_batch = {'image': spec, 'label': jax.ShapeDtypeStruct((batch,), np.int32),
+                'mask': jax.ShapeDtypeStruct((batch,), np.float32)}
+  eval_rows = eval_step.lower(state, eval_batch).compile().input_shardings[0][1][
+      'image'].shard_shape((batch, 8, 8, 3))[0]
   return {'losses': losses,
           'params': {jax.tree_util.keystr(p): np.asarray(x).ravel().tolist() for p, x in leaves},
           'sharded_params': sum('fsdp' in str(x.sharding.spec) for _, x in leaves),
           'sharded_opt': sum('fsdp' in str(getattr(x.sharding, 'spec', '')) for x in mu),
           'batch_stats_shards': len(state.rest['stem_bn']['mean'].addressable_shards),
-          'per_device_ops': 'manual_computation' in hlo}
+          'per_device_ops': 'manual_computation' in hlo, 'eval_rows_per_device': eval_rows}
 
 print('RESULT ' + json.dumps({'one': run(1, -1, 1), 'data8': run(8, -1, 1),
                               'fsdp': run(8, 2, -1), 'fast8': run(8, -1, 1, fast=True),
@@ -97,6 +106,7 @@ def test_eight_devices_equal_one_device(layouts):
     assert abs(a - b) < 1e-5, (one['losses'], data8['losses'])
   assert _max_param_diff(one['params'], data8['params']) < 1e-5
   assert data8['sharded_params'] == 0  # fsdp=1: everything replicated.
+  assert data8['eval_rows_per_device'] == 2 and one['eval_rows_per_device'] == 16
   # BatchNorm saw the global batch: a replicated statistic, one copy per device.
   assert data8['batch_stats_shards'] == 8
 
@@ -200,8 +210,23 @@ def test_micro_batches_must_split_over_devices():
 
 
 def test_partial_distributed_flags_are_refused():
-  with pytest.raises(parallel.DistributedError, match='without --num_processes, '
-                                                      '--process_id'):
-    parallel.initialize_distributed('127.0.0.1:1234')
-  with pytest.raises(parallel.DistributedError, match=r'--process_id=2 must be in \[0'):
-    parallel.initialize_distributed('127.0.0.1:1234', 2, 2)
+  with pytest.raises(distributed.DistributedError, match='without --num_processes, '
+                                                         '--process_id'):
+    distributed.initialize_distributed('127.0.0.1:1234')
+  with pytest.raises(distributed.DistributedError, match=r'--process_id=2 must be in \[0'):
+    distributed.initialize_distributed('127.0.0.1:1234', 2, 2)
+
+
+@pytest.mark.parametrize('platforms, cpu_only', [('cpu', True), ('cuda', False),
+                                                 ('tpu', False), ('cuda,cpu', False)])
+def test_cpu_collectives_only_for_cpu_runs(platforms, cpu_only):
+  """gloo is JAX's collectives implementation for CPU processes; a GPU or TPU run has its
+  own (NCCL, ICI) and must not be switched."""
+  assert distributed.cpu_only_run(platforms) == cpu_only
+  assert distributed.cpu_only_run() == (jax.default_backend() == 'cpu')  # These tests.
+
+
+def test_slices_need_devices_with_a_slice_index():
+  config = _config(slices=2)
+  with pytest.raises(ConfigError, match='have no slice index'):
+    parallel.make_mesh(config, jax.devices()[:1])

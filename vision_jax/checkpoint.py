@@ -13,6 +13,7 @@ import os
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from orbax.checkpoint import checkpoint_managers
@@ -43,9 +44,13 @@ def _abstract_saveable(abstract_state: Any) -> Any:
 
 
 def _from_saveable(restored: Any, abstract_state: Any) -> Any:
+  """Raw key data back into typed keys. Every key of a state is made by `nnx.Rngs`, i.e.
+  with JAX's default PRNG implementation; a key saved under another one has another data
+  shape and fails the restore rather than being misread."""
   def convert(value, target):
-    if _is_key(target):  # target may be abstract: the key's implementation is in its dtype.
-      impl = getattr(target.dtype, '_impl', None) or jax.config.jax_default_prng_impl
+    if _is_key(target):
+      impl = (jax.random.key_impl(target) if isinstance(target, jax.Array)
+              else jax.config.jax_default_prng_impl)
       return jax.random.wrap_key_data(value, impl=impl)
     return value
   return jax.tree.map(convert, restored, abstract_state)
@@ -137,10 +142,13 @@ class Checkpointer:
 
 
 def read_state(path: str) -> tuple[int, dict]:
-  """(step, raw nested-dict state) of a workdir's latest checkpoint, or of a step dir.
+  """(step, the state as nested dicts of numpy arrays) of a workdir's latest checkpoint,
+  or of a step directory.
 
-  For fine-tuning: the arrays come back as saved, without a target structure, so a
-  checkpoint of a different model (another head, say) can be read and matched by path.
+  For fine-tuning: the arrays come back as saved, whatever the model, so a checkpoint of
+  a different model (another head, say) can be read and matched by path. They are read
+  into host memory whole, whatever sharding they were saved with (FSDP, several
+  processes): the target is built from the checkpoint's own metadata.
   """
   path = os.path.abspath(os.path.expanduser(path))
   if os.path.isdir(os.path.join(path, 'checkpoints')):
@@ -156,12 +164,21 @@ def read_state(path: str) -> tuple[int, dict]:
     raise CheckpointError(f'config.init_from.checkpoint={path} does not exist. Pass a '
                           'workdir of an earlier run, or one of its checkpoints/<step> '
                           'directories.')
-  manager = ocp.CheckpointManager(directory, item_names=('state', 'data'),
-                                  options=ocp.CheckpointManagerOptions(read_only=True))
-  step = manager.latest_step() if step is None else step
-  if step is None:
-    raise CheckpointError(f'No finished checkpoint in {directory}. Pass a workdir of a run '
-                          'that saved at least one checkpoint.')
-  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-  manager.close()
-  return step, restored['state']
+  manager = ocp.CheckpointManager(
+      directory, options=ocp.CheckpointManagerOptions(read_only=True),
+      item_handlers={'state': ocp.StandardCheckpointHandler(),
+                     'data': ocp.JsonCheckpointHandler()})
+  try:
+    step = manager.latest_step() if step is None else step
+    if step is None:
+      raise CheckpointError(f'No finished checkpoint in {directory}. Pass a workdir of a run '
+                            'that saved at least one checkpoint.')
+    host = jax.sharding.SingleDeviceSharding(jax.local_devices(backend='cpu')[0])
+    metadata = manager.item_metadata(step)['state']
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=host),
+                          dict(metadata))
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target)))
+  finally:
+    manager.close()
+  return step, jax.tree.map(np.asarray, restored['state'])

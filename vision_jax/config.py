@@ -8,22 +8,19 @@ besides `name` and `dtype` go to the model's constructor, which validates them.
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import inspect
 import json
+import os
 from typing import Any
 
 import ml_collections
 
-from vision_jax.errors import UserError
-from ml_collections import config_flags  # pylint: disable=unused-import
+from vision_jax.errors import ConfigError
 
 # Sections whose keys are checked against base_config(); config.model is checked against
 # the chosen model's constructor instead.
 _CHECKED_SECTIONS = ('dataset', 'optim', 'train', 'eval', 'checkpoint', 'mesh', 'init_from')
-
-
-class ConfigError(UserError, ValueError):
-  """A config value that cannot work; the message names the key and the fix."""
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -88,7 +85,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.lr_rules = ()             # ((regex, multiplier), ...).
   c.optim.freeze = ()               # (regex, ...): never updated, no optimiser state.
   c.optim.grad_clip_norm = 0.0      # 0 = off.
-  c.optim.ema_decay = 0.0           # > 0: evaluate an EMA of the parameters.
+  c.optim.ema_decay = 0.0           # > 0: evaluate an EMA of the weights and BN statistics.
   c.optim.label_smoothing = 0.0
   c.optim.accum_steps = 1           # Gradient accumulation over this many micro-batches.
 
@@ -97,6 +94,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.steps = 600
   c.train.log_every = 50
   c.train.eval_every = 300          # 0 = only at the end.
+  c.train.device_prefetch = 2       # Batches moved onto the devices ahead of their step.
 
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 256
@@ -113,6 +111,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.init_from.checkpoint = ''        # A workdir or checkpoints/<step> dir to start from.
   c.init_from.skip = ('head/.*',)    # Regexes of variables re-initialised, not loaded.
   c.init_from.zero_init_skipped = True  # Re-initialise skipped variables to zeros.
+  c.init_from.use_ema = False        # Start from the checkpoint's EMA weights (if it has).
 
   # The device mesh, axes ('data', 'fsdp'); the batch is split over both (every device
   # computes on its share of the global batch). data x fsdp must equal the device count.
@@ -120,6 +119,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh.data = -1                  # Replicas of the state; -1 = all remaining devices.
   c.mesh.fsdp = 1                   # Devices each large state array is split over; 1 = off.
   c.mesh.fsdp_min_mib = 4.0         # Arrays smaller than this stay replicated under FSDP.
+  c.mesh.slices = 1                 # Multi-slice TPU: the data axis over this many slices.
   return c
 
 
@@ -174,12 +174,9 @@ def explain_override_error(argv: list[str], error: Exception) -> str:
   if path is None:
     return f'--config could not be loaded ({error}). Pass --config=configs/<name>.py.'
   try:
-    file, _, variant = path.partition(':')
-    module = ml_collections.config_flags.config_flags._LoadConfigModule('config', file)  # pylint: disable=protected-access
-    config = module.get_config(variant) if variant else module.get_config()
-  except Exception as e:  # pylint: disable=broad-except
-    return (f'--config={path} could not be loaded: {type(e).__name__}: {e}. Pass an '
-            'existing config file with a get_config() function, e.g. configs/default.py.')
+    config = load_config_file(path)
+  except ConfigError as e:
+    return str(e)
   for dotted in overrides:
     node, walked = config, []
     for key in dotted.split('.'):
@@ -190,6 +187,39 @@ def explain_override_error(argv: list[str], error: Exception) -> str:
                 f'{_close(key, known)} Known keys of {where}: {", ".join(known)}.')
       node, walked = node[key], walked + [key]
   return f'Could not apply the --config overrides: {type(error).__name__}: {error}.'
+
+
+def load_config_file(path: str) -> ml_collections.ConfigDict:
+  """`get_config()` of a config file, or `get_config(variant)` for 'file.py:variant'.
+
+  Raises ConfigError naming the file and what is wrong with it.
+  """
+  file, _, variant = path.partition(':')
+  if not os.path.isfile(file):
+    raise ConfigError(f'--config={path}: {file} is not a file. Pass a config file, e.g. '
+                      '--config=configs/default.py.')
+  try:
+    spec = importlib.util.spec_from_file_location('vision_jax_config_file', file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+  except Exception as e:  # pylint: disable=broad-except  # Whatever the file raises.
+    raise ConfigError(f'--config={path} could not be loaded: {type(e).__name__}: {e}. Fix '
+                      'the file, or pass another one, e.g. configs/default.py.') from e
+  get_config = getattr(module, 'get_config', None)
+  if not callable(get_config):
+    raise ConfigError(f'--config={path} has no get_config() function. A config file defines '
+                      'get_config() returning an ml_collections.ConfigDict, as '
+                      'configs/default.py does.')
+  takes_variant = bool(inspect.signature(get_config).parameters)
+  if variant and not takes_variant:
+    raise ConfigError(f'--config={path}: {file} has no variants (its get_config() takes no '
+                      f'argument), so ":{variant}" cannot be applied. Drop ":{variant}".')
+  try:
+    return get_config(variant) if variant else get_config()
+  except Exception as e:  # pylint: disable=broad-except
+    raise ConfigError(f'--config={path}: get_config({variant!r}) failed: '
+                      f'{type(e).__name__}: {e}.' if variant else
+                      f'--config={path}: get_config() failed: {type(e).__name__}: {e}.') from e
 
 
 def _positive(config, dotted: str) -> None:
@@ -216,17 +246,21 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
                       f'{_close(config.model.name, models.list_models())} Known models: '
                       f'{", ".join(models.list_models())}.')
   accepted = inspect.signature(models.model_class(config.model.name).__init__).parameters
+  options = [p for p in accepted if p not in ('self', 'num_classes', 'rngs', 'kernels')]
   for key in model_kwargs(config):
-    if key not in accepted:
-      options = [p for p in accepted if p not in ('self', 'num_classes', 'rngs')]
+    if key not in options:
       raise ConfigError(f'config.model.{key} is not an option of model '
                         f'{config.model.name!r}. Its options: {", ".join(options)}.')
-  from vision_jax import ops  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  import jax
+  from vision_jax import ops
+  from vision_jax import parallel
+  from vision_jax.models import layers
   try:
-    ops.resolve_fast_cpu_ops(config.model.get('fast_cpu_ops', False))
+    ops.wants_fast_path(config.model.get('fast_cpu_ops', 'auto'), jax.default_backend())
+    layers.as_dtype(config.model.get('dtype', 'float32'))
   except ValueError as e:
     raise ConfigError(str(e)) from e
-  from vision_jax import parallel  # pylint: disable=g-import-not-at-top
   data, fsdp = parallel.mesh_shape(config.mesh, num_devices)  # Raises if it does not fit.
   mesh = f'config.mesh.data={data} x config.mesh.fsdp={fsdp}'
   for dotted in ('train.batch_size', 'eval.batch_size'):

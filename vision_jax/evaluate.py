@@ -2,24 +2,35 @@
 
 The eval step returns per-example losses and top-k predictions (replicated on every host),
 so the masked padding rows of the last batch are dropped here and any metric, top-1, top-5,
-per-class accuracy or a confusion matrix, comes from the same arrays. `run` is --mode=eval:
-the same evaluation on a saved checkpoint, without training.
+per-class accuracy or a confusion matrix, comes from the same arrays. `write_results` is
+the one place that writes results.json and the confusion files, for training and for
+`run` (--mode=eval: the same evaluation on a saved checkpoint, without training).
 """
 from __future__ import annotations
 
-import collections
 import json
 import os
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from flax import nnx
 from jax.sharding import Mesh
 
 from vision_jax import ops
 from vision_jax import parallel
+from vision_jax import steps
+
+
+def jit_eval_step(graphdef: nnx.GraphDef, *, mean: Sequence[float], std: Sequence[float],
+                  mesh: Mesh, state_shardings: Any) -> Callable:
+  """The eval step jitted over `mesh`: the batch split over every device, as in training."""
+  return jax.jit(steps.make_eval_step(graphdef, mean=mean, std=std),
+                 in_shardings=(state_shardings, parallel.batch_sharding(mesh)),
+                 out_shardings=parallel.replicated(mesh),
+                 compiler_options=ops.compiler_options())
 
 
 def collect(eval_step: Callable, state, batches: Iterable, mesh: Mesh) -> dict[str, np.ndarray]:
@@ -28,19 +39,19 @@ def collect(eval_step: Callable, state, batches: Iterable, mesh: Mesh) -> dict[s
   Batch k+1 is dispatched before batch k's outputs are read (`parallel.steps_ahead`).
   """
   parts: dict[str, list[np.ndarray]] = {}
-  running, ahead = collections.deque(), parallel.steps_ahead()
+  pending: list = []
 
   def read_oldest():
-    out = parallel.fetch(running.popleft())
+    out = parallel.fetch(pending.pop(0))
     keep = out.pop('mask') > 0
     for key, value in out.items():
       parts.setdefault(key, []).append(value[keep])
 
   for batch in batches:
-    running.append(eval_step(state, parallel.step_input(batch, mesh)))
-    while len(running) > ahead:
+    pending.append(eval_step(state, parallel.to_global(batch, mesh)))
+    if len(pending) > parallel.steps_ahead():
       read_oldest()
-  while running:
+  while pending:
     read_oldest()
   return {k: np.concatenate(v) for k, v in parts.items()}
 
@@ -85,7 +96,13 @@ def compile_ahead(eval_step: Callable, state, evals: dict, mesh: Mesh) -> None:
   """
   first = next(iter(evals.values()), None)
   if first is not None:
-    jax.block_until_ready(eval_step(state, parallel.step_input(first[0], mesh)))
+    jax.block_until_ready(eval_step(state, parallel.to_global(first[0], mesh)))
+
+
+def scalars(results: dict[str, dict]) -> dict[str, float]:
+  """{'test/accuracy': ..., ...}: the float metrics of every split, keyed 'split/name'."""
+  return {f'{split}/{k}': v for split, r in results.items() for k, v in r.items()
+          if isinstance(v, float)}
 
 
 def write_json(path: str, obj) -> None:
@@ -95,20 +112,41 @@ def write_json(path: str, obj) -> None:
   os.replace(path + '.tmp', path)
 
 
-def merge_results(workdir: str, step: int, results: dict[str, dict]) -> dict:
-  """results.json after evaluating `step`: splits of the same step are kept, else replaced.
+def write_results(workdir: str, step: int, results: dict[str, dict],
+                  class_names: Sequence[str]) -> dict:
+  """results.json, confusion_<split>.json and confusion_<split>.png for checkpoint `step`.
 
-  results.json always describes one checkpoint (its "step"), so evaluating another step
-  starts the file afresh rather than mixing numbers from two checkpoints.
+  `results` maps splits to `summarize` outputs; their confusion matrices go to their own
+  files. results.json always describes one checkpoint (its "step"): splits of the same
+  step are merged, another step starts the file afresh. Returns what results.json holds.
+  Writes on process 0 only.
   """
+  from vision_jax import visualize  # pylint: disable=g-import-not-at-top
+  results = {split: dict(r) for split, r in results.items()}
+  confusions = {split: r.pop('confusion_matrix') for split, r in results.items()}
   path = os.path.join(workdir, 'results.json')
   old = {}
   if os.path.exists(path):
-    with open(path) as f:
-      old = json.load(f)
-  if old.get('step') != step:
-    return {'step': step, 'eval': dict(results)}
-  return {**old, 'eval': {**old.get('eval', {}), **results}}
+    try:
+      with open(path) as f:
+        old = json.load(f)
+    except (OSError, json.JSONDecodeError):
+      old = {}
+  if old.get('step') == step:
+    out = {**old, 'eval': {**old.get('eval', {}), **results}}
+  else:
+    out = {'step': step, 'eval': results}
+  if jax.process_index() != 0:
+    return out
+  for split, counts in confusions.items():
+    write_json(os.path.join(workdir, f'confusion_{split}.json'), counts)
+    names = list(class_names) if len(class_names) == len(counts) else [
+        str(i) for i in range(len(counts))]
+    visualize.write_confusion(np.asarray(counts), names,
+                              os.path.join(workdir, f'confusion_{split}.png'),
+                              title=f'{split}, step {step}')
+  write_json(path, out)
+  return out
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -118,10 +156,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   into the workdir; never trains or changes a checkpoint.
   """
   from vision_jax import inference  # pylint: disable=g-import-not-at-top
-  from vision_jax import steps  # pylint: disable=g-import-not-at-top
-  from vision_jax import visualize  # pylint: disable=g-import-not-at-top
   from vision_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
-  loaded = inference.load(workdir, config)
+  loaded = inference.load(workdir, config, portable=False)
   data = input_pipeline.build(
       config, input_pipeline.HostShard(jax.process_index(), jax.process_count()))
   if (data.num_classes, data.channels) != (loaded.num_classes, loaded.image_shape[2]):
@@ -130,21 +166,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         f'{data.channels} channels; the run in {workdir} was trained on '
         f'{loaded.num_classes} and {loaded.image_shape[2]}. Evaluate on the dataset it was '
         'trained on.')
-  eval_step = jax.jit(steps.make_eval_step(loaded.graphdef, mean=loaded.mean, std=loaded.std,
-                                           use_ema=config.optim.get('ema_decay', 0) > 0),
-                      out_shardings=parallel.replicated(loaded.mesh),  # As training does.
-                      compiler_options=ops.cpu_compiler_options())
+  eval_step = jit_eval_step(loaded.graphdef, mean=loaded.mean, std=loaded.std,
+                            mesh=loaded.mesh,
+                            state_shardings=jax.tree.map(lambda x: x.sharding, loaded.state))
   logging.info('Evaluating checkpoint %d of %s on %s.', loaded.step, workdir, list(data.evals))
   results = evaluate_splits(eval_step, loaded.state, data.evals, loaded.mesh,
                             data.num_classes, data.num_threads)
-  confusions = {split: r.pop('confusion_matrix') for split, r in results.items()}
-  if jax.process_index() != 0:
-    return {'step': loaded.step, 'eval': results}
-  for split, counts in confusions.items():
-    write_json(os.path.join(workdir, f'confusion_{split}.json'), counts)
-    visualize.write_confusion(np.asarray(counts), loaded.class_names,
-                              os.path.join(workdir, f'confusion_{split}.png'),
-                              title=f'{split}, step {loaded.step}')
-  out = merge_results(workdir, loaded.step, results)
-  write_json(os.path.join(workdir, 'results.json'), out)
-  return out
+  return write_results(workdir, loaded.step, results, loaded.class_names)

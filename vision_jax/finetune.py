@@ -1,13 +1,14 @@
 """Initialise a new run from another run's checkpoint: the pretrain -> fine-tune step.
 
 Every parameter and BatchNorm statistic of the new model is loaded from the checkpoint by
-its path ('layer1/0/conv1/kernel'), except those matching `config.init_from.skip` (default:
+its path ('blocks/0/conv1/kernel'), except those matching `config.init_from.skip` (default:
 the classifier head), which keep a fresh initialisation, zeros when
 `init_from.zero_init_skipped` (a zero head starts at uniform predictions, as in BiT).
 Anything else that is missing or has another shape is an error listing every such path
-with both shapes: a fine-tune never half-loads silently. Freezing and learning-rate
-multipliers are optimiser rules (`config.optim.freeze`, `lr_rules`). The outcome is
-logged and written to `init_report.json`.
+with both shapes: a fine-tune never half-loads silently. `init_from.use_ema` loads the
+checkpoint's moving averages (of a run with `optim.ema_decay` > 0) instead of its raw
+weights. Freezing and learning-rate multipliers are optimiser rules (`config.optim.freeze`,
+`lr_rules`). The outcome is logged and written to `init_report.json`.
 """
 from __future__ import annotations
 
@@ -18,51 +19,51 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from flax import nnx
 
 from vision_jax import optim
 from vision_jax import train_state as ts
 from vision_jax.checkpoint import CheckpointError, read_state
 
 
-def _flat_source(tree: dict) -> dict[str, np.ndarray]:
-  """Raw restored nested dicts -> {'conv1/kernel': array} (orbax keeps a 'value' level)."""
-  flat = {}
+def flat(tree: Any) -> dict[str, Any]:
+  """Nested dicts -> {'conv1/kernel': leaf}; checkpoints of older versions kept an extra
+  'value' level per variable, which is dropped."""
+  out = {}
   for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
     name = optim.param_path(path)
-    flat[name[:-len('/value')] if name.endswith('/value') else name] = leaf
-  return flat
+    out[name[:-len('/value')] if name.endswith('/value') else name] = leaf
+  return out
 
 
 def _matches(path: str, patterns: list[re.Pattern]) -> bool:
   return any(p.fullmatch(path) for p in patterns)
 
 
-def _load(target: nnx.State, source: dict[str, np.ndarray], kinds: tuple[type, ...],
-          skip: list[re.Pattern], zero_skipped: bool, report: dict,
-          problems: list[str]) -> nnx.State:
-  """Target state with every variable of `kinds` replaced by its source value."""
-  out = []
-  for path, var in nnx.to_flat_state(target):
-    name = '/'.join(str(k) for k in path)
-    if not isinstance(var, kinds):
-      out.append((path, var))
-      continue
-    value = var.get_value()
+def _is_statistic(x) -> bool:
+  """The float leaves of `rest` (BatchNorm statistics); RNG state is not loaded."""
+  return jnp.issubdtype(x.dtype, jnp.floating)
+
+
+def _load(target: Any, source: dict[str, np.ndarray], *, loadable, skip: list[re.Pattern],
+          zero_skipped: bool, report: dict, problems: list[str]) -> Any:
+  """`target` with every loadable leaf replaced by its source value (same sharding)."""
+  def load(path, value):
+    name = optim.param_path(path)
+    if not loadable(value):
+      return value
     if _matches(name, skip):
       report['reinitialized'].append(name)
-      if zero_skipped:
-        value = jnp.zeros_like(value)
-    elif name not in source:
+      return jnp.zeros_like(value) if zero_skipped else value
+    if name not in source:
       problems.append(f'{name}: {tuple(value.shape)} in the model, missing in the checkpoint')
-    elif tuple(source[name].shape) != tuple(value.shape):
+      return value
+    if tuple(source[name].shape) != tuple(value.shape):
       problems.append(f'{name}: {tuple(value.shape)} in the model, '
                       f'{tuple(source[name].shape)} in the checkpoint')
-    else:
-      report['loaded'].append(name)
-      value = jax.device_put(np.asarray(source[name], value.dtype), value.sharding)
-    out.append((path, var.replace(value)))
-  return nnx.from_flat_state(out)
+      return value
+    report['loaded'].append(name)
+    return jax.device_put(np.asarray(source[name], value.dtype), value.sharding)
+  return jax.tree_util.tree_map_with_path(load, target)
 
 
 def init_from_checkpoint(config: ml_collections.ConfigDict, state: ts.TrainState, tx,
@@ -70,14 +71,23 @@ def init_from_checkpoint(config: ml_collections.ConfigDict, state: ts.TrainState
   """Returns the state with the checkpoint's weights in place, and the init report."""
   cfg = config.init_from
   step, raw = read_state(cfg.checkpoint)
-  source = _flat_source(raw['params']) | _flat_source(raw.get('rest', {}))
+  use_ema = cfg.get('use_ema', False)
+  if use_ema:
+    if not raw.get('ema'):
+      raise CheckpointError(
+          f'config.init_from.use_ema=True, but the checkpoint {cfg.checkpoint} (step {step}) '
+          'holds no moving average (its run had config.optim.ema_decay=0). Set '
+          'config.init_from.use_ema=False to load its weights.')
+    raw = {'params': raw['ema']['params'], 'rest': raw['ema']['rest']}
+  source = flat(raw['params']) | flat(raw.get('rest', {}))
   skip = [re.compile(p) for p in cfg.skip]
   report: dict[str, Any] = {'checkpoint': cfg.checkpoint, 'checkpoint_step': step,
-                            'loaded': [], 'reinitialized': []}
+                            'use_ema': bool(use_ema), 'loaded': [], 'reinitialized': []}
   problems: list[str] = []
-  params = _load(state.params, source, (nnx.Param,), skip, cfg.zero_init_skipped, report,
-                 problems)
-  rest = _load(state.rest, source, (nnx.BatchStat,), skip, False, report, problems)
+  common = dict(source=source, skip=skip, report=report, problems=problems)
+  params = _load(state.params, loadable=lambda x: True, zero_skipped=cfg.zero_init_skipped,
+                 **common)
+  rest = _load(state.rest, loadable=_is_statistic, zero_skipped=False, **common)
   if problems:
     raise CheckpointError(
         f'The checkpoint {cfg.checkpoint} (step {step}) does not fit the model '
@@ -92,4 +102,6 @@ def init_from_checkpoint(config: ml_collections.ConfigDict, state: ts.TrainState
   report['counts'] = {k: len(report[k]) for k in
                       ('loaded', 'reinitialized', 'frozen', 'unused_from_checkpoint')}
   opt_state = jax.jit(tx.init, out_shardings=state_shardings.opt_state)(params)
-  return state.replace(params=params, rest=rest, opt_state=opt_state), report
+  # The moving average restarts from the loaded weights (own buffers: the step donates).
+  ema = None if state.ema is None else jax.tree.map(jnp.copy, {'params': params, 'rest': rest})
+  return state.replace(params=params, rest=rest, opt_state=opt_state, ema=ema), report

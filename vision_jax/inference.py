@@ -20,7 +20,6 @@ from flax import nnx
 
 from vision_jax import checkpoint
 from vision_jax import ops
-from vision_jax import optim
 from vision_jax import parallel
 from vision_jax import train_state
 from vision_jax.data.preprocess import normalize
@@ -44,12 +43,10 @@ class Loaded:
 
   @functools.cached_property
   def serving_state(self) -> train_state.TrainState:
-    """The weights training evaluates (the EMA when config.optim.ema_decay > 0), without
-    optimiser state: what predict, export and the pictures run."""
-    params = self.state.params
-    if self.config.optim.get('ema_decay', 0) > 0:
-      params = optim.ema_params(self.state.opt_state, params)
-    return self.state.replace(params=params, opt_state=None)
+    """The weights and statistics training evaluates (their moving average when the run
+    keeps one), without optimiser state: what predict, export and the pictures run."""
+    params, rest = self.state.eval_variables()
+    return self.state.replace(params=params, rest=rest, opt_state=None, ema=None)
 
   @property
   def class_names(self) -> list[str]:
@@ -76,16 +73,17 @@ class Loaded:
 
   def model(self) -> nnx.Module:
     """The trained model as an NNX module (call it as `model(x, train=False)`)."""
-    return train_state.merge(self.graphdef, self.serving_state)
+    return train_state.merge(self.graphdef, self.serving_state.params,
+                             self.serving_state.rest)
 
   def apply(self, state: train_state.TrainState, images: jax.Array) -> jax.Array:
     """Pure `(state, NHWC images in 0..255, uint8 or float) -> float32 logits`."""
-    model = train_state.merge(self.graphdef, state)
+    model = train_state.merge(self.graphdef, state.params, state.rest)
     return model(normalize(images, self.mean, self.std), train=False)
 
   @functools.cached_property
   def _jitted_logits(self):
-    return jax.jit(self.apply, compiler_options=ops.cpu_compiler_options())
+    return jax.jit(self.apply, compiler_options=ops.compiler_options())
 
   def logits(self, images: np.ndarray) -> np.ndarray:
     """Logits of a host batch of uint8 NHWC images (compiles once per batch size)."""
@@ -143,23 +141,25 @@ def resolve_step(workdir: str, checkpoint_arg: str | int | None) -> tuple[str, i
 
 
 def load(workdir: str, config: ml_collections.ConfigDict,
-         checkpoint_arg: str | int | None = None, devices=None) -> Loaded:
+         checkpoint_arg: str | int | None = None, devices=None, *,
+         portable: bool = True) -> Loaded:
   """Restores a checkpoint of the run in `workdir`: `checkpoint_arg` if given, else
-  config.eval.checkpoint ('' = the latest)."""
+  config.eval.checkpoint ('' = the latest).
+
+  The model is built on XLA's own ops (`portable`: what predict and export run, the same
+  function on every platform), or with portable=False on the kernels training used
+  (--mode=eval, which reproduces training's evaluation).
+  """
   if checkpoint_arg is None:
     checkpoint_arg = config.eval.get('checkpoint', '')  # Older config.json files lack it.
   ckpt_workdir, step = resolve_step(workdir, checkpoint_arg)
   dataset = read_dataset_json(workdir)
   mesh = parallel.make_mesh(config, devices)
-  config = config.copy_and_resolve_references()
-  with config.unlocked():  # Inference and export: XLA's own ops, the same on every backend.
-    config.model.fast_cpu_ops = False if isinstance(
-        config.model.get('fast_cpu_ops'), bool) else 'off'
   steps_per_epoch = max(1, int(dataset.get('num_train', 1)) // config.train.batch_size)
   graphdef, state, _, _, _ = train_state.create(
       config, mesh, num_classes=int(dataset['num_classes']),
       image_size=int(dataset['image_size']), in_channels=int(dataset['channels']),
-      steps_per_epoch=steps_per_epoch)
+      steps_per_epoch=steps_per_epoch, portable=portable)
   target = train_state.abstract(state)
   del state  # Only its shapes and shardings are needed.
   ckpt = checkpoint.Checkpointer(ckpt_workdir, keep=config.checkpoint.keep, async_save=False)

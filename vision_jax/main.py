@@ -14,7 +14,10 @@ import os
 import sys
 import time
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')  # tf.data/tfds only; keep logs readable.
+# TensorFlow (imported for tfds and the SavedModel export) logs INFO lines at import. The
+# variable is read by jaxlib's C++ logging too, so it only drops INFO: XLA's, NCCL's and the
+# runtime's warnings and errors (an out-of-memory report, say) must stay visible.
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
@@ -30,7 +33,9 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs, results.')
 _MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict', 'export'],
                           'train (or resume); eval, predict or export a trained workdir.')
-_IMAGES = flags.DEFINE_multi_string('images', [], 'predict: image files or folders.')
+_IMAGES = flags.DEFINE_multi_string(
+    'images', [], 'predict: image files or folders; --images a.png b.png, a shell glob '
+    '(--images photos/*.jpg) and repeated --images all work.')
 _OUTPUT = flags.DEFINE_string('output', None, 'predict: also write predictions as JSON here.')
 _TOP_K = flags.DEFINE_integer('top_k', 5, 'predict: how many classes to print per image.')
 _COORDINATOR = flags.DEFINE_string(
@@ -38,10 +43,6 @@ _COORDINATOR = flags.DEFINE_string(
     'jax.distributed is initialised automatically on TPU pods and SLURM clusters.')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Multi-host: process count.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'Multi-host: this process index.')
-_KEEP_HOST_MEMORY = flags.DEFINE_bool(
-    'keep_host_memory', False, 'Keep freed host memory in one glibc heap, so that XLA:CPU '
-    'does not page-fault its per-step scratch back in every step: ~10% faster CPU training '
-    'of CIFAR-sized ResNets, ~5% slower tiny steps (the digits); see host_memory.py.')
 flags.mark_flags_as_required(['workdir'])
 
 
@@ -103,19 +104,30 @@ def _load_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.load(f))
 
 
+def _images(argv: list[str]) -> list[str]:
+  """--images values plus, in predict mode, the positional arguments after them: absl
+  takes one value per flag, so `--images a.png b.png` (or a shell glob) leaves b.png
+  positional."""
+  extra = argv[1:]
+  if extra and (_MODE.value != 'predict' or not _IMAGES.value):
+    raise UsageError(f'Unexpected arguments: {" ".join(extra)}. Every option is a --flag'
+                     '; only --mode=predict takes several --images values.')
+  return list(_IMAGES.value) + extra
+
+
 def run(argv: list[str]) -> None:
   """Validates everything cheap first, then dispatches on --mode."""
-  if len(argv) > 1:
-    raise UsageError(f'Unexpected arguments: {" ".join(argv[1:])}.')
-  from vision_jax import parallel  # pylint: disable=g-import-not-at-top
-  parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  images = _images(argv)
+  from vision_jax import distributed  # pylint: disable=g-import-not-at-top
+  distributed.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
+                                     _PROCESS_ID.value)
   import jax  # pylint: disable=g-import-not-at-top
   from vision_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   workdir = os.path.abspath(os.path.expanduser(_WORKDIR.value))
   config = _load_config(workdir)
   config_lib.validate(config, num_devices=jax.device_count())
   workdir = _check_workdir(workdir)
-  parallel.check_shared_workdir(workdir)  # Multi-host: all processes must see one workdir.
+  distributed.check_shared_workdir(workdir)  # Multi-host: every process sees one workdir.
   logging.info('JAX %s, backend %s, process %d of %d, devices: %s', jax.__version__,
                jax.default_backend(), jax.process_index(), jax.process_count(), jax.devices())
   logging.info('Config:\n%s', config)
@@ -129,7 +141,7 @@ def run(argv: list[str]) -> None:
     results = evaluate.run(config, workdir)
   elif _MODE.value == 'predict':
     from vision_jax import predict  # pylint: disable=g-import-not-at-top
-    predict.run(config, workdir, _IMAGES.value, output=_OUTPUT.value, top_k=_TOP_K.value)
+    predict.run(config, workdir, images, output=_OUTPUT.value, top_k=_TOP_K.value)
     return  # It printed one line per image.
   else:
     from vision_jax import export  # pylint: disable=g-import-not-at-top
@@ -165,9 +177,6 @@ class _QuietOrbax(logging_std.Filter):
 
 
 def main(argv: list[str]) -> None:
-  if _KEEP_HOST_MEMORY.value:  # Before any other thread allocates.
-    from vision_jax import host_memory  # pylint: disable=g-import-not-at-top
-    host_memory.keep_freed_memory()
   logging.get_absl_handler().addFilter(_QuietOrbax())
   try:
     run(argv)

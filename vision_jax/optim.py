@@ -4,15 +4,15 @@
 For the trainable parameters the chain is always, in this order:
 
   clip global norm -> the optimiser's own scaling (momentum, Adam moments, ...) ->
-  decoupled weight decay (+ wd * mult * param) -> lr multipliers -> -schedule(step) -> EMA
+  decoupled weight decay (+ wd * mult * param) -> lr multipliers -> -schedule(step)
 
 so weight decay is multiplied by the learning rate and its schedule, as in AdamW, and never
 enters the gradient moments. For 'sgd' it is added after momentum, so it acts ~1/(1 - momentum)
 times weaker than PyTorch's coupled `weight_decay` (SGD wd 5e-4 at momentum 0.9 ~ decoupled
 5e-3 here). 'lamb' and 'lars' are defined with the decay inside their trust ratio, so they add
 it before the trust ratio (LARS also before its momentum), as in their papers and in optax.
-The EMA of the parameters (ema_decay > 0) lives in the optimiser state: read it with
-`ema_params`.
+The EMA of the weights (ema_decay > 0) is not an optimiser transform: it lives in the
+training state (train_state.update_ema), since it averages BatchNorm statistics too.
 
 Per-parameter rules are tuples of (regex, value) matched with `re.fullmatch` against
 `param_path` ('conv1/kernel', 'layer1/0/bn1/scale'); the FIRST matching rule wins and a
@@ -26,7 +26,7 @@ parameter no rule matches gets the default. A rule matching no parameter is an e
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -206,47 +206,6 @@ def _lr_mults(values: dict[str, float]) -> optax.GradientTransformation:
   return _per_param(values, lambda u, p, m: u * m if m != 1.0 else u)
 
 
-class EmaState(NamedTuple):
-  """Exponential moving average of the parameters (after this step's update)."""
-  ema: PyTree
-
-
-def _ema(decay: float) -> optax.GradientTransformation:
-  """ema <- decay * ema + (1 - decay) * (params + updates); starts at the initial params.
-
-  It must be the last transform of the chain, so that `updates` are the final ones.
-  """
-  def init(params):
-    return EmaState(jax.tree.map(lambda p: jnp.asarray(p, jnp.float32), params))
-
-  def update(updates, state, params=None):
-    ema = jax.tree.map(lambda e, p, u: decay * e + (1 - decay) * (p + u).astype(jnp.float32),
-                       state.ema, params, updates)
-    return updates, EmaState(ema)
-  return optax.GradientTransformation(init, update)
-
-
-def ema_params(opt_state: PyTree, params: PyTree | None = None) -> PyTree | None:
-  """The EMA parameters held in `opt_state`, or None when config.optim.ema_decay == 0.
-
-  Frozen parameters have no EMA (no optimiser state at all); pass the current `params` to get
-  a complete tree, with the frozen ones taken from `params` (they never change).
-  """
-  found = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, EmaState))
-           if isinstance(s, EmaState)]
-  if not found:
-    return None
-  ema = found[0].ema
-  masked = lambda x: isinstance(x, optax.MaskedNode)
-  if not any(masked(x) for x in jax.tree.leaves(ema, is_leaf=masked)):
-    return ema
-  if params is None:
-    raise ValueError('Some parameters are frozen and have no EMA: call ema_params(opt_state, '
-                     'params) to fill them in from params.')
-  return jax.tree.map(lambda e, p: p if masked(e) else e.astype(p.dtype), ema, params,
-                      is_leaf=masked)
-
-
 # ----------------------------------------------------------------------------- optimiser
 
 def make_optimizer(config: ml_collections.ConfigDict, params: PyTree, *,
@@ -254,12 +213,17 @@ def make_optimizer(config: ml_collections.ConfigDict, params: PyTree, *,
                    ) -> tuple[optax.GradientTransformation, Schedule]:
   """(tx, learning_rate_schedule) for `params` (nnx.State of nnx.Param, or any pytree).
 
-  `tx.update(grads, opt_state, params)` needs params (weight decay, trust ratios, EMA).
+  `tx.update(grads, opt_state, params)` needs params (weight decay, trust ratios).
   Durations given in epochs need `steps_per_epoch`.
   """
   o = config.optim
   if o.name not in OPTIMIZERS:
     raise ValueError(f'Unknown config.optim.name {o.name!r}; allowed: {", ".join(OPTIMIZERS)}.')
+  lr = o.learning_rate
+  if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not np.isfinite(lr) or lr < 0:
+    raise ValueError(f'config.optim.learning_rate must be a finite number >= 0, got {lr!r}. '
+                     'It is the peak rate of config.optim.schedule, e.g. 1e-3 for adamw or '
+                     '0.1 for sgd at batch 256.')
   for key in ('weight_decay', 'grad_clip_norm', 'ema_decay'):
     if o[key] < 0:
       raise ValueError(f'config.optim.{key} must be >= 0, got {o[key]}.')
@@ -310,8 +274,6 @@ def make_optimizer(config: ml_collections.ConfigDict, params: PyTree, *,
   steps += [_lr_mults(lr), optax.scale_by_schedule(lambda step: -schedule(step))]
   if o.name == 'lars' and o.momentum:
     steps.append(optax.trace(decay=o.momentum, nesterov=o.nesterov))
-  if o.ema_decay:
-    steps.append(_ema(o.ema_decay))
   tx = optax.chain(*steps)
 
   if any(frozen.values()):

@@ -1,4 +1,4 @@
-"""Device mesh, shardings, multi-host start-up, and moving host batches onto the mesh.
+"""Device mesh, shardings, and moving host batches onto the mesh.
 
 One code path from one CPU to a TPU pod: a `Mesh` with axes ('data', 'fsdp') sized by
 `config.mesh`. The batch is split over *both* axes, so every device computes on its own
@@ -7,12 +7,10 @@ state are replicated, or with fsdp > 1 each large leaf is split along its larges
 dimension divisible by the fsdp size (the rule of big_vision's `fsdp` sharding); XLA then
 gathers parameters for the forward pass and reduce-scatters the gradients. Because the
 jitted step sees one global batch, BatchNorm statistics are global-batch statistics by
-construction, whatever the mesh.
+construction, whatever the mesh. Multi-host start-up is in distributed.py.
 """
 from __future__ import annotations
 
-import os
-import secrets
 from typing import Any
 
 import jax
@@ -20,17 +18,11 @@ import ml_collections
 import numpy as np
 from absl import logging
 from jax.experimental import mesh_utils
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from vision_jax.config import ConfigError
-from vision_jax.errors import UserError
+from vision_jax.errors import ConfigError
 
 AXES = ('data', 'fsdp')
-
-
-class DistributedError(UserError):
-  """Multi-host start-up that cannot work; the message says what to pass instead."""
 
 
 # ----------------------------------------------------------------------------- the mesh
@@ -76,20 +68,36 @@ def _divisors(n: int) -> list[int]:
 def make_mesh(config: ml_collections.ConfigDict, devices=None) -> Mesh:
   """A ('data', 'fsdp') mesh over `devices` (default: all), sized by config.mesh.
 
-  With several processes the devices are ordered by process, so each process owns one
-  contiguous block of every global batch, in process order: the block the input pipeline
-  (`HostShard`) reads. The global batch is then the same for any number of processes.
-  Within one process the order follows the physical topology (matters on TPU).
+  Devices are laid out by `jax.make_mesh` (topology-aware on TPU). With
+  `config.mesh.slices` > 1 (a multi-slice TPU job) the data axis is laid over the slices
+  with `mesh_utils.create_hybrid_device_mesh`: gradients are reduced over the slow
+  data-centre network once per step, everything else stays inside a slice. With several
+  processes each process must own one contiguous block of every global batch, in process
+  order (the block the input pipeline's `HostShard` reads, so that the global batch is
+  the same for any number of processes): where the topology-aware order interleaves
+  processes, devices are regrouped by process, keeping their order within each.
   """
   devices = list(devices if devices is not None else jax.devices())
-  shape = mesh_shape(config.mesh, len(devices))
-  if len({d.process_index for d in devices}) > 1:
-    grid = np.asarray(sorted(devices, key=lambda d: (d.process_index, d.id))).reshape(shape)
-  else:
-    try:
-      grid = mesh_utils.create_device_mesh(shape, devices)
-    except (ValueError, NotImplementedError, AssertionError):  # Shapes it has no layout for.
-      grid = np.asarray(devices).reshape(shape)
+  data, fsdp = mesh_shape(config.mesh, len(devices))
+  slices = config.mesh.get('slices', 1)
+  if slices > 1:
+    if not all(hasattr(d, 'slice_index') for d in devices):
+      raise ConfigError(f'config.mesh.slices={slices}, but these {devices[0].platform} '
+                        'devices have no slice index (a multi-slice TPU job has). Use '
+                        'config.mesh.slices=1.')
+    if data % slices:
+      raise ConfigError(f'config.mesh.slices={slices} does not divide config.mesh.data='
+                        f'{data}: the data axis is laid over the slices.')
+    grid = mesh_utils.create_hybrid_device_mesh((data // slices, fsdp), (slices, 1), devices)
+  elif len(devices) == len(jax.devices()):
+    grid = jax.make_mesh((data, fsdp), AXES, devices=devices).devices
+  else:  # A subset (tests, inference on one device): as given.
+    grid = np.asarray(devices).reshape(data, fsdp)
+  flat = list(grid.reshape(-1))
+  owners = [d.process_index for d in flat]
+  if owners != sorted(owners):
+    flat = sorted(flat, key=lambda d: d.process_index)  # Stable: keeps the order within.
+    grid = np.asarray(flat).reshape(data, fsdp)
   return Mesh(grid, AXES)
 
 
@@ -154,7 +162,8 @@ def state_shardings(abstract_state: Any, mesh: Mesh,
 def to_global(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
   """Host-local numpy rows -> one global array per key, split over every device.
 
-  Each process passes its contiguous block of the global batch (see `make_mesh`).
+  Each process passes its contiguous block of the global batch (see `make_mesh`). The
+  transfer is asynchronous: the arrays can be handed to a step before they arrive.
   """
   sharding = batch_sharding(mesh)
   if jax.process_count() == 1:  # Local rows are the global batch: one cheaper transfer.
@@ -162,113 +171,16 @@ def to_global(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
 
 
+def fetch(tree: Any) -> Any:
+  """Fully replicated device arrays -> numpy on this host (all copies started first)."""
+  return jax.tree.map(np.asarray, jax.device_get(tree))
+
+
 def steps_ahead() -> int:
-  """How many dispatched steps may run beyond the one a loop waits for.
+  """How many dispatched steps a loop lets run beyond the one it waits for.
 
   One keeps the device busy while the host reads the next batch and logs the last. None
-  with XLA:CPU over several devices: its collectives could deadlock with steps in flight
-  (shared/DESIGN.md).
+  with XLA:CPU over several devices: its collectives could deadlock with steps queued
+  (DESIGN.md).
   """
   return 0 if jax.default_backend() == 'cpu' and jax.device_count() > 1 else 1
-
-
-def step_input(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, Any]:
-  """What a jitted step (with batch_sharding as in_shardings) is given for a batch.
-
-  With one process the host rows are the global batch and go in as numpy: jit moves them
-  itself, which slowed a running step less than a separate `device_put` (1.00 vs 1.03 on
-  the digits step, bench/README.md "Loop overhead"). With several, global arrays.
-  """
-  if jax.process_count() == 1:
-    return batch
-  return to_global(batch, mesh)
-
-
-def fetch(tree: Any) -> Any:
-  """Device arrays -> numpy on this host (fully replicated values only).
-
-  On CPU the values already sit in host memory and are read as they are: `device_get`'s
-  async copy per array made fetching 50 steps' metrics 7x slower (1.07 vs 0.14 ms).
-  Elsewhere all copies are started before any is waited for.
-  """
-  if jax.default_backend() != 'cpu':
-    tree = jax.device_get(tree)
-  return jax.tree.map(np.asarray, tree)
-
-
-# --------------------------------------------------------------------------- multi-host
-
-def initialize_distributed(coordinator_address: str | None = None,
-                           num_processes: int | None = None,
-                           process_id: int | None = None) -> None:
-  """Starts jax.distributed when there is more than one process to connect.
-
-  Explicit flags win (all three together; what launch/local.sh passes). Otherwise JAX's
-  own cluster detection runs when a multi-process launcher is recognised: a SLURM step
-  with several tasks, Open MPI, a TPU slice that lists its workers, or
-  VISION_JAX_DISTRIBUTED=1 (what launch/tpu_vm_pod.sh sets on Cloud TPU VMs). Must run
-  before anything touches a device. Collectives between CPU processes use gloo.
-  """
-  explicit = {'--coordinator_address': coordinator_address, '--num_processes': num_processes,
-              '--process_id': process_id}
-  given = [k for k, v in explicit.items() if v is not None]
-  if given and len(given) < 3:
-    missing = [k for k in explicit if k not in given]
-    raise DistributedError(f'{", ".join(given)} given without {", ".join(missing)}. Pass '
-                           'all three to start processes by hand (launch/local.sh does), or '
-                           'none and let a launcher (SLURM, TPU pod) provide them.')
-  if given:
-    if not 0 <= process_id < num_processes:
-      raise DistributedError(f'--process_id={process_id} must be in [0, --num_processes='
-                             f'{num_processes}).')
-  elif not _launched_multiprocess():
-    return
-  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-  jax.distributed.initialize(coordinator_address, num_processes, process_id)
-  logging.info('jax.distributed: process %d of %d.', jax.process_index(),
-               jax.process_count())
-
-
-def _launched_multiprocess() -> bool:
-  env = os.environ
-  forced = env.get('VISION_JAX_DISTRIBUTED', '')
-  if forced in ('0', '1'):
-    return forced == '1'
-  if 'SLURM_JOB_ID' in env and 'SLURM_STEP_NODELIST' in env:  # Inside srun, not sbatch.
-    return int(env.get('SLURM_STEP_NUM_TASKS', env.get('SLURM_NTASKS', '1')) or 1) > 1
-  if int(env.get('OMPI_COMM_WORLD_SIZE', '1')) > 1:
-    return True
-  workers = env.get('TPU_PROCESS_ADDRESSES') or env.get('TPU_WORKER_HOSTNAMES') or ''
-  return ',' in workers or bool(env.get('MEGASCALE_COORDINATOR_ADDRESS'))
-
-
-def check_shared_workdir(workdir: str) -> None:
-  """Every process must see the same workdir, or checkpointing hangs or forks the run.
-
-  Orbax writes one checkpoint from all processes into one directory and each process lists
-  that directory to resume. On per-host disks the processes would disagree about the
-  latest step. Process 0 writes a token; every process reads it; all agree or all stop.
-  """
-  if jax.process_count() == 1:
-    return
-  token = int(multihost_utils.broadcast_one_to_all(np.int32(secrets.randbits(31))))
-  path = os.path.join(workdir, f'.shared_check_{token}')
-  if jax.process_index() == 0:
-    with open(path, 'w') as f:
-      f.write(str(token))
-  multihost_utils.sync_global_devices('vision_jax: shared workdir token written')
-  try:
-    with open(path) as f:
-      seen = f.read() == str(token)
-  except OSError:
-    seen = False
-  seen_by = np.asarray(multihost_utils.process_allgather(np.int32(seen))).reshape(-1)
-  if jax.process_index() == 0:
-    os.remove(path)
-  blind = [i for i, ok in enumerate(seen_by) if not ok]
-  if blind:
-    raise DistributedError(
-        f'--workdir={workdir} is not shared between the processes: process(es) '
-        f'{", ".join(map(str, blind))} cannot see what process 0 writes there. Every '
-        'process saves and restores the same checkpoints, so put the workdir on a '
-        'filesystem all hosts mount (NFS, Filestore, a gcsfuse-mounted bucket).')

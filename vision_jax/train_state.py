@@ -1,9 +1,11 @@
 """The training state: one pytree that the step transforms, orbax saves and fine-tuning edits.
 
-A model is split once into a static `graphdef` and arrays: trainable `params` (nnx.Param)
-and everything else in `rest` (BatchNorm statistics, dropout RNG state). The jitted step
-merges them back into a module, runs it, and splits again (see `steps.py`). This is the
-only place that decides how a model becomes a state and back.
+A model is split once into a static `graphdef` and plain nested dicts of arrays: trainable
+`params` (the nnx.Param values) and everything else in `rest` (BatchNorm statistics,
+dropout RNG state). The jitted step merges them back into a module, runs it, and splits
+again (see `steps.py`). With `config.optim.ema_decay > 0`, `ema` holds an exponential
+moving average of both the parameters and the BatchNorm statistics, which evaluation uses.
+This is the only place that decides how a model becomes a state and back.
 """
 from __future__ import annotations
 
@@ -13,7 +15,6 @@ import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
-import optax
 from flax import nnx
 
 from vision_jax import config as config_lib
@@ -22,43 +23,90 @@ from vision_jax import ops
 from vision_jax import optim
 from vision_jax import parallel
 
+PyTree = Any
+
 
 @flax.struct.dataclass
 class TrainState:
   step: jax.Array
-  params: nnx.State
-  rest: nnx.State
-  opt_state: Any
+  params: PyTree      # {'conv1': {'kernel': array, ...}, ...}
+  rest: PyTree        # BatchNorm statistics, dropout RNG state.
+  opt_state: PyTree
+  ema: PyTree = None  # {'params': ..., 'rest': ...} when config.optim.ema_decay > 0.
+
+  def eval_variables(self) -> tuple[PyTree, PyTree]:
+    """(params, rest) that evaluation runs: the moving average when there is one."""
+    if self.ema is not None:
+      return self.ema['params'], self.ema['rest']
+    return self.params, self.rest
 
 
 def build_model(config: ml_collections.ConfigDict, *, num_classes: int, image_size: int,
-                in_channels: int, seed: int | None = None) -> nnx.Module:
-  """The configured model, on the CPU fast path when config.model.fast_cpu_ops says so."""
-  fast = ops.resolve_fast_cpu_ops(config.model.get('fast_cpu_ops', False))
+                in_channels: int, mesh: jax.sharding.Mesh | None = None,
+                platform: str | None = None, portable: bool = False,
+                seed: int | None = None) -> nnx.Module:
+  """The configured model, built on the kernels for `platform` (default: this backend).
+
+  `portable=True` builds it on XLA's own ops whatever the platform (what export lowers
+  for CPU, CUDA and TPU at once); otherwise `config.model.fast_cpu_ops` may choose the CPU
+  fast path, bound to `mesh` (see `ops.choose`).
+  """
+  if portable:
+    kernels = ops.XLA
+  else:
+    try:
+      kernels = ops.choose(config.model.get('fast_cpu_ops', 'auto'),
+                           platform=platform or jax.default_backend(), mesh=mesh)
+    except ValueError as e:
+      raise config_lib.ConfigError(str(e)) from e
   return models.create_model(
       config.model.name, num_classes, rngs=nnx.Rngs(config.seed if seed is None else seed),
-      image_size=image_size, in_channels=in_channels, fast_cpu_ops=fast,
+      image_size=image_size, in_channels=in_channels, kernels=kernels,
       **config_lib.model_kwargs(config))
 
 
-def split(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
-  """model -> (graphdef, params, rest)."""
-  return nnx.split(model, nnx.Param, ...)
+def split(model: nnx.Module) -> tuple[nnx.GraphDef, PyTree, PyTree]:
+  """model -> (graphdef, params, rest), the last two as plain nested dicts of arrays."""
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  return graphdef, nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
 
 
-def merge(graphdef: nnx.GraphDef, state: TrainState) -> nnx.Module:
-  return nnx.merge(graphdef, state.params, state.rest)
+def merge(graphdef: nnx.GraphDef, params: PyTree, rest: PyTree) -> nnx.Module:
+  return nnx.merge(graphdef, params, rest)
+
+
+def update_ema(ema: PyTree, params: PyTree, rest: PyTree, step: jax.Array,
+               decay: float) -> PyTree:
+  """One EMA step over parameters and BatchNorm statistics, with a warm-up.
+
+  The decay used at step t is min(decay, (1 + t) / (10 + t)) (the `num_updates` warm-up of
+  TensorFlow's ExponentialMovingAverage): early averages are not dominated by the initial
+  weights, so early evaluations and best-checkpoint ranking see trained weights. Integer
+  and key leaves of `rest` (RNG state) are taken as they are.
+  """
+  t = step.astype(jnp.float32)
+  d = jnp.minimum(decay, (1.0 + t) / (10.0 + t))
+
+  def average(e, x):
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+      return x
+    return (d * e + (1.0 - d) * x.astype(jnp.float32)).astype(e.dtype)
+
+  return {'params': jax.tree.map(average, ema['params'], params),
+          'rest': jax.tree.map(average, ema['rest'], rest)}
 
 
 def create(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, *, num_classes: int,
-           image_size: int, in_channels: int, steps_per_epoch: int):
+           image_size: int, in_channels: int, steps_per_epoch: int,
+           platform: str | None = None, portable: bool = False):
   """Initialises the state directly in its sharding (no host copy of a big model).
 
   Returns (graphdef, state, tx, learning_rate_schedule, state_shardings).
   """
   def make_model():
     return build_model(config, num_classes=num_classes, image_size=image_size,
-                       in_channels=in_channels)
+                       in_channels=in_channels, mesh=mesh, platform=platform,
+                       portable=portable)
 
   graphdef, abstract_params, _ = split(nnx.eval_shape(make_model))
   try:
@@ -69,8 +117,11 @@ def create(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, *, num_cl
 
   def init() -> TrainState:
     _, params, rest = split(make_model())
+    ema = None
+    if config.optim.ema_decay > 0:
+      ema = {'params': params, 'rest': rest}
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, rest=rest,
-                      opt_state=tx.init(params))
+                      opt_state=tx.init(params), ema=ema)
 
   # Replicated, or FSDP-sharded by config.mesh (see parallel.state_shardings).
   shardings = parallel.state_shardings(jax.eval_shape(init), mesh, config)
@@ -82,4 +133,3 @@ def abstract(state: TrainState) -> TrainState:
   """ShapeDtypeStructs (with shardings) of a state: the target for a restore."""
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
                       state)
-

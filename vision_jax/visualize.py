@@ -146,7 +146,7 @@ def saliency_maps(apply: Callable, state, images: np.ndarray, targets: np.ndarra
   def target_logit(state, x, t):
     return jnp.sum(jnp.take_along_axis(apply(state, x), t[:, None], axis=1))
 
-  grad = jax.jit(jax.grad(target_logit, argnums=1), compiler_options=ops.cpu_compiler_options())
+  grad = jax.jit(jax.grad(target_logit, argnums=1), compiler_options=ops.compiler_options())
   x = jnp.asarray(images, jnp.float32)
   t = jnp.asarray(targets, jnp.int32)
   vanilla = np.asarray(grad(state, x, t))

@@ -10,9 +10,9 @@ from typing import Any, Callable
 
 from flax import nnx
 
+from vision_jax import ops
 from vision_jax.models import bit
 from vision_jax.models import cnn
-from vision_jax.models import layers
 from vision_jax.models import resnet
 from vision_jax.models.summary import count_params, parameter_overview  # Re-exported.
 
@@ -54,8 +54,9 @@ def _takes_argument(constructor: Callable[..., nnx.Module], name: str) -> bool:
 
 
 def create_model(name: str, num_classes: int, *, rngs: nnx.Rngs | None = None,
-                 fast_cpu_ops: bool = False, **kwargs: Any) -> nnx.Module:
-  """Builds model `name` with `num_classes` outputs; kwargs go to its constructor."""
+                 kernels: ops.Kernels = ops.XLA, **kwargs: Any) -> nnx.Module:
+  """Builds model `name` with `num_classes` outputs on `kernels` (XLA's own ops by default,
+  see `ops.choose`); kwargs go to its constructor."""
   if name not in _REGISTRY:
     raise ValueError(f'Unknown model {name!r}. Known models: {", ".join(list_models())}. '
                      'Set config.model.name to one of them.')
@@ -64,5 +65,4 @@ def create_model(name: str, num_classes: int, *, rngs: nnx.Rngs | None = None,
   # (ConvNet, AlexNet) name it in their signature. The others pool globally.
   if 'image_size' in kwargs and not _takes_argument(constructor, 'image_size'):
     del kwargs['image_size']
-  with layers.fast_cpu_ops(fast_cpu_ops):
-    return constructor(num_classes, rngs=rngs or nnx.Rngs(0), **kwargs)
+  return constructor(num_classes, rngs=rngs or nnx.Rngs(0), kernels=kernels, **kwargs)

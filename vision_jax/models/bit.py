@@ -13,8 +13,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from flax.nnx.nn import dtypes
 
+from vision_jax import ops
 from vision_jax.models import layers
 from vision_jax.models.resnet import stem_max_pool
 
@@ -26,23 +26,27 @@ def standardize_kernel(kernel: jax.Array, eps: float = 1e-10) -> jax.Array:
   return (kernel - mean) * jax.lax.rsqrt(var + eps)
 
 
-def _standardize_then_promote(args, /, *, dtype=None, inexact=True):
-  """`nnx.Conv`'s promote_dtype hook: standardise the float32 kernel, then cast.
+class StdConv(nnx.Module):
+  """A weight-standardised conv without bias (HWIO `kernel`), padded by kernel // 2 like
+  the authors': the float32 kernel is standardised, then both operands cast to `dtype`."""
 
-  Going through the hook keeps `layers.conv` (and its CPU fast path) as the convolution.
-  A module-level function, so that every conv shares one static graph attribute.
-  """
-  inputs, kernel, bias = args
-  return dtypes.promote_dtype((inputs, standardize_kernel(kernel), bias), dtype=dtype,
-                              inexact=inexact)
+  def __init__(self, cin: int, cout: int, kernel: int, *, strides: int = 1, dtype,
+               kernels: ops.Kernels, rngs: nnx.Rngs):
+    init = nnx.initializers.lecun_normal()
+    self.kernel = nnx.Param(init(rngs.params(), (kernel, kernel, cin, cout), jnp.float32))
+    self.strides, self.pad, self.dtype = strides, kernel // 2, dtype
+    self.conv = kernels.conv
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    w = standardize_kernel(self.kernel[...]).astype(self.dtype)
+    pads = ((self.pad, self.pad), (self.pad, self.pad))
+    return self.conv(x.astype(self.dtype), w, (self.strides, self.strides), pads,
+                     dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
 
-def std_conv(cin: int, cout: int, kernel: int, rngs: nnx.Rngs, dtype,
-             strides: int = 1) -> nnx.Conv:
-  """A weight-standardised conv without bias, padded by kernel // 2 like the authors'."""
-  pad = (kernel // 2, kernel // 2)
-  return layers.conv(cin, cout, kernel, strides=strides, padding=(pad, pad), use_bias=False,
-                     dtype=dtype, promote_dtype=_standardize_then_promote, rngs=rngs)
+def std_conv(cin: int, cout: int, kernel: int, rngs: nnx.Rngs, dtype, kernels: ops.Kernels,
+             strides: int = 1) -> StdConv:
+  return StdConv(cin, cout, kernel, strides=strides, dtype=dtype, kernels=kernels, rngs=rngs)
 
 
 def _gn(features: int, rngs: nnx.Rngs, dtype) -> nnx.GroupNorm:
@@ -52,16 +56,17 @@ def _gn(features: int, rngs: nnx.Rngs, dtype) -> nnx.GroupNorm:
 class PreActBottleneck(nnx.Module):
   """GN-ReLU-conv1x1, GN-ReLU-conv3x3(stride), GN-ReLU-conv1x1(4x), plus the shortcut."""
 
-  def __init__(self, cin: int, cout: int, strides: int, *, dtype, rngs: nnx.Rngs):
+  def __init__(self, cin: int, cout: int, strides: int, *, dtype, kernels: ops.Kernels,
+               rngs: nnx.Rngs):
     mid = cout // 4
     self.gn1 = _gn(cin, rngs, dtype)
-    self.conv1 = std_conv(cin, mid, 1, rngs, dtype)
+    self.conv1 = std_conv(cin, mid, 1, rngs, dtype, kernels)
     self.gn2 = _gn(mid, rngs, dtype)
-    self.conv2 = std_conv(mid, mid, 3, rngs, dtype, strides)
+    self.conv2 = std_conv(mid, mid, 3, rngs, dtype, kernels, strides)
     self.gn3 = _gn(mid, rngs, dtype)
-    self.conv3 = std_conv(mid, cout, 1, rngs, dtype)
+    self.conv3 = std_conv(mid, cout, 1, rngs, dtype, kernels)
     project = strides != 1 or cin != cout
-    self.proj = std_conv(cin, cout, 1, rngs, dtype, strides) if project else None
+    self.proj = std_conv(cin, cout, 1, rngs, dtype, kernels, strides) if project else None
 
   def __call__(self, x: jax.Array) -> jax.Array:
     y = nnx.relu(self.gn1(x))
@@ -82,18 +87,20 @@ class BiTResNet(nnx.Module):
   WIDTH_FACTOR = 1
 
   def __init__(self, num_classes: int, *, in_channels: int = 3, dtype='float32',
-               rngs: nnx.Rngs):
+               kernels: ops.Kernels = ops.XLA, rngs: nnx.Rngs):
     if not self.STAGES:
       raise TypeError('BiTResNet is a family: build a variant (BitR50x1, ...).')
     dtype = layers.as_dtype(dtype)
+    self.kernels = kernels
     width = 64 * self.WIDTH_FACTOR
-    self.stem_conv = std_conv(in_channels, width, 7, rngs, dtype, 2)
+    self.stem_conv = std_conv(in_channels, width, 7, rngs, dtype, kernels, 2)
     blocks, cin = [], width
     for i, num_blocks in enumerate(self.STAGES):
       cout = 4 * width * 2**i
       for j in range(num_blocks):
         strides = 2 if i > 0 and j == 0 else 1
-        blocks.append(PreActBottleneck(cin, cout, strides, dtype=dtype, rngs=rngs))
+        blocks.append(PreActBottleneck(cin, cout, strides, dtype=dtype, kernels=kernels,
+                                       rngs=rngs))
         cin = cout
     self.blocks = nnx.List(blocks)
     self.final_gn = _gn(cin, rngs, dtype)
@@ -103,7 +110,7 @@ class BiTResNet(nnx.Module):
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     del train  # GroupNorm and no dropout: the same computation in both modes.
     # BiT pads with zeros before its stem pool (no ReLU precedes it, so this is not -inf).
-    x = stem_max_pool(self.stem_conv(x), pad_value=0.0)
+    x = stem_max_pool(self.stem_conv(x), self.kernels, pad_value=0.0)
     for block in self.blocks:
       x = block(x)
     x = nnx.relu(self.final_gn(x))

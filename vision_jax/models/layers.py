@@ -1,96 +1,96 @@
-"""Building blocks shared by every model family.
+"""Building blocks shared by every model family, built with explicit kernels.
 
-Models build their convolutions, poolings and BatchNorms through `conv`, `max_pool` and
-`BatchNorm` so that one switch (`fast_cpu_ops`) chooses the implementation for a whole
-model: XLA's own ops, or the CPU fast path of `vision_jax.ops` whose gradients are quicker
-on XLA:CPU.
+A model passes its `ops.Kernels` (XLA's own ops by default, or the CPU fast path chosen by
+`ops.choose`) to `conv`, `max_pool` and `BatchNorm`, so that one argument of the model's
+constructor decides the implementation of the whole model.
 """
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-_FAST_CPU_OPS = False
-
-
-@contextlib.contextmanager
-def fast_cpu_ops(enabled: bool) -> Iterator[None]:
-  """Convs built, and max-pools traced, inside this context use the CPU fast path.
-
-  A conv's choice is fixed when it is built (it is a module attribute); `max_pool` is a
-  function and follows the switch active when the step is traced (or its `fast` argument).
-  """
-  global _FAST_CPU_OPS
-  previous, _FAST_CPU_OPS = _FAST_CPU_OPS, enabled
-  try:
-    yield
-  finally:
-    _FAST_CPU_OPS = previous
-
-
-def _conv_impl():
-  if _FAST_CPU_OPS:
-    from vision_jax.ops import conv as fast_conv  # pylint: disable=g-import-not-at-top
-    return fast_conv.conv_general_dilated
-  return jax.lax.conv_general_dilated
+from vision_jax import ops
 
 
 def conv(in_features: int, out_features: int, kernel_size: int | Sequence[int], *,
-         rngs: nnx.Rngs, strides: int = 1, padding='SAME', use_bias: bool = True,
-         dtype=None, kernel_init=nnx.initializers.lecun_normal(), **kwargs) -> nnx.Conv:
-  """An `nnx.Conv` (NHWC) whose implementation follows the active `fast_cpu_ops` switch."""
+         rngs: nnx.Rngs, kernels: ops.Kernels = ops.XLA, strides: int = 1, padding='SAME',
+         use_bias: bool = True, dtype=None, kernel_init=nnx.initializers.lecun_normal(),
+         **kwargs) -> nnx.Conv:
+  """An `nnx.Conv` (NHWC) that convolves with `kernels.conv`."""
   if isinstance(kernel_size, int):
     kernel_size = (kernel_size, kernel_size)
   return nnx.Conv(in_features, out_features, tuple(kernel_size), strides=strides,
                   padding=padding, use_bias=use_bias, dtype=dtype, kernel_init=kernel_init,
-                  conv_general_dilated=_conv_impl(), rngs=rngs, **kwargs)
+                  conv_general_dilated=kernels.conv, rngs=rngs, **kwargs)
 
 
-def fast_cpu_ops_enabled() -> bool:
-  """The switch now: a model may record it in __init__ and pass it to `max_pool`."""
-  return _FAST_CPU_OPS
+def max_pool(x: jax.Array, window: int, strides: int, padding='VALID', *,
+             kernels: ops.Kernels = ops.XLA) -> jax.Array:
+  """Max pooling over H and W of an NHWC batch."""
+  return kernels.max_pool(x, window, strides, padding)
 
 
-def max_pool(x: jax.Array, window: int, strides: int, padding: str = 'VALID', *,
-             fast: bool | None = None) -> jax.Array:
-  """Max pooling over H and W of an NHWC batch; `fast=None` follows the active switch."""
-  if _FAST_CPU_OPS if fast is None else fast:
-    from vision_jax.ops import pool as fast_pool  # pylint: disable=g-import-not-at-top
-    return fast_pool.max_pool(x, window, strides, padding)
-  return nnx.max_pool(x, (window, window), (strides, strides), padding)
+class BatchNorm(nnx.Module):
+  """BatchNorm over every axis but the last, with `nnx.BatchNorm`'s variables and values.
 
+  Parameters `scale`, `bias` and statistics `mean`, `var` (the names of `nnx.BatchNorm`,
+  so checkpoints and parameter rules read alike); `momentum` is the weight of the old
+  statistics. Statistics are computed in float32 whatever the compute dtype, the variance
+  in one pass (E[x^2] - E[x]^2, clipped at 0) as Flax's default. In training mode on
+  float32 inputs the batch statistics and normalisation come from
+  `kernels.batch_norm_train` when the kernels have one.
+  """
 
-class BatchNorm(nnx.BatchNorm):
-  """`nnx.BatchNorm` (same parameters, statistics and values); built under `fast_cpu_ops`,
-  its training-mode pass over float32 NHWC batches is `ops.batch_norm`'s, whose gradient
-  reads the activations fewer times."""
+  def __init__(self, num_features: int, *, momentum: float = 0.99, epsilon: float = 1e-5,
+               dtype=None, scale_init=nnx.initializers.ones, kernels: ops.Kernels = ops.XLA,
+               rngs: nnx.Rngs):
+    self.momentum, self.epsilon, self.dtype = momentum, epsilon, dtype
+    self.scale = nnx.Param(scale_init(rngs.params(), (num_features,), jnp.float32))
+    self.bias = nnx.Param(jnp.zeros((num_features,), jnp.float32))
+    self.mean = nnx.BatchStat(jnp.zeros((num_features,), jnp.float32))
+    self.var = nnx.BatchStat(jnp.ones((num_features,), jnp.float32))
+    self.batch_norm_train = kernels.batch_norm_train
 
-  def __init__(self, *args, **kwargs):
-    super().__init__(*args, **kwargs)
-    self.fast = _FAST_CPU_OPS  # Fixed at build time, like a conv's implementation.
+  def __call__(self, x: jax.Array, use_running_average: bool) -> jax.Array:
+    out_dtype = self.dtype or jnp.result_type(x, self.scale[...])
+    scale, bias = self.scale[...], self.bias[...]
+    if use_running_average:
+      mean, var = self.mean[...], self.var[...]
+    elif self.batch_norm_train is not None and x.dtype == jnp.float32 == out_dtype:
+      y, mean, var = self.batch_norm_train(x, scale, bias, self.epsilon)
+      self._update_statistics(mean, var)
+      return y
+    else:
+      x32 = x.astype(jnp.float32)
+      axes = tuple(range(x.ndim - 1))
+      mean = jnp.mean(x32, axes)
+      var = jnp.maximum(jnp.mean(x32 * x32, axes) - mean * mean, 0.0)
+      self._update_statistics(mean, var)
+    y = (x.astype(jnp.float32) - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
+    return y.astype(out_dtype)
 
-  def __call__(self, x: jax.Array, use_running_average: bool | None = None, *,
-               mask: jax.Array | None = None) -> jax.Array:
-    if use_running_average is None:
-      use_running_average = self.use_running_average
-    if (not self.fast or use_running_average is not False or mask is not None
-        or self.axis_name is not None or self.axis not in (-1, x.ndim - 1)
-        or x.dtype != jnp.float32 or self.dtype not in (None, jnp.float32)
-        or self.scale is None or self.bias is None or not self.use_fast_variance):
-      return super().__call__(x, use_running_average, mask=mask)
-    from vision_jax.ops import batch_norm  # pylint: disable=g-import-not-at-top
-    y, mean, var = batch_norm.batch_norm_train(x, self.scale[...], self.bias[...],
-                                               self.epsilon)
+  def _update_statistics(self, mean: jax.Array, var: jax.Array) -> None:
     m = self.momentum
     self.mean[...] = jax.lax.stop_gradient(m * self.mean[...] + (1 - m) * mean)
     self.var[...] = jax.lax.stop_gradient(m * self.var[...] + (1 - m) * var)
-    return y
+
+
+DTYPES = {'float32': 'float32', 'fp32': 'float32', 'f32': 'float32',
+          'bfloat16': 'bfloat16', 'bf16': 'bfloat16',
+          'float16': 'float16', 'fp16': 'float16', 'f16': 'float16', 'half': 'float16'}
 
 
 def as_dtype(name) -> jnp.dtype:
-  """'float32' / 'bfloat16' / a dtype -> a jnp dtype."""
+  """A compute dtype from its name ('float32', 'bfloat16', 'bf16', ...) or a dtype.
+
+  Raises ValueError naming the accepted names.
+  """
+  if isinstance(name, str):
+    if name.strip().lower() not in DTYPES:
+      raise ValueError(f'config.model.dtype={name!r} is not a compute dtype; use one of '
+                       f'{", ".join(DTYPES)} (parameters always stay float32).')
+    name = DTYPES[name.strip().lower()]
   return jnp.dtype(name)

@@ -13,32 +13,34 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from vision_jax import ops
 from vision_jax.models import layers
 
 # He init scaled by fan-out, untruncated, as torchvision initialises ResNet convolutions.
 _CONV_INIT = nnx.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
 
-def _conv(cin: int, cout: int, kernel: int, rngs: nnx.Rngs, dtype,
+def _conv(cin: int, cout: int, kernel: int, rngs: nnx.Rngs, dtype, kernels: ops.Kernels,
           strides: int = 1) -> nnx.Conv:
   """Bias-free conv padded by kernel // 2 on every side, as torchvision: with stride 2,
   'SAME' would pad (0, 1) instead and shift every window by one pixel."""
   pad = (kernel // 2, kernel // 2)
   return layers.conv(cin, cout, kernel, strides=strides, padding=(pad, pad), use_bias=False,
-                     dtype=dtype, kernel_init=_CONV_INIT, rngs=rngs)
+                     dtype=dtype, kernel_init=_CONV_INIT, kernels=kernels, rngs=rngs)
 
 
-def _norm(features: int, rngs: nnx.Rngs, dtype, zero_scale: bool = False
-          ) -> layers.BatchNorm:
+def _norm(features: int, rngs: nnx.Rngs, dtype, kernels: ops.Kernels,
+          zero_scale: bool = False) -> layers.BatchNorm:
   scale_init = nnx.initializers.zeros if zero_scale else nnx.initializers.ones
   return layers.BatchNorm(features, momentum=0.9, epsilon=1e-5, dtype=dtype,
-                          scale_init=scale_init, rngs=rngs)
+                          scale_init=scale_init, kernels=kernels, rngs=rngs)
 
 
-def stem_max_pool(x: jax.Array, pad_value: float = -jnp.inf) -> jax.Array:
+def stem_max_pool(x: jax.Array, kernels: ops.Kernels, pad_value: float = -jnp.inf
+                  ) -> jax.Array:
   """3x3 stride-2 max-pool with one pixel of padding on every side, as torchvision/BiT."""
   x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=pad_value)
-  return layers.max_pool(x, 3, 2, 'VALID')
+  return layers.max_pool(x, 3, 2, 'VALID', kernels=kernels)
 
 
 class BasicBlock(nnx.Module):
@@ -46,15 +48,15 @@ class BasicBlock(nnx.Module):
   expansion = 1
 
   def __init__(self, cin: int, width: int, strides: int, *, zero_init_residual: bool,
-               dtype, rngs: nnx.Rngs):
+               dtype, kernels: ops.Kernels, rngs: nnx.Rngs):
     cout = width * self.expansion
-    self.conv1 = _conv(cin, width, 3, rngs, dtype, strides)
-    self.bn1 = _norm(width, rngs, dtype)
-    self.conv2 = _conv(width, cout, 3, rngs, dtype)
-    self.bn2 = _norm(cout, rngs, dtype, zero_scale=zero_init_residual)
+    self.conv1 = _conv(cin, width, 3, rngs, dtype, kernels, strides)
+    self.bn1 = _norm(width, rngs, dtype, kernels)
+    self.conv2 = _conv(width, cout, 3, rngs, dtype, kernels)
+    self.bn2 = _norm(cout, rngs, dtype, kernels, zero_scale=zero_init_residual)
     project = strides != 1 or cin != cout  # Else the shortcut is the identity.
-    self.proj = _conv(cin, cout, 1, rngs, dtype, strides) if project else None
-    self.proj_bn = _norm(cout, rngs, dtype) if project else None
+    self.proj = _conv(cin, cout, 1, rngs, dtype, kernels, strides) if project else None
+    self.proj_bn = _norm(cout, rngs, dtype, kernels) if project else None
 
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     ura = not train
@@ -70,17 +72,17 @@ class Bottleneck(nnx.Module):
   expansion = 4
 
   def __init__(self, cin: int, width: int, strides: int, *, zero_init_residual: bool,
-               dtype, rngs: nnx.Rngs):
+               dtype, kernels: ops.Kernels, rngs: nnx.Rngs):
     cout = width * self.expansion
-    self.conv1 = _conv(cin, width, 1, rngs, dtype)
-    self.bn1 = _norm(width, rngs, dtype)
-    self.conv2 = _conv(width, width, 3, rngs, dtype, strides)
-    self.bn2 = _norm(width, rngs, dtype)
-    self.conv3 = _conv(width, cout, 1, rngs, dtype)
-    self.bn3 = _norm(cout, rngs, dtype, zero_scale=zero_init_residual)
+    self.conv1 = _conv(cin, width, 1, rngs, dtype, kernels)
+    self.bn1 = _norm(width, rngs, dtype, kernels)
+    self.conv2 = _conv(width, width, 3, rngs, dtype, kernels, strides)
+    self.bn2 = _norm(width, rngs, dtype, kernels)
+    self.conv3 = _conv(width, cout, 1, rngs, dtype, kernels)
+    self.bn3 = _norm(cout, rngs, dtype, kernels, zero_scale=zero_init_residual)
     project = strides != 1 or cin != cout  # Else the shortcut is the identity.
-    self.proj = _conv(cin, cout, 1, rngs, dtype, strides) if project else None
-    self.proj_bn = _norm(cout, rngs, dtype) if project else None
+    self.proj = _conv(cin, cout, 1, rngs, dtype, kernels, strides) if project else None
+    self.proj_bn = _norm(cout, rngs, dtype, kernels) if project else None
 
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     ura = not train
@@ -109,23 +111,25 @@ class ResNet(nnx.Module):
   STEM = 'imagenet'
 
   def __init__(self, num_classes: int, *, width: int = 64, zero_init_residual: bool = False,
-               in_channels: int = 3, dtype='float32', rngs: nnx.Rngs):
+               in_channels: int = 3, dtype='float32', kernels: ops.Kernels = ops.XLA,
+               rngs: nnx.Rngs):
     if not self.STAGES:
       raise TypeError('ResNet is a family: build a variant (ResNet18, ..., CifarResNet50).')
     dtype = layers.as_dtype(dtype)
+    self.kernels = kernels
     block_cls = _BLOCKS[self.BLOCK]
     if self.STEM == 'imagenet':
-      self.stem_conv = _conv(in_channels, width, 7, rngs, dtype, 2)
+      self.stem_conv = _conv(in_channels, width, 7, rngs, dtype, kernels, 2)
     else:
-      self.stem_conv = _conv(in_channels, width, 3, rngs, dtype)
-    self.stem_bn = _norm(width, rngs, dtype)
+      self.stem_conv = _conv(in_channels, width, 3, rngs, dtype, kernels)
+    self.stem_bn = _norm(width, rngs, dtype, kernels)
 
     blocks, cin = [], width
     for i, num_blocks in enumerate(self.STAGES):
       for j in range(num_blocks):
         strides = 2 if i > 0 and j == 0 else 1
-        blocks.append(block_cls(cin, width * 2**i, strides, dtype=dtype, rngs=rngs,
-                                zero_init_residual=zero_init_residual))
+        blocks.append(block_cls(cin, width * 2**i, strides, dtype=dtype, kernels=kernels,
+                                rngs=rngs, zero_init_residual=zero_init_residual))
         cin = width * 2**i * block_cls.expansion
     self.blocks = nnx.List(blocks)
     self.head = nnx.Linear(cin, num_classes, dtype=dtype, rngs=rngs)
@@ -133,7 +137,7 @@ class ResNet(nnx.Module):
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     x = nnx.relu(self.stem_bn(self.stem_conv(x), use_running_average=not train))
     if self.STEM == 'imagenet':
-      x = stem_max_pool(x)
+      x = stem_max_pool(x, self.kernels)
     for block in self.blocks:
       x = block(x, train)
     x = jnp.mean(x, axis=(1, 2))
@@ -184,14 +188,14 @@ class WideBlock(nnx.Module):
   """
 
   def __init__(self, cin: int, cout: int, strides: int, *, dropout_rate: float,
-               zero_init_residual: bool, dtype, rngs: nnx.Rngs):
-    self.bn1 = _norm(cin, rngs, dtype)
-    self.conv1 = _conv(cin, cout, 3, rngs, dtype, strides)
-    self.bn2 = _norm(cout, rngs, dtype, zero_scale=zero_init_residual)
+               zero_init_residual: bool, dtype, kernels: ops.Kernels, rngs: nnx.Rngs):
+    self.bn1 = _norm(cin, rngs, dtype, kernels)
+    self.conv1 = _conv(cin, cout, 3, rngs, dtype, kernels, strides)
+    self.bn2 = _norm(cout, rngs, dtype, kernels, zero_scale=zero_init_residual)
     self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
-    self.conv2 = _conv(cout, cout, 3, rngs, dtype)
+    self.conv2 = _conv(cout, cout, 3, rngs, dtype, kernels)
     project = strides != 1 or cin != cout
-    self.proj = _conv(cin, cout, 1, rngs, dtype, strides) if project else None
+    self.proj = _conv(cin, cout, 1, rngs, dtype, kernels, strides) if project else None
 
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     ura = not train
@@ -213,20 +217,21 @@ class WideResNet(nnx.Module):
 
   def __init__(self, num_classes: int, *, dropout_rate: float = 0.0,
                zero_init_residual: bool = False, in_channels: int = 3, dtype='float32',
-               rngs: nnx.Rngs):
+               kernels: ops.Kernels = ops.XLA, rngs: nnx.Rngs):
     if (self.DEPTH - 4) % 6:
       raise ValueError(f'WideResNet depth must be 6n + 4 (16, 22, 28, 40), got {self.DEPTH}.')
     dtype = layers.as_dtype(dtype)
-    self.stem_conv = _conv(in_channels, 16, 3, rngs, dtype)
+    self.stem_conv = _conv(in_channels, 16, 3, rngs, dtype, kernels)
     blocks, cin = [], 16
     for i, cout in enumerate((16 * self.WIDEN, 32 * self.WIDEN, 64 * self.WIDEN)):
       for j in range((self.DEPTH - 4) // 6):
         strides = 2 if i > 0 and j == 0 else 1
         blocks.append(WideBlock(cin, cout, strides, dropout_rate=dropout_rate, dtype=dtype,
-                                zero_init_residual=zero_init_residual, rngs=rngs))
+                                zero_init_residual=zero_init_residual, kernels=kernels,
+                                rngs=rngs))
         cin = cout
     self.blocks = nnx.List(blocks)
-    self.final_bn = _norm(cin, rngs, dtype)
+    self.final_bn = _norm(cin, rngs, dtype, kernels)
     self.head = nnx.Linear(cin, num_classes, dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:

@@ -1,63 +1,109 @@
-"""CPU fast paths for convolution, max-pool and BatchNorm gradients (XLA's own ops elsewhere).
+"""The kernels a model is built with: XLA's own ops, or the CPU fast path.
 
-`conv.conv_general_dilated` and `pool.max_pool` compute the same values and gradients as
-XLA's ops (within float32 rounding) but run the backward pass several times faster on
-XLA:CPU; `batch_norm.batch_norm_train` is training-mode BatchNorm with a gradient that
-reads the activations fewer times than autodiff's. Models switch to them with
-`create_model(..., fast_cpu_ops=True)`; the training
-loop decides with `resolve_fast_cpu_ops(config.model.fast_cpu_ops)`. Every step jitted on
-the CPU backend also compiles with `cpu_compiler_options()` (multi-threaded convolutions).
-On x86-64 Linux the convolutions themselves are oneDNN's (`onednn.py`, built with g++ on
-first use; `VISION_JAX_ONEDNN=0` turns it off), the library PyTorch's CPU convolutions use.
+A model takes a `Kernels` when it is built (`models.create_model(..., kernels=...)`): its
+convolution (a drop-in for `lax.conv_general_dilated`, as `nnx.Conv` calls it), its
+max-pool and its training-mode BatchNorm. `XLA` is XLA's own ops and lowers for every
+platform. `choose` returns the CPU fast path where it applies (the CPU backend, and
+`config.model.fast_cpu_ops` allowing it): oneDNN's convolutions as XLA custom calls
+(`onednn.py`, built with g++ on first use on x86-64 Linux), convolution and max-pool
+gradients written for XLA:CPU (`conv.py`, `pool.py`) and a BatchNorm whose gradient reads
+the activations fewer times (`batch_norm.py`), each run per device on a multi-device mesh
+(`per_shard.py`). All of them compute XLA's values within float32 rounding (tests).
+
+This package is the only place that knows about the fast path; nothing else imports its
+modules. Every jitted function takes its compiler options from `compiler_options()`.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
+from typing import Callable
 
-from absl import logging
 import jax
 import jax.numpy as jnp
+from absl import logging
+from flax import nnx
+from jax import lax
+from jax.sharding import Mesh
 
 _ON = ('true', 'on', 'yes', '1')
 _OFF = ('false', 'off', 'no', '0')
 
 
-def resolve_fast_cpu_ops(setting: str | bool) -> bool:
-  """'auto' -> on iff the default backend is the CPU; True/False (or 'on'/'off') as given.
+@dataclasses.dataclass(frozen=True, eq=False)
+class Kernels:
+  """The convolution, max-pool and BatchNorm implementations of one model.
 
-  Off on GPU/TPU under 'auto' because there XLA's own gradients are fast and cuDNN/TPU
-  convolutions would lose to per-tap matmuls.
+  conv: `lax.conv_general_dilated`'s signature (what `nnx.Conv(conv_general_dilated=...)`
+      calls). max_pool: `(x, window, strides, padding) -> y` over H and W of NHWC x.
+  batch_norm_train: `(x, scale, bias, epsilon) -> (y, batch mean, batch var)` for float32
+      NHWC x in training mode, or None for the plain formula.
   """
-  if isinstance(setting, bool):
-    return setting
-  if isinstance(setting, str):
+  name: str
+  conv: Callable
+  max_pool: Callable
+  batch_norm_train: Callable | None = None
+
+
+def _xla_max_pool(x: jax.Array, window: int, strides: int, padding='VALID') -> jax.Array:
+  return nnx.max_pool(x, (window, window), (strides, strides), padding)
+
+
+XLA = Kernels('xla', lax.conv_general_dilated, _xla_max_pool)
+
+
+def wants_fast_path(setting: str | bool, platform: str) -> bool:
+  """config.model.fast_cpu_ops for a run on `platform`: 'auto' -> on for 'cpu' only.
+
+  Raises ValueError for a value it does not know, or 'on' for another platform (oneDNN's
+  custom calls and the XLA:CPU gradients exist for the CPU backend only).
+  """
+  if isinstance(setting, str) and setting.strip().lower() in (*_ON, *_OFF, 'auto'):
     value = setting.strip().lower()
-    if value == 'auto':
-      return jax.default_backend() == 'cpu'
-    if value in _ON:
-      return True
-    if value in _OFF:
-      return False
-  raise ValueError(f'config.model.fast_cpu_ops must be "auto", True or False, got '
-                   f'{setting!r}.')
+    on = platform == 'cpu' if value == 'auto' else value in _ON
+  elif isinstance(setting, bool):
+    on = setting
+  else:
+    raise ValueError(f'config.model.fast_cpu_ops must be "auto", True or False, got '
+                     f'{setting!r}.')
+  if on and platform != 'cpu':
+    raise ValueError(f'config.model.fast_cpu_ops={setting!r} asks for the CPU fast path, but '
+                     f'this run is on {platform!r}: it exists for the CPU backend only. Use '
+                     '"auto" (on for the CPU only) or False.')
+  return on
 
 
-# XLA:CPU (jaxlib 0.10.2) hands convolutions to YNNPACK, which runs a convolution with fewer
-# than 128 input channels on one thread; XLA's own (Eigen) convolution uses every core: 3x3
-# 64->64 on 128x32x32 77 -> 37 ms, the 3->64 stem 16 -> 3 ms, none slower (bench/README).
-# The value is XLA's default YNNPACK set minus convolutions (the compiled HLO is identical
-# to XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=-individual_convolution): dots and
-# reductions stay on YNNPACK, where they are fastest.
+def choose(setting: str | bool, *, platform: str, mesh: Mesh | None = None) -> Kernels:
+  """The kernels for a model trained on `platform` over `mesh` (None: one device).
+
+  The fast path's ops run per device on the mesh's batch shards, so a model built with
+  them is bound to that mesh; build another for another mesh (or use XLA).
+  """
+  if not wants_fast_path(setting, platform):
+    return XLA
+  # pylint: disable=g-import-not-at-top
+  from vision_jax.ops import batch_norm, conv, onednn, pool
+  use_onednn = onednn.available()
+  return Kernels('cpu_onednn' if use_onednn else 'cpu',
+                 functools.partial(conv.conv_general_dilated, mesh=mesh, use_onednn=use_onednn),
+                 functools.partial(pool.max_pool, mesh=mesh), batch_norm.batch_norm_train)
+
+
+# XLA:CPU hands convolutions to YNNPACK, which runs a convolution with fewer than 128 input
+# channels on one thread, while XLA's own (Eigen) convolution uses every core. The value
+# is XLA's default YNNPACK set minus convolutions (the same HLO as
+# XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=-individual_convolution): dots and
+# reductions stay on YNNPACK. Measurements: bench/README.md.
 _YNN_OPTION = 'xla_cpu_experimental_ynn_fusion_type'
 _YNN_WITHOUT_CONVOLUTIONS = 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'
 
 
-def cpu_compiler_options() -> dict[str, str] | None:
-  """Compiler options for every jitted step on the CPU backend; None elsewhere.
+def compiler_options() -> dict[str, str] | None:
+  """Compiler options for every jitted step on the default backend (None: XLA's own).
 
-  Also None when XLA_FLAGS chooses the YNNPACK fusions itself (the user's choice wins) or
-  this jaxlib rejects the option (XLA's defaults are correct, only slower).
+  On the CPU backend: convolutions off YNNPACK (see above), unless XLA_FLAGS chooses the
+  YNNPACK fusions itself (the user's choice wins) or this jaxlib rejects the option.
   """
   if jax.default_backend() != 'cpu' or _YNN_OPTION in os.environ.get('XLA_FLAGS', ''):
     return None

@@ -1,36 +1,24 @@
 """A 2-D convolution whose gradients are fast on XLA:CPU.
 
-On 2 x86 cores XLA:CPU's weight gradient of a 3x3 conv over 32x32 maps costs ~3x the
-forward pass, and both gradients of a 1x1 conv cost 5-15x (PyTorch/oneDNN: ~1x); its
-forward itself runs at ~0.6x oneDNN's speed. `conv_general_dilated` defines its own VJP:
+XLA:CPU's weight gradient of a 3x3 convolution over CIFAR-sized maps, and both gradients
+of a 1x1 convolution, cost several times its forward pass; PyTorch's (oneDNN's) cost about
+as much as the forward. `conv_general_dilated` defines its own VJP (figures in
+bench/README.md):
 
-* where oneDNN is built (`onednn.available()`: x86-64 Linux with the requirements and g++),
-  float32 forward, input and weight gradients are oneDNN's kernels as XLA custom calls
-  (3x3 64->64 on 128x32x32: 21 / 21 / 24 ms against XLA's 37 / 35 / 43), except the input
-  gradient of a 1x1 conv (one matmul, below). `FORCE['impl'] = 'xla'` turns it off.
-
-Otherwise XLA's convolution does the forward pass and the gradients are chosen per layer
-shape (`plan`):
-
-* weight gradient: im2col over chunks of the batch (a `lax.scan`), each chunk one 2-D
-  matmul patches^T (kh*kw*Cin, rows) @ dy (rows, Cout) accumulated in float32. Chunks of
-  ~4.5 MiB stay in cache; one big im2col, kh*kw unchunked per-tap matmuls, or a multi-axis
-  einsum were all memory-bound and no faster than XLA. While the activations fit in cache
-  (<4 MiB), or one image's patches do not, XLA's own is as fast and is kept.
-* input gradient: for 1x1 kernels one matmul (scattered with a strided pad when strided);
-  for larger kernels XLA's own transposed convolution, written out explicitly.
-* batch chunks: on CIFAR-sized maps (batch 128 of 32x32x64) YNNPACK's conv runs on one
-  thread and out of cache; the forward and the input gradient then run over ~2 MiB batch
-  chunks (`lax.map`), 1.3-1.8x faster. Compiled with `ops.cpu_compiler_options()` (XLA's
-  own multi-threaded convolution, as the training loop does) the chunks are neutral
-  (measured within 2%); they stay for when that option is unavailable.
-
-* several devices: traced inside `per_shard.batch_parallel(mesh)` (as the training step
-  does), the forward and both gradients run per device on its share of the batch.
+* with `use_onednn` (`onednn.available()`: x86-64 Linux with the requirements and g++),
+  the float32 forward, input and weight gradients of convolutions big enough to gain are
+  oneDNN's kernels as XLA custom calls, except the input gradient of a 1x1 conv (one
+  matmul, below);
+* otherwise XLA's convolution does the forward pass and the gradients are chosen per layer
+  shape (`plan`): the weight gradient as im2col matmuls over cache-sized chunks of the
+  batch (a `lax.scan`), or XLA's own while the activations fit in cache; the input
+  gradient of a 1x1 kernel as one matmul, else XLA's transposed convolution;
+* with `mesh`, the forward and both gradients run per device on its share of the batch
+  (`per_shard`).
 
 It is a drop-in for `jax.lax.conv_general_dilated` as `flax.nnx.Conv` calls it. Calls it does
 not handle (dilation, groups, other layouts, `preferred_element_type`, sharding) go to lax
-unchanged, so it is always correct. Figures: bench/README.md.
+unchanged, so it is always correct.
 """
 from __future__ import annotations
 
@@ -41,6 +29,7 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.sharding import Mesh
 
 from vision_jax.ops import onednn
 from vision_jax.ops import per_shard as ps
@@ -50,24 +39,13 @@ Pads = tuple[tuple[int, int], tuple[int, int]]
 _NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1),
                                  out_spec=(0, 3, 1, 2))
 _DN = ('NHWC', 'HWIO', 'NHWC')
-# Override of `plan`: {'dw': 'onednn'|'ours'|'xla', 'dx': 'onednn'|'matmul'|'conv'|'xla',
-# 'impl': 'onednn'|'xla' (oneDNN's kernels at any size when available, or never)}. Read at
-# trace time.
-FORCE: dict[str, str] = {}
 # Below this activation size (x or dy) XLA's own weight gradient is as fast (in cache).
 _XLA_DW_MAX_BYTES = 4 << 20
-# Forward / input-gradient batch chunks of ~2 MiB of input, for inputs of >12 MiB made of
-# images of <=512 KiB (see `_batch_chunk`).
-_CONV_CHUNK_BYTES = 2 << 20
-_CONV_CHUNK_MIN_BYTES = 12 << 20
-_CONV_CHUNK_MAX_IMAGE_BYTES = 512 << 10
 # Weight-gradient chunks: patch matrices of ~4.5 MiB (cache-resident), 256..8192 rows.
 _CHUNK_BYTES = 9 << 19
 _MIN_CHUNK_ROWS, _MAX_CHUNK_ROWS = 256, 8192
-# oneDNN for convs of at least this many forward FLOPs (per device). Below, inside a step,
-# its calls cost more than they save: on the digits ConvNet's first conv (9 MFLOP, 1 input
-# channel) the whole step ran ~15% slower; its second (302 MFLOP) was even, and the layers
-# of CIFAR/ImageNet ResNets (>= 500 MFLOP at their batch sizes) gain.
+# oneDNN for convolutions of at least this many forward FLOPs (per device). Below, its
+# calls inside a step cost more than they save (the digits ConvNet's first conv).
 _ONEDNN_MIN_FLOPS = 100e6
 
 
@@ -92,7 +70,8 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
                          dimension_numbers: Any = None, feature_group_count: int = 1,
                          batch_group_count: int = 1, precision: Any = None,
                          preferred_element_type: Any = None,
-                         out_sharding: Any = None) -> jax.Array:
+                         out_sharding: Any = None, *, mesh: Mesh | None = None,
+                         use_onednn: bool = False) -> jax.Array:
   """`lax.conv_general_dilated` with a CPU-friendly VJP for plain NHWC/HWIO 2-D convs."""
   handled = (_is_nhwc(dimension_numbers, lhs.ndim) and rhs.ndim == 4
              and _all_ones(lhs_dilation) and _all_ones(rhs_dilation)
@@ -117,7 +96,7 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
         rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
         feature_group_count=feature_group_count, batch_group_count=batch_group_count,
         precision=precision, preferred_element_type=preferred_element_type, **kwargs)
-  return _conv(lhs, rhs, strides, pads, precision)
+  return _conv(lhs, rhs, strides, pads, precision, mesh, use_onednn)
 
 
 def _forward(x: jax.Array, w: jax.Array, strides: tuple[int, int], pads: Pads,
@@ -126,67 +105,32 @@ def _forward(x: jax.Array, w: jax.Array, strides: tuple[int, int], pads: Pads,
                                   precision=precision)
 
 
-def _batch_chunk(x_shape: Sequence[int], itemsize: int) -> int:
-  """Images per chunk for XLA's conv on CIFAR-sized maps, or 0 to run it unchunked.
-
-  YNNPACK's conv of 64-channel 32x32 maps runs on one thread and falls out of cache at batch
-  128 (124 GFLOP/s vs 220 at batch 32); chunks of ~_CONV_CHUNK_BYTES of input measured
-  1.3-1.8x faster (forward and input gradient). ImageNet-sized maps gained nothing.
-  """
-  image = math.prod(x_shape[1:]) * itemsize
-  if x_shape[0] * image < _CONV_CHUNK_MIN_BYTES or image > _CONV_CHUNK_MAX_IMAGE_BYTES:
-    return 0
-  nb = max(1, _CONV_CHUNK_BYTES // image)
-  return nb if nb < x_shape[0] else 0
-
-
-def _map_batch(f, x: jax.Array, nb: int) -> jax.Array:
-  """f over chunks of nb images (a sequential `lax.map`), then the remainder, concatenated.
-
-  Chunks are dynamic slices of x, not a reshape of it: a reshaped x made XLA recompute the
-  BatchNorm + ReLU that produced x once per layout (measured: ResNet-18 step -3%).
-  """
-  if not nb:
-    return f(x)
-  steps, tail = divmod(x.shape[0], nb)
-  y = lax.map(lambda i: f(lax.dynamic_slice_in_dim(x, i * nb, nb)), jnp.arange(steps))
-  y = y.reshape(steps * nb, *y.shape[2:])
-  return jnp.concatenate([y, f(x[steps * nb:])]) if tail else y
-
-
-def _forward_chunked(x: jax.Array, w: jax.Array, strides: tuple[int, int], pads: Pads,
-                     precision: Any) -> jax.Array:
-  nb = _batch_chunk(x.shape, x.dtype.itemsize)
-  return _map_batch(lambda xc: _forward(xc, w, strides, pads, precision), x, nb)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _conv(x: jax.Array, w: jax.Array, strides: tuple[int, int], pads: Pads,
-          precision: Any) -> jax.Array:
-  return _conv_fwd(x, w, strides, pads, precision)[0]
-
-
-def _use_onednn(x: jax.Array, w_shape: Sequence[int], y_shape: Sequence[int]) -> bool:
-  """oneDNN's kernels for float32 convs of >= _ONEDNN_MIN_FLOPS when built
-  (`onednn.available`) and not FORCE'd off ('impl': 'onednn' forces it at any size)."""
-  impl = FORCE.get('impl')
-  if impl == 'xla' or x.dtype != jnp.float32:
-    return False
+def _onednn_here(use_onednn: bool, x: jax.Array, w_shape: Sequence[int],
+                 y_shape: Sequence[int]) -> bool:
+  """oneDNN's kernels for float32 convolutions of >= _ONEDNN_MIN_FLOPS (per device), when
+  asked for and built."""
   flops = 2 * math.prod(y_shape) * math.prod(w_shape[:3])
-  return (impl == 'onednn' or flops >= _ONEDNN_MIN_FLOPS) and onednn.available()
+  return (use_onednn and x.dtype == jnp.float32 and flops >= _ONEDNN_MIN_FLOPS
+          and onednn.available())
 
 
-def _local_forward(x, w, strides, pads, precision):
-  kernel_hw = w.shape[:2]
-  y_shape = (x.shape[0], *onednn.output_hw(x.shape, kernel_hw, strides, pads), w.shape[3])
-  if _use_onednn(x, w.shape, y_shape):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
+def _conv(x: jax.Array, w: jax.Array, strides: tuple[int, int], pads: Pads,
+          precision: Any, mesh: Mesh | None, use_onednn: bool) -> jax.Array:
+  return _conv_fwd(x, w, strides, pads, precision, mesh, use_onednn)[0]
+
+
+def _local_forward(x, w, strides, pads, precision, use_onednn):
+  y_shape = (x.shape[0], *onednn.output_hw(x.shape, w.shape[:2], strides, pads), w.shape[3])
+  if _onednn_here(use_onednn, x, w.shape, y_shape):
     return onednn.forward(x, w, strides, pads)
-  return _forward_chunked(x, w, strides, pads, precision)
+  return _forward(x, w, strides, pads, precision)
 
 
-def _conv_fwd(x, w, strides, pads, precision):
-  forward = ps.per_shard(lambda x, w: _local_forward(x, w, strides, pads, precision),
-                         x.shape[0], (ps.BATCH, ps.REPLICATED), ps.BATCH)
+def _conv_fwd(x, w, strides, pads, precision, mesh, use_onednn):
+  forward = ps.per_shard(
+      lambda x, w: _local_forward(x, w, strides, pads, precision, use_onednn), mesh,
+      x.shape[0], (ps.BATCH, ps.REPLICATED), ps.BATCH)
   return forward(x, w), (x, w)
 
 
@@ -210,8 +154,8 @@ def _im2col_grad(x: jax.Array, dy: jax.Array, kernel_hw: tuple[int, int],
 
   Padding here, per chunk, lets XLA fuse it into the patch gather. The patch matrix is
   transposed explicitly, behind an optimisation barrier so that XLA does not fold the
-  transpose back into the dot: its GEMM ran ~1.5x faster on (K, rows) x (rows, N) operands
-  than on the transposed-LHS form.
+  transpose back into the dot: its GEMM is faster on (K, rows) x (rows, N) operands than
+  on the transposed-LHS form.
   """
   (kh, kw), (n, ho, wo, cout) = kernel_hw, dy.shape
   xp = _pad_input(x, pads)
@@ -233,8 +177,8 @@ def weight_grad(x: jax.Array, dy: jax.Array, kernel_hw: tuple[int, int],
   """dL/dw (HWIO) as im2col matmuls over chunks of the batch, float32 accumulation.
 
   Chunks keep the patch matrix in cache: one big im2col, or kh*kw unchunked per-tap
-  matmuls, are memory-bound on CPU and measured slower than XLA's own weight gradient.
-  They are dynamic slices of x and dy (see `_map_batch`).
+  matmuls, are memory-bound on CPU. Chunks are dynamic slices of x and dy, not a reshape
+  (a reshaped x made XLA recompute the BatchNorm + ReLU that produced it).
   """
   kh, kw = kernel_hw
   n, ho, wo, cout = dy.shape
@@ -280,28 +224,6 @@ def input_grad_matmul(dy: jax.Array, w: jax.Array, x_shape: Sequence[int],
   return lax.slice(dxp, (0, plo, qlo, 0), (n, plo + x_shape[1], qlo + x_shape[2], cin))
 
 
-def input_grad_conv(dy: jax.Array, w: jax.Array, x_shape: Sequence[int],
-                    strides: tuple[int, int], pads: Pads, precision: Any = None) -> jax.Array:
-  """dL/dx as XLA's own transpose rule writes it (dy dilated by the stride, correlated with
-  the flipped kernel), spelled out so that it can run over batch chunks like the forward.
-
-  `jax.linear_transpose` of the conv inside `lax.map` lowered to a 3x slower program.
-  """
-  kh, kw = w.shape[:2]
-  _, ho, wo, _ = dy.shape
-  (sh, sw), ((plo, _), (qlo, _)) = strides, pads
-  lo_h, lo_w = kh - 1 - plo, kw - 1 - qlo
-  padding = ((lo_h, x_shape[1] + kh - 1 - (ho - 1) * sh - 1 - lo_h),
-             (lo_w, x_shape[2] + kw - 1 - (wo - 1) * sw - 1 - lo_w))
-  kernel = jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)  # HWIO with I=Cout, O=Cin.
-
-  def grad(dyc):
-    return lax.conv_general_dilated(dyc, kernel, (1, 1), padding, lhs_dilation=strides,
-                                    dimension_numbers=_DN, precision=precision)
-
-  return _map_batch(grad, dy, _batch_chunk(x_shape, dy.dtype.itemsize))
-
-
 def input_grad_xla(dy: jax.Array, w: jax.Array, x_shape: Sequence[int],
                    strides: tuple[int, int], pads: Pads, precision: Any = None) -> jax.Array:
   """dL/dx exactly as XLA computes it (lax's transpose rule: a dilated conv)."""
@@ -319,37 +241,29 @@ def weight_grad_xla(x: jax.Array, dy: jax.Array, w_shape: Sequence[int],
 
 
 def plan(x_shape: Sequence[int], w_shape: Sequence[int], y_shape: Sequence[int],
-         itemsize: int = 4, use_onednn: bool = False) -> tuple[str, str]:
-  """(weight-grad method, input-grad method) for one layer, from measured speeds.
+         itemsize: int = 4, onednn_here: bool = False) -> tuple[str, str]:
+  """(weight-grad method, input-grad method) for one layer.
 
-  With oneDNN (`use_onednn`): its kernels for both, except the input gradient of a 1x1
-  conv (one matmul: ~5 ms against oneDNN's 11 for the 1x1/2 shortcut of a CIFAR ResNet).
-  Without, dw: 'ours' (chunked im2col) or 'xla'. XLA:CPU's weight gradient is fine while the
-  activations fit in cache and 2-3x the forward once they do not (batch 128 at 32x32x64:
-  33 MB); ours streams cache-sized chunks, so it takes over from _XLA_DW_MAX_BYTES, unless
-  one image's patches alone overflow a chunk (ImageNet-sized early layers).
-  dx: 'matmul' for 1x1 kernels (XLA's is 2-10x slower than one matmul), else 'conv' (XLA's
-  transposed conv, over batch chunks where the forward is chunked), or 'xla'.
-  `FORCE` overrides the plan (benchmarks, tests).
+  On oneDNN (`onednn_here`): its kernels for both, except the input gradient of a 1x1
+  conv ('matmul': one matmul is faster). Without, dw: 'ours' (chunked im2col) once the
+  activations no longer fit in cache (_XLA_DW_MAX_BYTES), unless one image's patches alone
+  overflow a chunk (ImageNet-sized early layers), else 'xla'; dx: 'matmul' for 1x1
+  kernels, else 'xla'.
   """
   kh, kw, cin, _ = w_shape
   one_by_one = kh * kw == 1
-  if use_onednn:
-    return FORCE.get('dw', 'onednn'), FORCE.get('dx', 'matmul' if one_by_one else 'onednn')
+  if onednn_here:
+    return 'onednn', 'matmul' if one_by_one else 'onednn'
   big = max(math.prod(x_shape), math.prod(y_shape)) * itemsize >= _XLA_DW_MAX_BYTES
   image_patches = y_shape[1] * y_shape[2] * kh * kw * cin * itemsize
   dw = 'ours' if one_by_one or (big and image_patches <= _CHUNK_BYTES) else 'xla'
-  dx = 'matmul' if one_by_one else 'conv'
-  return FORCE.get('dw', dw), FORCE.get('dx', dx)
+  return dw, 'matmul' if one_by_one else 'xla'
 
 
-_INPUT_GRADS = {'matmul': input_grad_matmul, 'conv': input_grad_conv, 'xla': input_grad_xla}
-
-
-def _local_grads(x, w, dy, strides, pads, precision):
+def _local_grads(x, w, dy, strides, pads, precision, use_onednn):
   """(dx, dw) of one batch shard; dw in float32 so that shards sum without rounding."""
   dw_method, dx_method = plan(x.shape, w.shape, dy.shape, x.dtype.itemsize,
-                              _use_onednn(x, w.shape, dy.shape))
+                              _onednn_here(use_onednn, x, w.shape, dy.shape))
   if dw_method == 'onednn':
     dw = onednn.weight_grad(x, dy, w.shape, strides, pads)
   elif dw_method == 'ours':
@@ -358,15 +272,18 @@ def _local_grads(x, w, dy, strides, pads, precision):
     dw = weight_grad_xla(x, dy, w.shape, strides, pads, precision)
   if dx_method == 'onednn':
     dx = onednn.input_grad(dy, w, x.shape, strides, pads)
+  elif dx_method == 'matmul':
+    dx = input_grad_matmul(dy, w, x.shape, strides, pads, precision)
   else:
-    dx = _INPUT_GRADS[dx_method](dy, w, x.shape, strides, pads, precision)
+    dx = input_grad_xla(dy, w, x.shape, strides, pads, precision)
   return dx.astype(x.dtype), dw.astype(jnp.float32)
 
 
-def _conv_bwd(strides, pads, precision, res, dy):
+def _conv_bwd(strides, pads, precision, mesh, use_onednn, res, dy):
   x, w = res
-  grads = ps.per_shard(lambda x, w, dy: _local_grads(x, w, dy, strides, pads, precision),
-                       x.shape[0], (ps.BATCH, ps.REPLICATED, ps.BATCH), (ps.BATCH, ps.SUM))
+  grads = ps.per_shard(
+      lambda x, w, dy: _local_grads(x, w, dy, strides, pads, precision, use_onednn), mesh,
+      x.shape[0], (ps.BATCH, ps.REPLICATED, ps.BATCH), (ps.BATCH, ps.SUM))
   dx, dw = grads(x, w, dy)
   return dx, dw.astype(w.dtype)
 

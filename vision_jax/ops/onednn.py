@@ -1,8 +1,7 @@
 """oneDNN's convolutions as XLA:CPU custom calls, compiled on first use.
 
-XLA:CPU's own convolution is the limit of a CPU ResNet step: ~37 ms per pass of a 3x3
-64->64 layer on 128x32x32 maps on the 2-core VM, where oneDNN (the library PyTorch calls)
-takes ~21-30 ms, and its weight gradient 24 ms against our im2col's 43 (bench/README.md).
+XLA:CPU's own convolution limits a CPU ResNet step; oneDNN (the library PyTorch's CPU
+convolutions call) is faster for the forward pass and both gradients (bench/README.md).
 `onednn_conv.cc` wraps oneDNN's forward, input-gradient and weight-gradient convolutions as
 XLA FFI handlers; `ops.conv` calls them from its custom VJP when `available()`.
 

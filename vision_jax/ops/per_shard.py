@@ -1,65 +1,43 @@
-"""Run the fast ops on each device's share of the batch (`shard_map`), not on the global batch.
+"""Run a fast op on each device's share of the batch (`shard_map`), not on the global batch.
 
-The CPU fast path chunks the batch (`lax.map`/`lax.scan` over reshaped batch axes) to stay
-in cache. Under `jax.jit` with a batch split over several devices, XLA's partitioner cannot
-keep those reshapes local and gathers the whole batch onto every device: on 2 CPU devices a
-ResNet-18 step ran at half the speed of one device. Inside `shard_map` every op sees its
-local batch, so the chunking works per device and the weight gradient is one `psum`.
-
-The training and evaluation steps trace the model inside `batch_parallel(mesh)`; the ops
-then call `per_shard(...)`. Outside that context (or on one device) `per_shard` returns the
-function unchanged.
+Under `jax.jit` with a batch split over several devices, XLA's partitioner cannot keep the
+fast ops' reshapes and custom calls local and gathers the whole batch onto every device.
+Inside `shard_map` every op sees its local batch, and a weight gradient is one `psum`.
+The ops call `per_shard(f, mesh, ...)` with the mesh their model was built for
+(`ops.choose`); without a mesh, or with one shard, `f` runs as it is.
 """
 from __future__ import annotations
 
-import contextlib
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import jax
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-# The axes the batch is split over (vision_jax.parallel.AXES). Kept here, not imported, so
-# that the ops do not depend on the training code.
+# The mesh axes the training loop splits the batch over (vision_jax.parallel.AXES; a test
+# checks they agree). Kept here so that the ops do not import the training code.
 BATCH_AXES = ('data', 'fsdp')
 BATCH = P(BATCH_AXES)
 REPLICATED = P()
 SUM = object()  # Output spec: partial sums, one per shard, summed over them (`psum`).
 
-_MESH: Mesh | None = None
 
-
-@contextlib.contextmanager
-def batch_parallel(mesh: Mesh | None) -> Iterator[None]:
-  """Ops traced inside run per device over `mesh`'s batch axes (None: global, as before)."""
-  global _MESH
-  previous, _MESH = _MESH, mesh
-  try:
-    yield
-  finally:
-    _MESH = previous
-
-
-def _active_mesh(batch_size: int) -> Mesh | None:
-  mesh = _MESH
+def _shards(mesh: Mesh | None, batch_size: int) -> int:
   if mesh is None or not set(BATCH_AXES) <= set(mesh.axis_names):
-    return None
+    return 1
   shards = mesh.shape['data'] * mesh.shape['fsdp']
-  if shards == 1 or batch_size % shards:
-    return None  # Nothing to split, or a batch the devices cannot share: run globally.
-  return mesh
+  return shards if batch_size % shards == 0 else 1  # Indivisible: run on the global batch.
 
 
-def per_shard(f: Callable[..., Any], batch_size: int, in_specs: tuple, out_specs: Any
-              ) -> Callable[..., Any]:
-  """`f` mapped over the batch shards when a batch-parallel mesh is active, else `f`.
+def per_shard(f: Callable[..., Any], mesh: Mesh | None, batch_size: int, in_specs: tuple,
+              out_specs: Any) -> Callable[..., Any]:
+  """`f` mapped over the batch shards of `mesh`, or `f` itself with nothing to split.
 
   Specs: `BATCH` (split along axis 0), `REPLICATED`, or for outputs `SUM`: each shard
   returns a partial sum (e.g. a weight gradient over its examples), summed over the shards.
   `out_specs` is one spec for a single output or a tuple matching `f`'s output tuple.
   """
-  mesh = _active_mesh(batch_size)
-  if mesh is None:
+  if _shards(mesh, batch_size) == 1:
     return f
   single = not isinstance(out_specs, tuple)
   specs = (out_specs,) if single else out_specs

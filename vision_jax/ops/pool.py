@@ -1,7 +1,7 @@
 """Max pooling whose backward pass is fast on XLA:CPU.
 
 XLA's max-pool gradient is a `select_and_scatter`, which XLA:CPU runs as a slow scalar loop
-(about 10x the forward on 2 cores; ~half of the seed ConvNet's train step). Here the forward
+(figures in bench/README.md). Here the forward
 is XLA's `reduce_window`; under differentiation it is one fused pass over the kh*kw strided
 views of the input that yields the maximum and which tap held it (int8), and the backward
 scatters dy to that tap with strided (interior) pads: elementwise loops that XLA fuses,
@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 from jax import lax
+from jax.sharding import Mesh
 
 from vision_jax.ops import per_shard as ps
 
@@ -35,8 +36,12 @@ def _pair(v: int | Sequence[int]) -> tuple[int, int]:
 
 
 def max_pool(x: jax.Array, window: int | Sequence[int], strides: int | Sequence[int],
-             padding: str | Sequence[tuple[int, int]] = 'VALID') -> jax.Array:
-  """Max pooling over H and W of an NHWC batch: same values and gradients as nnx.max_pool."""
+             padding: str | Sequence[tuple[int, int]] = 'VALID', *,
+             mesh: Mesh | None = None) -> jax.Array:
+  """Max pooling over H and W of an NHWC batch: same values and gradients as nnx.max_pool.
+
+  With `mesh`, forward and backward run per device on its batch shard (`per_shard`).
+  """
   window_hw, strides_hw = _pair(window), _pair(strides)
   if x.ndim != 4 or not jnp.issubdtype(x.dtype, jnp.floating):
     return nnx.max_pool(x, window_hw, strides_hw, padding)
@@ -47,7 +52,7 @@ def max_pool(x: jax.Array, window: int | Sequence[int], strides: int | Sequence[
   pads = tuple((int(lo), int(hi)) for lo, hi in pads)
   if len(pads) != 2 or min(min(p) for p in pads) < 0:
     return nnx.max_pool(x, window_hw, strides_hw, padding)
-  return _max_pool(x, window_hw, strides_hw, pads, tuple(x.shape))
+  return _max_pool(x, window_hw, strides_hw, pads, tuple(x.shape), mesh)
 
 
 def _forward(x: jax.Array, window: tuple[int, int], strides: tuple[int, int],
@@ -67,19 +72,19 @@ def _taps(x: jax.Array, window: tuple[int, int], strides: tuple[int, int], pads:
                     (1, sh, sw, 1)) for i in range(kh) for j in range(kw)]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4, 5))
 def _max_pool(x: jax.Array, window: tuple[int, int], strides: tuple[int, int],
-              pads: Pads, x_shape: tuple[int, ...]) -> jax.Array:
+              pads: Pads, x_shape: tuple[int, ...], mesh: Mesh | None) -> jax.Array:
   del x_shape  # For the backward pass only.
-  return ps.per_shard(lambda x: _forward(x, window, strides, pads), x.shape[0], (ps.BATCH,),
-                      ps.BATCH)(x)
+  return ps.per_shard(lambda x: _forward(x, window, strides, pads), mesh, x.shape[0],
+                      (ps.BATCH,), ps.BATCH)(x)
 
 
-def _max_pool_fwd(x, window, strides, pads, x_shape):
+def _max_pool_fwd(x, window, strides, pads, x_shape, mesh):
   """Max and the index of the first maximal tap, per batch shard (`per_shard`)."""
   del x_shape  # For the backward pass only.
-  forward = ps.per_shard(lambda x: _max_and_index(x, window, strides, pads), x.shape[0],
-                         (ps.BATCH,), (ps.BATCH, ps.BATCH))
+  forward = ps.per_shard(lambda x: _max_and_index(x, window, strides, pads), mesh,
+                         x.shape[0], (ps.BATCH,), (ps.BATCH, ps.BATCH))
   return forward(x)
 
 
@@ -113,11 +118,11 @@ def max_pool_grad(index: jax.Array, dy: jax.Array, x_shape: tuple[int, ...],
   return lax.slice(dxp, (0, plo, qlo, 0), (n, plo + h, qlo + w, c))
 
 
-def _max_pool_bwd(window, strides, pads, x_shape, index, dy):
+def _max_pool_bwd(window, strides, pads, x_shape, mesh, index, dy):
   grad = ps.per_shard(
       lambda index, dy: max_pool_grad(index, dy, (dy.shape[0], *x_shape[1:]), window,
                                       strides, pads),
-      dy.shape[0], (ps.BATCH, ps.BATCH), ps.BATCH)
+      mesh, dy.shape[0], (ps.BATCH, ps.BATCH), ps.BATCH)
   return (grad(index, dy),)
 
 
