@@ -8,6 +8,7 @@ timm/data/auto_augment.py (`_rotate_level_to_arg` ... `_solarize_add_level_to_ar
 torchvision's TrivialAugmentWide._augmentation_space, not computed by the code under test.
 """
 import math
+import pickle
 
 import numpy as np
 import pytest
@@ -336,6 +337,15 @@ def test_same_image_and_seed_give_the_same_output(image, kw):
     assert a.shape == image.shape and a.dtype == np.uint8 and a.flags.c_contiguous
   assert len({o.tobytes() for o in outs[0]}) > 10  # Different seeds, different images.
   np.testing.assert_array_equal(image, before)  # The input is never written.
+
+
+def test_an_augment_pickles_for_worker_processes(photo):
+  fn = augment.make_augment(mean=IMAGENET[0], std=IMAGENET[1], randaugment='rand-m9-inc1',
+                            color_jitter=0.4, random_erasing=0.5)
+  copy = pickle.loads(pickle.dumps(fn))
+  for i in range(10):
+    np.testing.assert_array_equal(copy(photo, np.random.default_rng(i)),
+                                  fn(photo, np.random.default_rng(i)))
 
 
 def test_policy_runs_before_jitter_and_erasing_comes_last(photo):
