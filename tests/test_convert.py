@@ -279,6 +279,21 @@ def test_eval_transforms_say_what_differs_from_the_original():
     convert._eval_transform('torchvision_v1', 'torchvision', None, 1.5)  # pylint: disable=protected-access
 
 
+def test_place_arrays_on_plain_nested_dicts_and_lists():
+  """The layout the state may take besides nnx.State: plain containers of arrays."""
+  params = {'blocks': [{'conv1': {'kernel': np.zeros((1, 1, 2, 3), np.float32)}}],
+            'head': {'bias': np.zeros(3, np.float32)}}
+  rest = {'stem_bn': {'mean': np.zeros(2, np.float32)}, 'rngs': np.zeros(2, np.uint32)}
+  arrays = {'blocks/0/conv1/kernel': np.ones((1, 1, 2, 3)), 'head/bias': np.arange(3.0),
+            'stem_bn/mean': np.full(2, 7.0)}
+  params, rest = convert.place_arrays(arrays, params, rest)
+  assert params['blocks'][0]['conv1']['kernel'].dtype == np.float32
+  np.testing.assert_array_equal(params['head']['bias'], [0, 1, 2])
+  np.testing.assert_array_equal(rest['stem_bn']['mean'], [7, 7])
+  with pytest.raises(convert.ConversionError, match=r"without a place \['extra'\]"):
+    convert.place_arrays({**arrays, 'extra': np.zeros(1)}, params, rest)
+
+
 def test_checkpoint_holds_the_converted_arrays(converted):
   out, weights = converted
   step, raw = checkpoint.read_state(out)
