@@ -1,7 +1,7 @@
 """Fine-tune a BiT ResNet-v2 R50x1 (GroupNorm + weight standardisation) on CIFAR-10.
 
   python -m vision_jax.main --config configs/finetune_bit_r50x1.py --workdir /tmp/vision_jax/bit_r50x1_cifar10 \
-      --config.init_from.checkpoint=/path/to/a/bit_r50x1/workdir
+      --config.init_from.checkpoint=/tmp/vision_jax/bit_r50x1
 
 Anchor: BiT-M R50x1 (ImageNet-21k pretraining) fine-tuned with this BiT-HyperRule recipe
 reaches 97.2-97.4% top-1 on CIFAR-10 per its authors (Kolesnikov et al. 2020, "Big Transfer
@@ -11,9 +11,9 @@ warmup steps and x0.1 at 30/60/90% of training, no weight decay, MixUp alpha 0.1
 resized to 160 with a random 128 crop (here: an inception crop to 128) and flip, a
 zero-initialised head.
 
-The checkpoint is a vision_jax checkpoint of `bit_r50x1`: convert the authors' BiT-M
-weights once with
-  python -m vision_jax.bit_weights --npz BiT-M-R50x1.npz --model bit_r50x1 --out /tmp/vision_jax/bit_r50x1
+The checkpoint is a vision_jax workdir of `bit_r50x1`: convert the authors' BiT-M weights
+once with
+  python -m vision_jax.convert bit --arch bit_r50x1 --weights BiT-M-R50x1.npz --output /tmp/vision_jax/bit_r50x1
 (tested on synthetic files with the authors' tensor names; the 97.2-97.4% anchor itself has
 not been reproduced here: no network to fetch the weights, no accelerator).
 """

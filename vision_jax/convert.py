@@ -1,0 +1,546 @@
+"""Pretrained weights from torchvision, timm or BiT -> a finished vision_jax workdir.
+
+  python -m vision_jax.convert torchvision --arch resnet50 --weights resnet50.safetensors \
+      --eval_transform torchvision_v2 --output /tmp/vision_jax/tv_resnet50
+  python -m vision_jax.main --mode=eval --workdir /tmp/vision_jax/tv_resnet50   # or predict, export
+  python -m vision_jax.main --config configs/finetune_cifar10_from_torchvision_resnet50.py \
+      --workdir W --config.init_from.checkpoint=/tmp/vision_jax/tv_resnet50
+
+Sources: `torchvision` and `timm` ResNet-18/34/50/101/152 state dicts (timm's plain
+`resnet*` use torchvision's tensor names), as `.safetensors` (read with safetensors' numpy
+API: no pickle, no torch) or `.pth`/`.pt` (only through `torch.load(weights_only=True)`,
+when torch is installed); `bit`: the authors' BiT `.npz` files. Every tensor is mapped by
+name: conv OIHW -> HWIO, the fc weight transposed, BatchNorm weight / bias / running_mean /
+running_var -> scale / bias / mean / var (`num_batches_tracked`, a training counter, is
+dropped on purpose). A tensor missing, left over or of another shape is an error that
+lists each one: nothing is skipped silently.
+
+The output is what a training run leaves behind: `config.json` (base_config with the model,
+ImageNet normalisation and the weights' own eval transform), `dataset.json`,
+`checkpoints/0` (the state of `train_state.create` with the converted arrays placed by
+parameter path, saved by `checkpoint.Checkpointer`), plus `conversion.json` (provenance).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import os
+import sys
+from typing import Mapping
+
+import numpy as np
+
+from vision_jax.errors import UserError
+
+SOURCES = ('torchvision', 'timm', 'bit')
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+class ConversionError(UserError):
+  """A weights file or option that cannot be converted; the message names it and the fix."""
+
+
+# ----------------------------------------------------------------------------- reading
+
+def read_weights(path: str) -> dict[str, np.ndarray]:
+  """{tensor name: numpy array} of a .safetensors, .pth/.pt or .npz file."""
+  ext = os.path.splitext(path)[1].lower()
+  if not os.path.isfile(path):
+    raise ConversionError(f'--weights={path} does not exist. Pass the weights file.')
+  if ext == '.safetensors':
+    from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+    try:
+      return dict(load_file(path))
+    except Exception as e:  # pylint: disable=broad-except
+      raise ConversionError(
+          f'{path} cannot be read as safetensors ({type(e).__name__}: {e}): the file is '
+          'truncated or not a safetensors file (bfloat16 tensors cannot be read into numpy '
+          'either: save them as float32). Download or save it again.') from e
+  if ext in ('.pth', '.pt'):
+    return _read_torch(path)
+  if ext == '.npz':
+    try:
+      with np.load(path) as npz:
+        return dict(npz)
+    except Exception as e:  # pylint: disable=broad-except
+      raise ConversionError(f'{path} cannot be read as .npz ({type(e).__name__}: {e}): the '
+                            'file is truncated or not an .npz archive. Download it '
+                            'again.') from e
+  raise ConversionError(f'--weights={path}: unknown file type {ext!r}. Pass a .safetensors '
+                        'or .pth/.pt state dict (torchvision, timm) or a BiT .npz file.')
+
+
+def _read_torch(path: str) -> dict[str, np.ndarray]:
+  """A .pth state dict through torch.load(weights_only=True): no arbitrary pickle."""
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ConversionError(
+        f'{path} is a PyTorch pickle, and reading it needs torch, which is not installed. '
+        'Install torch, or save the state dict as .safetensors where torch is installed '
+        '(python -c "import torch, safetensors.torch; safetensors.torch.save_file(torch.'
+        f"load('{path}', weights_only=True), 'weights.safetensors')\") and pass that "
+        'file: it is read without torch.') from e
+  try:
+    state = torch.load(path, map_location='cpu', weights_only=True)
+  except Exception as e:  # pylint: disable=broad-except
+    raise ConversionError(
+        f'{path} cannot be loaded with torch.load(weights_only=True) ({type(e).__name__}: '
+        f'{str(e).splitlines()[0] if str(e) else ""}): the file is truncated, or it pickles '
+        'a whole model rather than its tensors. Save model.state_dict() (or as '
+        '.safetensors) and pass that.') from e
+  if not isinstance(state, Mapping) or not all(torch.is_tensor(v) for v in state.values()):
+    kinds = ({k: type(v).__name__ for k, v in list(state.items())[:5]}
+             if isinstance(state, Mapping) else type(state).__name__)
+    raise ConversionError(
+        f'{path} does not hold a state dict of tensors (it holds {kinds}): a training '
+        "checkpoint keeps it under a key such as 'state_dict' or 'model'. Save that "
+        'dict alone, e.g. torch.save(checkpoint["state_dict"], "weights.pth").')
+  return {k: (v.float() if v.is_floating_point() else v).numpy() for k, v in state.items()}
+
+
+# ----------------------------------------------------------------------------- name maps
+
+def resnet_archs() -> list[str]:
+  """Our models with torchvision's ResNet v1.5 layout: the ImageNet-stem ResNets."""
+  from vision_jax import models  # pylint: disable=g-import-not-at-top
+  from vision_jax.models import resnet  # pylint: disable=g-import-not-at-top
+  return [n for n in models.list_models() if isinstance(models.model_class(n), type)
+          and issubclass(models.model_class(n), resnet.ResNet)
+          and models.model_class(n).STEM == 'imagenet']
+
+
+_BN_NAMES = {'scale': 'weight', 'bias': 'bias', 'mean': 'running_mean', 'var': 'running_var'}
+
+
+def torchvision_names(arch: str) -> dict[str, str]:
+  """{our parameter path: torchvision state-dict name} for a ResNet v1.5 `arch`."""
+  from vision_jax import models  # pylint: disable=g-import-not-at-top
+  if arch not in resnet_archs():
+    raise ConversionError(f'--arch={arch} has no torchvision layout; use one of '
+                          f'{", ".join(resnet_archs())}.')
+  cls = models.model_class(arch)
+  names = {'stem_conv/kernel': 'conv1.weight', 'head/kernel': 'fc.weight',
+           'head/bias': 'fc.bias'}
+  names |= {f'stem_bn/{ours}': f'bn1.{theirs}' for ours, theirs in _BN_NAMES.items()}
+  convs = 2 if cls.BLOCK == 'basic' else 3
+  index = 0
+  for stage, num_blocks in enumerate(cls.STAGES, start=1):
+    for block in range(num_blocks):
+      ours, theirs = f'blocks/{index}/', f'layer{stage}.{block}.'
+      for k in range(1, convs + 1):
+        names[f'{ours}conv{k}/kernel'] = f'{theirs}conv{k}.weight'
+        names |= {f'{ours}bn{k}/{o}': f'{theirs}bn{k}.{t}' for o, t in _BN_NAMES.items()}
+      if block == 0 and (stage > 1 or cls.BLOCK == 'bottleneck'):  # Shape changes: project.
+        names[f'{ours}proj/kernel'] = f'{theirs}downsample.0.weight'
+        names |= {f'{ours}proj_bn/{o}': f'{theirs}downsample.1.{t}'
+                  for o, t in _BN_NAMES.items()}
+      index += 1
+  return names
+
+
+_UNIT_PARTS = {'a': ('gn1', 'conv1'), 'b': ('gn2', 'conv2'), 'c': ('gn3', 'conv3')}
+
+
+def bit_names(arch: str) -> dict[str, str]:
+  """{our parameter path: the BiT authors' .npz key} for a registered BiT model.
+
+  The .npz files (https://storage.googleapis.com/bit_models/BiT-M-R50x1.npz, ...) name
+  tensors like 'resnet/block2/unit01/a/proj/standardized_conv2d/kernel'; `bit.py` follows
+  their layout, so each maps to one parameter of ours ('blocks/3/proj/kernel').
+  """
+  from vision_jax import models  # pylint: disable=g-import-not-at-top
+  from vision_jax.models import bit  # pylint: disable=g-import-not-at-top
+  known = [m for m in models.list_models() if m.startswith('bit_')]
+  if arch not in known or not issubclass(models.model_class(arch), bit.BiTResNet):
+    raise ConversionError(f'--arch={arch} is not a BiT model; use one of {", ".join(known)}.')
+  names = {'stem_conv/kernel': 'resnet/root_block/standardized_conv2d/kernel',
+           'final_gn/scale': 'resnet/group_norm/gamma',
+           'final_gn/bias': 'resnet/group_norm/beta',
+           'head/kernel': 'resnet/head/conv2d/kernel',
+           'head/bias': 'resnet/head/conv2d/bias'}
+  index = 0
+  for stage, units in enumerate(models.model_class(arch).STAGES, start=1):
+    for unit in range(1, units + 1):
+      prefix = f'resnet/block{stage}/unit{unit:02d}/'
+      for part, (gn, conv) in _UNIT_PARTS.items():
+        names[f'blocks/{index}/{gn}/scale'] = f'{prefix}{part}/group_norm/gamma'
+        names[f'blocks/{index}/{gn}/bias'] = f'{prefix}{part}/group_norm/beta'
+        names[f'blocks/{index}/{conv}/kernel'] = f'{prefix}{part}/standardized_conv2d/kernel'
+      if unit == 1:
+        names[f'blocks/{index}/proj/kernel'] = f'{prefix}a/proj/standardized_conv2d/kernel'
+      index += 1
+  return names
+
+
+def our_shapes(arch: str, num_classes: int) -> dict[str, tuple[int, ...]]:
+  """{parameter path: shape} of every array (parameters and statistics) of our model."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from vision_jax import models, optim  # pylint: disable=g-import-not-at-top
+  abstract = nnx.eval_shape(lambda: models.create_model(arch, num_classes))
+  leaves = jax.tree_util.tree_flatten_with_path(nnx.state(abstract))[0]
+  return {optim.param_path(p): tuple(x.shape) for p, x in leaves}
+
+
+# ----------------------------------------------------------------------------- converting
+
+def _torch_layout(path: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+  """The shape torchvision stores our array of `shape` at `path` in."""
+  if len(shape) == 4:
+    return (shape[3], shape[2], shape[0], shape[1])  # HWIO -> OIHW.
+  return shape[::-1] if path == 'head/kernel' else shape
+
+
+def _guess_arch(names) -> str | None:
+  """The torchvision ResNet whose stage lengths and block type these tensor names have."""
+  from vision_jax import models  # pylint: disable=g-import-not-at-top
+  stages = tuple(len({n.split('.')[1] for n in names if n.startswith(f'layer{s}.')})
+                 for s in range(1, 5))
+  block = 'bottleneck' if 'layer1.0.conv3.weight' in names else 'basic'
+  for arch in resnet_archs():
+    cls = models.model_class(arch)
+    if cls.STAGES == stages and cls.BLOCK == block:
+      return arch
+  return None
+
+
+def _mismatch(arch: str, missing: list[str], unused: list[str], wrong: list[str]) -> str:
+  """Every tensor that did not fit, in one sentence."""
+  parts = [f'{len(missing)} tensors {arch} needs are missing: {", ".join(missing)}',
+           f'{len(unused)} tensors have no place in {arch}: {", ".join(unused)}',
+           f'{len(wrong)} tensors have another shape: {", ".join(wrong)}']
+  return '; '.join(p for p, found in zip(parts, (missing, unused, wrong)) if found) + '.'
+
+
+def convert_torchvision(weights: Mapping[str, np.ndarray], arch: str,
+                        source: str = 'the file') -> dict[str, np.ndarray]:
+  """torchvision-named arrays -> {our path: array}, each tensor accounted for."""
+  names = torchvision_names(arch)
+  fc = weights.get('fc.weight')
+  num_classes = fc.shape[0] if fc is not None and fc.ndim == 2 else 1000
+  shapes = our_shapes(arch, num_classes)
+  ignored = {n for n in weights if n.endswith('.num_batches_tracked')}
+  missing = [t for t in names.values() if t not in weights]
+  unused = sorted(set(weights) - set(names.values()) - ignored)
+  wrong = [f'{t} {tuple(weights[t].shape)} (wants {_torch_layout(o, shapes[o])})'
+           for o, t in names.items()
+           if t in weights and tuple(weights[t].shape) != _torch_layout(o, shapes[o])]
+  if missing or unused or wrong:
+    guess = _guess_arch(weights)
+    if guess and guess != arch:
+      hint = f'its tensors are those of a {guess}: pass --arch {guess}'
+    elif guess:
+      hint = (f'its names are those of a {arch} but some shapes are not (a ResNeXt or '
+              'wide ResNet has these names with other shapes: not supported)')
+    else:
+      hint = ('it is not a torchvision-layout ResNet at all: only resnet18/34/50/101/152 '
+              "with torchvision's tensor names (as timm's plain resnet* have) convert; "
+              "timm's resnet*d/*s variants, ResNeXt and other families do not")
+    raise ConversionError(f'{source} is not a torchvision {arch} state dict; {hint}. '
+                          + _mismatch(arch, missing, unused, wrong))
+  out = {}
+  for ours, theirs in names.items():
+    value = np.asarray(weights[theirs], np.float32)
+    if value.ndim == 4:
+      value = value.transpose(2, 3, 1, 0)  # OIHW -> HWIO.
+    elif ours == 'head/kernel':
+      value = value.T  # (out, in) -> (in, out).
+    out[ours] = np.ascontiguousarray(value)
+  return out
+
+
+def convert_bit(weights: Mapping[str, np.ndarray], arch: str,
+                source: str = 'the file') -> dict[str, np.ndarray]:
+  """The authors' BiT arrays -> {our path: array}; kernels are HWIO in both, their head a
+  1x1 conv and ours a dense layer, their GroupNorm parameters possibly not 1-D."""
+  names = bit_names(arch)
+  head = weights.get('resnet/head/conv2d/kernel')
+  shapes = our_shapes(arch, head.shape[-1] if head is not None else 21843)
+  missing = [t for t in names.values() if t not in weights]
+  unused = sorted(set(weights) - set(names.values()))
+  out, wrong = {}, []
+  for ours, theirs in names.items():
+    if theirs not in weights:
+      continue
+    value, want = np.asarray(weights[theirs], np.float32), shapes[ours]
+    fits = (value.shape == want if len(want) == 4 else  # Else a reshape will do.
+            value.size == int(np.prod(want)) and value.shape[-1] == want[-1])
+    if fits:
+      out[ours] = value.reshape(want)
+    else:
+      wrong.append(f'{theirs} {value.shape} (wants {want})')
+  if missing or unused or wrong:
+    raise ConversionError(f'{source} is not a BiT {arch} checkpoint (is it one of another '
+                          'depth or width? pass that --arch): '
+                          + _mismatch(arch, missing, unused, wrong))
+  return out
+
+
+# ----------------------------------------------------------------------------- metadata
+
+@dataclasses.dataclass(frozen=True)
+class EvalTransform:
+  """How the weights' authors evaluate them, and the recipe of ours that does it.
+
+  `crop_fraction` is the central share of the shorter side that is kept (torchvision's
+  resize 256 + crop 224: 224 / 256); None means a plain resize of the whole image.
+  Our center_crop cuts the same region and resizes it once, bilinear (PIL, antialiased).
+  """
+  image_size: int
+  crop_fraction: float | None
+  original: str
+
+
+EVAL_TRANSFORMS = {
+    'torchvision_v1': EvalTransform(224, 224 / 256, 'torchvision IMAGENET1K_V1: resize '
+                                    'the shorter side to 256 (bilinear), centre crop 224'),
+    'torchvision_v2': EvalTransform(224, 224 / 232, 'torchvision IMAGENET1K_V2: resize '
+                                    'the shorter side to 232 (bilinear), centre crop 224'),
+    'timm_rsb': EvalTransform(224, 0.95, "timm's ResNet-strikes-back weights (resnet*."
+                              'a1_in1k, a2_in1k, a3_in1k, ...): crop_pct 0.95 at 224 '
+                              '(resize 235), bicubic'),
+    'bit': EvalTransform(224, None, 'BiT: the whole image resized (bilinear)'),
+}
+
+
+def _eval_transform(name: str | None, source: str, image_size: int | None,
+                    crop_fraction: float | None) -> tuple[EvalTransform, str]:
+  """The transform to write, from a preset and/or explicit values, and its description."""
+  if name is None and source == 'bit':
+    name = 'bit'
+  if name is None and crop_fraction is None:
+    raise ConversionError(
+        f'Pass --eval_transform for {source} weights (the file does not say how they were '
+        'evaluated): torchvision_v1 for IMAGENET1K_V1 weights, torchvision_v2 for '
+        'IMAGENET1K_V2, timm_rsb for timm\'s resnet*.a1_in1k-style weights, or '
+        "--crop_fraction=<timm's crop_pct> for any other.")
+  if name is not None and name not in EVAL_TRANSFORMS:
+    raise ConversionError(f'--eval_transform={name!r} is unknown; use one of '
+                          f'{", ".join(EVAL_TRANSFORMS)}.')
+  base = EVAL_TRANSFORMS[name] if name else EvalTransform(224, None, 'given on the command '
+                                                          'line')
+  if crop_fraction is not None and not 0 < crop_fraction <= 1:
+    raise ConversionError(f'--crop_fraction={crop_fraction}: use a value in (0, 1].')
+  if image_size is not None and image_size < 1:
+    raise ConversionError(f'--image_size={image_size}: use a positive size.')
+  chosen = dataclasses.replace(
+      base, image_size=image_size or base.image_size,
+      crop_fraction=crop_fraction if crop_fraction is not None else base.crop_fraction)
+  if chosen.crop_fraction is None:
+    ours = f'resize to {chosen.image_size} (bilinear)'
+  else:
+    ours = (f'center_crop: the central {chosen.crop_fraction:.4f} of the shorter side, '
+            f'resized once to {chosen.image_size} (bilinear)')
+  note = (f'ours: {ours}; the weights\' own: {base.original}.'
+          + (' Our resize is bilinear only, so bicubic-evaluated weights see slightly '
+             'different pixels.' if 'bicubic' in base.original else ''))
+  return chosen, note
+
+
+def imagenet_synsets() -> list[str] | None:
+  """The 1,000 ImageNet-1k WordNet ids in label order, from the labels.txt that
+  tensorflow-datasets ships for imagenet2012 (found without importing tfds), or None.
+
+  torchvision and timm index their classes by the sorted synsets, as this file does, and
+  it is what tfds's imagenet2012 calls its classes, so `--mode=eval` compares like labels.
+  """
+  spec = importlib.util.find_spec('tensorflow_datasets')
+  for root in (spec.submodule_search_locations or []) if spec else []:
+    path = os.path.join(root, 'datasets', 'imagenet2012', 'labels.txt')
+    if os.path.exists(path):
+      with open(path) as f:
+        names = [line.strip() for line in f if line.strip()]
+      return names if len(names) == 1000 else None
+  return None
+
+
+def class_names(path: str | None, num_classes: int) -> tuple[list[str], str]:
+  """(class names, where they come from): --class_names, else ImageNet synsets for a
+  1,000-way head, else the indices."""
+  if path:
+    try:
+      with open(path) as f:
+        names = [line.strip() for line in f.read().splitlines()]
+    except OSError as e:
+      raise ConversionError(f'--class_names={path} cannot be read ({e.strerror}).') from e
+    while names and not names[-1]:
+      names.pop()
+    if len(names) != num_classes:
+      raise ConversionError(f'--class_names={path} has {len(names)} lines; the weights\' '
+                            f'head has {num_classes} classes. Pass one name per line, in '
+                            'class-index order.')
+    return names, path
+  if num_classes == 1000:
+    synsets = imagenet_synsets()
+    if synsets:
+      return synsets, ('ImageNet-1k WordNet ids (tensorflow_datasets imagenet2012 '
+                       'labels.txt); pass --class_names for readable names')
+  return [str(i) for i in range(num_classes)], 'class indices (no names given)'
+
+
+# ----------------------------------------------------------------------------- the workdir
+
+def make_config(arch: str, transform: EvalTransform, mean: tuple[float, ...],
+                std: tuple[float, ...]):
+  """A full run config for the converted model: base_config with the model, the
+  normalisation and eval transform of the weights, and ImageNet's validation split."""
+  from vision_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  config = config_lib.base_config()
+  config.model.name = arch
+  ds = config.dataset
+  ds.name, ds.train_split, ds.eval_splits = 'imagenet2012', 'train', ('validation',)
+  ds.image_size, ds.channels = transform.image_size, 3
+  ds.mean, ds.std = tuple(mean), tuple(std)
+  if transform.crop_fraction is None:
+    ds.preprocess = ds.eval_preprocess = 'resize'
+  else:
+    ds.preprocess, ds.eval_preprocess = 'inception', 'center_crop'
+    ds.crop_fraction = transform.crop_fraction
+  # Only used if training continues in this workdir: SGD with momentum (zero momentum in
+  # the checkpoint), as torchvision's ResNet recipe.
+  config.optim.name, config.optim.momentum, config.optim.learning_rate = 'sgd', 0.9, 0.1
+  return config
+
+
+def _check_output(output: str) -> str:
+  output = os.path.abspath(os.path.expanduser(output))
+  if os.path.exists(output) and (not os.path.isdir(output) or os.listdir(output)):
+    raise ConversionError(f'--output={output} exists and is not an empty directory; the '
+                          'conversion never overwrites a workdir. Pass a new directory.')
+  return output
+
+
+def place_arrays(arrays: Mapping[str, np.ndarray], params, rest):
+  """(params, rest) with each array of `arrays` at its parameter path ('blocks/0/conv1/
+  kernel', 'stem_bn/mean'), in the target leaf's dtype and sharding. Works on any pytree
+  layout `optim.param_path` reads; every parameter must get a value and every array a
+  place (`rest` may keep leaves that are no weights, e.g. a dropout RNG state)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from vision_jax import optim  # pylint: disable=g-import-not-at-top
+  placed, unplaced = set(), []
+
+  def put(trainable: bool):
+    def fn(path, leaf):
+      name = optim.param_path(path)
+      if name not in arrays:
+        if trainable:
+          unplaced.append(name)
+        return leaf
+      if tuple(arrays[name].shape) != tuple(leaf.shape):
+        raise ConversionError(f'Internal: {name} is {arrays[name].shape}, the model wants '
+                              f'{leaf.shape}.')
+      placed.add(name)
+      return jax.device_put(np.asarray(arrays[name], leaf.dtype),
+                            getattr(leaf, 'sharding', None))
+    return fn
+
+  params = jax.tree_util.tree_map_with_path(put(True), params)
+  rest = jax.tree_util.tree_map_with_path(put(False), rest)
+  if unplaced or placed != set(arrays):
+    raise ConversionError(f'Internal: parameters without a converted value {unplaced}, '
+                          f'converted arrays without a place {sorted(set(arrays) - placed)}.')
+  return params, rest
+
+
+def write_workdir(arrays: Mapping[str, np.ndarray], config, dataset: dict,
+                  provenance: dict, output: str) -> str:
+  """Writes config.json, dataset.json, conversion.json and checkpoints/0 into `output`.
+
+  The state is the one `train_state.create` builds for `config` (so it restores exactly
+  as a trained run's does), with every array of `arrays` placed at its parameter path.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from vision_jax import checkpoint, parallel  # pylint: disable=g-import-not-at-top
+  from vision_jax import train_state  # pylint: disable=g-import-not-at-top
+  output = _check_output(output)
+  build = config.copy_and_resolve_references()
+  with build.unlocked():
+    build.model.fast_cpu_ops = 'off'  # The same state; no oneDNN bridge built to convert.
+  mesh = parallel.make_mesh(build)
+  _, state, tx, _, shardings = train_state.create(
+      build, mesh, num_classes=dataset['num_classes'], image_size=dataset['image_size'],
+      in_channels=dataset['channels'], steps_per_epoch=1)
+  params, rest = place_arrays(arrays, state.params, state.rest)
+  opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
+  state = state.replace(params=params, rest=rest, opt_state=opt_state)
+  ckpt = checkpoint.Checkpointer(output, keep=config.checkpoint.keep, async_save=False)
+  ckpt.save(0, state, {'next_step': 0, 'seed': config.seed,
+                       'global_batch': config.train.batch_size})
+  ckpt.wait()
+  ckpt.close()
+  for name, obj in (('dataset.json', dataset), ('conversion.json', provenance)):
+    with open(os.path.join(output, name), 'w') as f:
+      json.dump(obj, f, indent=2)
+  with open(os.path.join(output, 'config.json'), 'w') as f:  # Last: the workdir is whole.
+    f.write(config.to_json_best_effort(indent=2))
+  return output
+
+
+def convert(source: str, arch: str, weights_path: str, output: str, *,
+            eval_transform: str | None = None, image_size: int | None = None,
+            crop_fraction: float | None = None, class_names_path: str | None = None) -> dict:
+  """The whole conversion; returns the provenance written to conversion.json."""
+  if source not in SOURCES:
+    raise ConversionError(f'Unknown source {source!r}; use one of {", ".join(SOURCES)}.')
+  transform, note = _eval_transform(eval_transform, source, image_size, crop_fraction)
+  output = _check_output(output)  # Before the slow part: fail fast.
+  weights = read_weights(weights_path)
+  if source == 'bit':
+    arrays = convert_bit(weights, arch, weights_path)
+    mean = std = (0.5, 0.5, 0.5)  # BiT maps pixels to [-1, 1].
+  else:
+    arrays = convert_torchvision(weights, arch, weights_path)
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
+  num_classes = int(arrays['head/bias'].shape[0])
+  names, names_from = class_names(class_names_path, num_classes)
+  config = make_config(arch, transform, mean, std)
+  ds = config.dataset
+  dataset = {'num_classes': num_classes, 'image_size': transform.image_size, 'channels': 3,
+             'class_names': names, 'mean': list(mean), 'std': list(std), 'num_train': 0,
+             'eval_sizes': {}, 'eval_preprocess': ds.eval_preprocess,
+             'crop_fraction': ds.crop_fraction, 'eval_transform': note}
+  provenance = {'source': source, 'weights': os.path.abspath(weights_path), 'arch': arch,
+                'tensors_read': len(weights), 'arrays_written': len(arrays),
+                'ignored': sorted(n for n in weights if n.endswith('.num_batches_tracked')),
+                'eval_transform': eval_transform, 'eval_transform_note': note,
+                'class_names': names_from}
+  write_workdir(arrays, config, dataset, provenance, output)
+  return provenance
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(
+      prog='python -m vision_jax.convert', description=__doc__.split('\n\n')[0])
+  parser.add_argument('source', choices=SOURCES, help='Whose weights these are.')
+  parser.add_argument('--arch', required=True, help='Our model: resnet18/34/50/101/152 '
+                      '(torchvision, timm) or bit_r50x1/bit_r50x3/bit_r101x1 (bit).')
+  parser.add_argument('--weights', required=True, help='.safetensors, .pth/.pt or BiT .npz.')
+  parser.add_argument('--output', required=True, help='New workdir to write.')
+  parser.add_argument('--eval_transform', choices=sorted(EVAL_TRANSFORMS), default=None,
+                      help='How the weights are evaluated (required for torchvision/timm '
+                      'unless --crop_fraction is given).')
+  parser.add_argument('--image_size', type=int, default=None, help='Input size (224).')
+  parser.add_argument('--crop_fraction', type=float, default=None,
+                      help="Central share of the shorter side kept (timm's crop_pct).")
+  parser.add_argument('--class_names', default=None, help='File with one name per line.')
+  args = parser.parse_args(argv)
+  try:
+    provenance = convert(args.source, args.arch, args.weights, args.output,
+                         eval_transform=args.eval_transform, image_size=args.image_size,
+                         crop_fraction=args.crop_fraction, class_names_path=args.class_names)
+  except UserError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  output = os.path.abspath(os.path.expanduser(args.output))
+  print(f'Converted {provenance["arrays_written"]} arrays of {args.weights} into {output} '
+        f'({provenance["eval_transform_note"]}). Use it with: python -m vision_jax.main '
+        f'--mode=eval|predict|export --workdir {output}, or as '
+        f'--config.init_from.checkpoint={output}.')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
