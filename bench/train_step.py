@@ -2,12 +2,13 @@
 
 For each model, these contenders run the same architecture, batch, loss (softmax
 cross-entropy) and optimiser (SGD, momentum 0.9, fp32) on the same number of threads:
-  ours       vision_jax model with the CPU fast path (`fast_cpu_ops=True`): oneDNN's
-             convolutions where built (vision_jax/ops/onednn.py), our gradients around them,
-             BatchNorm with its hand-written gradient (vision_jax/ops/batch_norm.py)
-  ours_flax_bn  the same with Flax's BatchNorm (autodiff), to show what that one is worth
+  ours       the training loop's own jitted step (`steps.jit_train_step`, SGD with
+             momentum, constant lr) on the CPU fast path (`config.model.fast_cpu_ops`):
+             oneDNN's convolutions where built (vision_jax/ops/onednn.py), our gradients
+             around them, BatchNorm with its hand-written gradient (ops/batch_norm.py)
+  ours_plain_bn  the same with BatchNorm's plain formula (autodiff), to show what that is worth
   ours_eigen the fast path without oneDNN (XLA's convolutions, our gradients)
-  ours_xla   the same model on XLA's own convolution / pooling gradients
+  ours_xla   the same step on XLA's own ops (what a GPU or TPU runs)
   torch_cl   PyTorch, channels_last (the faster PyTorch layout on CPU: the reference)
   torch      PyTorch, NCHW
 They run interleaved in one process (round r runs every contender for `--steps` steps) so
@@ -31,22 +32,17 @@ import time
 from typing import Callable
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
-from vision_jax import host_memory  # pylint: disable=g-import-not-at-top
 
-# `--keep_host_memory` sets the process up as `vision_jax.main --keep_host_memory` does
-# (before any thread allocates). Both frameworks run in it, so both gain from it.
-if '--keep_host_memory' in sys.argv:
-  host_memory.keep_freed_memory()
+import dataclasses  # pylint: disable=g-import-not-at-top,g-bad-import-order
+import functools  # pylint: disable=g-import-not-at-top,g-bad-import-order
 
 import jax  # pylint: disable=g-import-not-at-top,g-bad-import-order
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,g-bad-import-order
 import numpy as np  # pylint: disable=g-import-not-at-top,g-bad-import-order
-import optax  # pylint: disable=g-import-not-at-top,g-bad-import-order
-from flax import nnx  # pylint: disable=g-import-not-at-top,g-bad-import-order
 
-from vision_jax import ops, parallel  # pylint: disable=g-import-not-at-top
-from vision_jax.models import create_model, layers  # pylint: disable=g-import-not-at-top
-from vision_jax.ops import conv, per_shard  # pylint: disable=g-import-not-at-top
+from vision_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+from vision_jax import ops, parallel, steps, train_state  # pylint: disable=g-import-not-at-top
+from vision_jax.ops import conv  # pylint: disable=g-import-not-at-top
 
 import torch  # pylint: disable=g-import-not-at-top,g-bad-import-order
 from torch import nn  # pylint: disable=g-import-not-at-top,g-bad-import-order
@@ -148,66 +144,51 @@ def torch_model(name: str, image_size: int) -> nn.Module:
 
 
 # ---------------------------------------------------------------- step builders
-def ours_step(name: str, image_size: int, batch: int, fast: bool, seed: int = 0,
-              onednn: bool = True, fast_batch_norm: bool = True
+def _kernels(contender: str, mesh: jax.sharding.Mesh) -> ops.Kernels:
+  if contender == 'ours_xla':
+    return ops.XLA
+  fast = ops.choose('on', platform='cpu', mesh=mesh)
+  if contender == 'ours_plain_bn':
+    return dataclasses.replace(fast, batch_norm_train=None)
+  if contender == 'ours_eigen':
+    return dataclasses.replace(fast, conv=functools.partial(
+        conv.conv_general_dilated, mesh=mesh, use_onednn=False))
+  return fast
+
+
+def ours_step(name: str, image_size: int, batch: int, contender: str, seed: int = 0
               ) -> tuple[Callable[[], None], float, int]:
-  """A jitted SGD step as the training loop runs it: (run one step, compile s, #params).
+  """The training loop's jitted step on `contender`'s kernels: (run one step, compile s,
+  #params).
 
-  Over every jax device: with `--cpu_devices N` the batch is split over N CPU devices (data
-  parallel, as `parallel.make_mesh` does it) and the fast ops run per device (`per_shard`).
+  Over every jax device: with `--cpu_devices N` the batch is split over N CPU devices
+  (data parallel, as `parallel.make_mesh` lays them out) and the fast ops run per device.
   """
-  kwargs = {'image_size': image_size} if name == 'convnet' else {}
-  model = create_model(name, NUM_CLASSES, rngs=nnx.Rngs(seed), fast_cpu_ops=fast, **kwargs)
-  for _, module in nnx.iter_modules(model):
-    if isinstance(module, layers.BatchNorm):
-      module.fast = fast and fast_batch_norm
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  tx = optax.sgd(LR, momentum=MOMENTUM)
-  opt_state = tx.init(params)
+  config = config_lib.base_config()
+  config.seed, config.model.name = seed, name
+  config.optim.update(name='sgd', momentum=MOMENTUM, learning_rate=LR, schedule='constant',
+                      warmup_steps=0, weight_decay=0.0)
+  config.train.batch_size = batch
+  mesh = parallel.make_mesh(config)
+  graphdef, state, tx, schedule, shardings = train_state.create(
+      config, mesh, num_classes=NUM_CLASSES, image_size=image_size, in_channels=3,
+      steps_per_epoch=1, kernels=_kernels(contender, mesh))
+  step = steps.jit_train_step(config, graphdef, tx, schedule, mean=(0.5,) * 3,
+                              std=(0.5,) * 3, num_classes=NUM_CLASSES, mesh=mesh,
+                              state_shardings=shardings)
   rng = np.random.default_rng(seed)
-  images = jnp.asarray(rng.random((batch, image_size, image_size, 3), np.float32))
-  labels = jnp.asarray(rng.integers(0, NUM_CLASSES, batch))
-  mesh = jax.sharding.Mesh(np.asarray(jax.devices()).reshape(-1, 1), parallel.AXES)
-  images, labels = jax.device_put((images, labels), parallel.batch_sharding(mesh))
-  params, rest, opt_state = jax.device_put((params, rest, opt_state),
-                                           parallel.replicated(mesh))
-
-  # Like the training loop (train.jit_train_step), the step takes and returns the state's
-  # leaves: passing nnx Variables costs Python per Variable on every call.
-  treedef = jax.tree.structure((params, rest, opt_state))
-
-  def step(leaves, images, labels):
-    params, rest, opt_state = jax.tree.unflatten(treedef, leaves)
-    model = nnx.merge(graphdef, params, rest)
-
-    def loss_fn(model):
-      logits = model(images, train=True)
-      return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-
-    loss, grads = nnx.value_and_grad(loss_fn)(model)
-    _, params, rest = nnx.split(model, nnx.Param, ...)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return jax.tree.leaves((optax.apply_updates(params, updates), rest, opt_state)), loss
-
+  host = {'image': rng.integers(0, 256, (batch, image_size, image_size, 3), dtype=np.uint8),
+          'label': rng.integers(0, NUM_CLASSES, batch).astype(np.int32)}
+  images = parallel.to_global(host, mesh)
   start = time.perf_counter()
-  # Max-pools follow the switch active at trace time; fast ops run per batch shard.
-  saved = dict(conv.FORCE)
-  conv.FORCE.update({} if onednn else {'impl': 'xla'})  # Read while tracing.
-  try:
-    with layers.fast_cpu_ops(fast), per_shard.batch_parallel(mesh):
-      lowered = jax.jit(step, donate_argnums=0).lower(
-          jax.tree.leaves((params, rest, opt_state)), images, labels)
-  finally:
-    conv.FORCE.clear()
-    conv.FORCE.update(saved)
-  compiled = lowered.compile(ops.cpu_compiler_options())
+  compiled = step.lower(state, images).compile()
   compile_s = time.perf_counter() - start
-  state = [jax.tree.leaves((params, rest, opt_state))]
-  num_params = sum(x.size for x in jax.tree.leaves(params))
+  held = [state]
+  num_params = sum(x.size for x in jax.tree.leaves(state.params))
 
   def run() -> None:
-    state[0], loss = compiled(state[0], images, labels)
-    loss.block_until_ready()  # Also keeps XLA:CPU from queueing steps: time each one.
+    held[0], metrics = compiled(held[0], images)
+    metrics['loss'].block_until_ready()  # Also keeps XLA:CPU from queueing steps.
 
   return run, compile_s, num_params
 
@@ -240,9 +221,7 @@ def bench_model(name: str, batch: int, rounds: int, steps: int, warmup: int,
   info = []
   for c in contenders:
     if c.startswith('ours'):
-      runs[c], compile_s, n = ours_step(registry_name, image_size, batch, c != 'ours_xla',
-                                        onednn=c in ('ours', 'ours_flax_bn'),
-                                        fast_batch_norm=c != 'ours_flax_bn')
+      runs[c], compile_s, n = ours_step(registry_name, image_size, batch, c)
       info.append(f'{c}: compile {compile_s:.1f} s, {n:,} params')
     else:
       runs[c], n = torch_step(name, image_size, batch, c == 'torch_cl')
@@ -273,7 +252,7 @@ def bench_model(name: str, batch: int, rounds: int, steps: int, warmup: int,
     result['ratio_best'] = best['ours'] / best[ref]
     print(f'  ratio ours/{ref}: {result["ratio"]:.2f} (medians), '
           f'{result["ratio_best"]:.2f} (best rounds)', flush=True)
-  extra = {'ours_flax_bn': 'ours_flax_bn_img_s', 'ours_eigen': 'ours_eigen_img_s',
+  extra = {'ours_plain_bn': 'ours_plain_bn_img_s', 'ours_eigen': 'ours_eigen_img_s',
            'ours_xla': 'ours_xla_img_s', 'torch': 'torch_nchw_img_s'}
   extra.pop(ref, None)
   result.update({extra[c]: v for c, v in img_s.items() if c in extra})
@@ -291,14 +270,12 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument('--warmup', type=int, default=3,
                       help='untimed steps first (compilation, the heap settling)')
   parser.add_argument('--contenders',
-                      default='ours,ours_flax_bn,ours_eigen,ours_xla,torch_cl,torch')
+                      default='ours,ours_plain_bn,ours_eigen,ours_xla,torch_cl,torch')
   parser.add_argument('--threads', type=int, default=os.cpu_count() or 1,
                       help='PyTorch threads; XLA:CPU uses every core')
   parser.add_argument('--cpu_devices', type=int, default=1,
                       help='split the host into this many XLA:CPU devices, data parallel')
   parser.add_argument('--json', action='store_true', help='end with one JSON line')
-  parser.add_argument('--keep_host_memory', action='store_true',
-                      help='keep freed memory in one glibc heap (host_memory.py)')
   args = parser.parse_args(argv)
   jax.config.update('jax_num_cpu_devices', args.cpu_devices)  # Before the backend starts.
   torch.set_num_threads(args.threads)
@@ -309,8 +286,7 @@ def main(argv: list[str] | None = None) -> None:
   contenders = [c for c in args.contenders.split(',') if c]
   print(f'jax {jax.__version__} ({jax.default_backend()}, {jax.device_count()} devices), '
         f'torch {torch.__version__} '
-        f'({torch.get_num_threads()} threads), {os.cpu_count()} cores, malloc '
-        f'{"keeps freed memory" if args.keep_host_memory else "default"}, '
+        f'({torch.get_num_threads()} threads), {os.cpu_count()} cores, '
         f'load {os.getloadavg()[0]:.2f}', flush=True)
   results = {}
   for name in names:

@@ -29,22 +29,30 @@ def run_cli(args: list[str], data_dir: str, *, env: dict | None = None,
                         env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
-def lower_digits_train_step(batch_size: int):
-  """The training loop's own jitted step (train.jit_train_step) for the digits default
-  config and a zero batch of `batch_size` 8x8 images, lowered (not run)."""
+def loop_train_step(config, *, image_size: int, channels: int, num_classes: int = 10,
+                    platform: str | None = None):
+  """(the training loop's own jitted step for `config`, its initial state) on one device,
+  the model built on the kernels `platform` would use (default: this backend)."""
   # pylint: disable=g-import-not-at-top
   import jax
-  import jax.numpy as jnp
-  from vision_jax import config as config_lib, parallel, train, train_state
-  from vision_jax.data import input_pipeline
-  config = config_lib.base_config()
+  from vision_jax import parallel, steps, train_state
   mesh = parallel.make_mesh(config, jax.devices()[:1])
   graphdef, state, tx, schedule, shardings = train_state.create(
-      config, mesh, num_classes=10, image_size=8, in_channels=1, steps_per_epoch=10)
-  data = input_pipeline.Data(train=None, evals={}, num_train=10, eval_sizes={},
-                             num_classes=10, image_size=8, channels=1, mean=(0.5,),
-                             std=(0.5,), class_names=[], num_threads=0)
-  step = train.jit_train_step(config, graphdef, tx, schedule, data, mesh, shardings)
+      config, mesh, num_classes=num_classes, image_size=image_size, in_channels=channels,
+      steps_per_epoch=10, platform=platform)
+  step = steps.jit_train_step(config, graphdef, tx, schedule, mean=(0.5,) * channels,
+                              std=(0.5,) * channels, num_classes=num_classes, mesh=mesh,
+                              state_shardings=shardings)
+  return step, state
+
+
+def lower_digits_train_step(batch_size: int):
+  """The training loop's own jitted step (steps.jit_train_step) for the digits default
+  config and a zero batch of `batch_size` 8x8 images, lowered (not run)."""
+  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp
+  from vision_jax import config as config_lib
+  step, state = loop_train_step(config_lib.base_config(), image_size=8, channels=1)
   batch = {'image': jnp.zeros((batch_size, 8, 8, 1), jnp.uint8),
            'label': jnp.zeros((batch_size,), jnp.int32)}
   return step.lower(state, batch)

@@ -2,7 +2,6 @@
 damaged checkpoints are never used silently, a NaN never reaches a checkpoint."""
 import json
 import os
-import random
 import shutil
 import signal
 import subprocess
@@ -57,9 +56,10 @@ def uninterrupted(tmp_path_factory, data_dir):
   return workdir
 
 
-def test_sigkill_then_resume_is_bit_identical(tmp_path, data_dir, uninterrupted):
+@pytest.mark.parametrize('kill_after', [25, 125])
+def test_sigkill_then_resume_is_bit_identical(tmp_path, data_dir, uninterrupted, kill_after):
+  """Killed once a checkpoint exists (early, and late in the run), then resumed."""
   workdir = tmp_path / 'killed'
-  kill_after = random.choice([25, 75, 125])
   with open(tmp_path / 'log1', 'w') as log:
     proc = _start(RUN, workdir, data_dir, log)
     _wait_for_checkpoint(proc, workdir, kill_after)

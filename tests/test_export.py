@@ -76,3 +76,32 @@ def test_loader_rejects_images_of_another_shape(exported):
   served = export.load(str(exported[0] / 'export'))
   with pytest.raises(ValueError, match=r'uint8 images of shape \(N, 8, 8, 1\)'):
     served(np.zeros((2, 8, 8, 3), np.uint8))
+
+
+def test_metadata_states_the_runs_own_eval_preprocessing(exported, tmp_path, data_dir):
+  """A center_crop run's export says center_crop with its crop fraction (not 'resize'),
+  and Served.prepare applies it: the served logits of a larger image equal predict's."""
+  from PIL import Image
+  workdir, _ = exported
+  meta = json.loads((workdir / 'export' / 'metadata.json').read_text())
+  assert meta['input']['preprocessing']['recipe'] == 'resize'
+  crop = copy_run(workdir, tmp_path / 'crop')
+  dataset = json.loads((crop / 'dataset.json').read_text())
+  dataset.update(eval_preprocess='center_crop', crop_fraction=0.5)  # As such a run writes.
+  (crop / 'dataset.json').write_text(json.dumps(dataset))
+  proc = run_cli(['--mode=export', '--workdir', str(crop)], data_dir)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  from vision_jax import export
+  served = export.load(str(crop / 'export'))
+  spec = served.metadata['input']['preprocessing']
+  assert spec['recipe'] == 'center_crop' and spec['crop_fraction'] == 0.5
+  assert 'central 8x8' in spec['description']
+  image = np.random.default_rng(1).integers(0, 256, (24, 20, 1), np.uint8)
+  Image.fromarray(image[..., 0]).save(tmp_path / 'big.png')
+  out = tmp_path / 'preds.json'
+  proc = run_cli(['--mode=predict', '--workdir', str(crop), '--images',
+                  str(tmp_path / 'big.png'), '--top_k=10', '--output', str(out)], data_dir)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  predicted = {t['index']: t['probability'] for t in json.loads(out.read_text())[0]['top_k']}
+  probs = served.probabilities(served.prepare(image))
+  np.testing.assert_allclose([predicted[i] for i in range(10)], probs, atol=1e-5)

@@ -81,3 +81,22 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path, data_dir):
                          f'--config.init_from.checkpoint={tmp_path / "nothing"}'], data_dir)
   assert proc.returncode == 2
   assert 'does not exist' in proc.stderr and 'Traceback' not in proc.stderr
+
+
+def test_fine_tune_on_one_device_from_an_fsdp_checkpoint_of_eight(tmp_path, data_dir):
+  """A checkpoint saved FSDP-sharded over 8 devices is read whole (from its own metadata)
+  into a 1-device run: same weights, whatever sharding it was saved with."""
+  sharded = tmp_path / 'fsdp8'
+  proc = run_cli(BASE + ['--workdir', str(sharded), '--config.train.steps=10',
+                         '--config.checkpoint.every_steps=10', '--config.mesh.fsdp=8',
+                         '--config.mesh.fsdp_min_mib=0'], data_dir,
+                 env={'XLA_FLAGS': '--xla_force_host_platform_device_count=8'})
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'FSDP over 8 devices' in proc.stderr
+  tuned = tmp_path / 'one'
+  proc = run_cli(BASE + ['--workdir', str(tuned), '--config.train.steps=6',
+                         f'--config.init_from.checkpoint={sharded}'], data_dir)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  report = json.loads((tuned / 'init_report.json').read_text())
+  assert report['counts']['loaded'] == 6
+  np.testing.assert_array_equal(_params(tuned)['fc1/kernel'].shape, (512, 1024))

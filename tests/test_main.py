@@ -1,10 +1,12 @@
 """The real entry point, end to end, and its answers to bad input."""
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
-from conftest import run_cli
+from conftest import REPO, run_cli
 
 SHORT = ['--config', 'configs/default.py', '--config.train.steps=30',
          '--config.train.log_every=10', '--config.train.eval_every=20',
@@ -111,3 +113,19 @@ def test_missing_config_file(tmp_path, data_dir):
   proc = run_cli(['--config', 'configs/nope.py', '--workdir', str(tmp_path)], data_dir)
   assert proc.returncode == 2
   assert 'configs/nope.py' in proc.stderr and 'Traceback' not in proc.stderr
+
+
+def test_jaxlib_warnings_and_errors_stay_visible():
+  """main.py quiets TensorFlow's INFO lines only: TF_CPP_MIN_LOG_LEVEL is read by jaxlib's
+  C++ logging too, and at 3 it hid XLA's errors (here: a dump directory it cannot create;
+  on a GPU an out-of-memory report or NCCL's warnings)."""
+  code = ('import vision_jax.main\nimport jax, jax.numpy as jnp\n'
+          'jax.jit(lambda x: x + 1)(jnp.ones(2)).block_until_ready()\n'
+          'import tensorflow_datasets\n')
+  env = {k: v for k, v in os.environ.items() if k != 'TF_CPP_MIN_LOG_LEVEL'}
+  env.update(JAX_PLATFORMS='cpu', XLA_FLAGS='--xla_dump_to=/proc/vision_jax_cannot_dump')
+  proc = subprocess.run([sys.executable, '-c', code], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert 'vision_jax_cannot_dump' in proc.stderr  # XLA's own error line.
+  assert 'oneDNN custom operations are on' not in proc.stderr  # TF's INFO line.

@@ -112,7 +112,7 @@ def test_without_it_xla_convolutions_give_the_same_gradients(env, warned, tmp_pa
 
 @needs_onednn
 def test_the_training_loops_own_step_calls_it():
-  """train.jit_train_step, as the CLI builds it for the digits default (batch 128): the
+  """steps.jit_train_step, as the CLI builds it for the digits default (batch 128): the
   second conv (302 MFLOP) runs forward, input and weight gradient on oneDNN, the first
   (9 MFLOP) on XLA."""
   from conftest import lower_digits_train_step  # pylint: disable=g-import-not-at-top

@@ -26,7 +26,7 @@ from vision_jax.errors import ConfigError
 _STEPS_SCRIPT = r'''
 import json, sys
 import jax, numpy as np
-from vision_jax import config as config_lib, evaluate, models, parallel, steps, train_state
+from vision_jax import config as config_lib, models, parallel, steps, train_state
 from vision_jax.models import resnet
 
 class TinyResNet(resnet.ResNet):
@@ -62,7 +62,7 @@ def run(num_devices, data, fsdp, num_steps=3, batch=16, fast=False, accum=1):
   leaves = jax.tree_util.tree_leaves_with_path(state.params)
   mu = jax.tree.leaves(state.opt_state)
   # The eval step as training and --mode=eval jit it: every device gets its rows.
-  eval_step = evaluate.jit_eval_step(graphdef, mean=(0.5,) * 3, std=(0.5,) * 3, mesh=mesh,
+  eval_step = steps.jit_eval_step(graphdef, mean=(0.5,) * 3, std=(0.5,) * 3, mesh=mesh,
                                      state_shardings=shardings)
   eval_batch = {'image': spec, 'label': jax.ShapeDtypeStruct((batch,), np.int32),
                 'mask': jax.ShapeDtypeStruct((batch,), np.float32)}

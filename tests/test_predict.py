@@ -122,3 +122,17 @@ def test_folders_expand_recursively_in_sorted_order(tmp_path):
   assert [i.path for i in items] == [str(tmp_path / n) for n in ('a.JPG', 'b/2.png', 'c.png',
                                                                  'empty')]
   assert items[-1].error.startswith('folder has no image files')
+
+
+def test_several_images_after_one_flag_a_glob_and_repeated_flags(run_dir, digit_dir,
+                                                                 tmp_path, data_dir):
+  """`--images a.png b.png` (what a shell glob expands to) and repeated --images: every
+  path is predicted, in the given order. Elsewhere a stray argument is still refused."""
+  files = [str(f) for f in sorted(digit_dir.iterdir())[:4]]
+  out = tmp_path / 'preds.json'
+  proc = run_cli(['--mode=predict', '--workdir', str(run_dir), '--output', str(out),
+                  '--images', files[0], files[1], '--images', files[2], files[3]], data_dir)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert [p['image'] for p in json.loads(out.read_text())] == files
+  stray = run_cli(['--mode=eval', '--workdir', str(run_dir), 'extra.png'], data_dir)
+  assert stray.returncode == 2 and 'Unexpected arguments: extra.png' in stray.stderr

@@ -10,27 +10,16 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Callable, Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import jax
 import ml_collections
 import numpy as np
 from absl import logging
-from flax import nnx
 from jax.sharding import Mesh
 
-from vision_jax import ops
 from vision_jax import parallel
 from vision_jax import steps
-
-
-def jit_eval_step(graphdef: nnx.GraphDef, *, mean: Sequence[float], std: Sequence[float],
-                  mesh: Mesh, state_shardings: Any) -> Callable:
-  """The eval step jitted over `mesh`: the batch split over every device, as in training."""
-  return jax.jit(steps.make_eval_step(graphdef, mean=mean, std=std),
-                 in_shardings=(state_shardings, parallel.batch_sharding(mesh)),
-                 out_shardings=parallel.replicated(mesh),
-                 compiler_options=ops.compiler_options())
 
 
 def collect(eval_step: Callable, state, batches: Iterable, mesh: Mesh) -> dict[str, np.ndarray]:
@@ -166,7 +155,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         f'{data.channels} channels; the run in {workdir} was trained on '
         f'{loaded.num_classes} and {loaded.image_shape[2]}. Evaluate on the dataset it was '
         'trained on.')
-  eval_step = jit_eval_step(loaded.graphdef, mean=loaded.mean, std=loaded.std,
+  eval_step = steps.jit_eval_step(loaded.graphdef, mean=loaded.mean, std=loaded.std,
                             mesh=loaded.mesh,
                             state_shardings=jax.tree.map(lambda x: x.sharding, loaded.state))
   logging.info('Evaluating checkpoint %d of %s on %s.', loaded.step, workdir, list(data.evals))

@@ -15,7 +15,12 @@ writes W/export/:
 
 Weights travel next to the function rather than inside it as constants, so the StableHLO
 stays small and a 100 MB ResNet does not become a 100 MB program. `load(dir)` needs only
-jax, numpy and json: none of vision_jax's training code, flax or TensorFlow.
+jax, numpy and PIL: none of vision_jax's training code, flax or TensorFlow.
+
+The function takes images at the model's input size. Getting them there is the client's
+part, and metadata.json states it exactly: the run's own eval preprocessing (`resize`, or
+`center_crop` with its crop fraction), which `Served.prepare` applies to one image of any
+size as evaluation did.
 """
 from __future__ import annotations
 
@@ -47,6 +52,16 @@ class Served:
     self._call = jax.jit(exported.call)
     self.input_shape = tuple(self.metadata['input']['shape'][1:])
     self.class_names: list[str] = self.metadata['class_names']
+
+  def prepare(self, image: np.ndarray) -> np.ndarray:
+    """One HWC uint8 image of any size -> the model's input, by the run's eval
+    preprocessing (metadata['input']['preprocessing'])."""
+    from vision_jax.data import preprocess  # pylint: disable=g-import-not-at-top
+    spec = self.metadata['input']['preprocessing']
+    fn = preprocess.make_preprocess(spec['recipe'], self.input_shape[0], train=False,
+                                    crop_fraction=spec['crop_fraction'],
+                                    channels=spec.get('convert_channels', 0))
+    return fn({'image': np.asarray(image, np.uint8), 'label': 0}, None)['image']
 
   def __call__(self, images: np.ndarray) -> np.ndarray:
     images = np.asarray(images)
@@ -115,6 +130,22 @@ def _write_saved_model(serve, weights: list[np.ndarray], shape: tuple[int, int, 
   tf.saved_model.save(module, path, signatures={'serving_default': serving_default})
 
 
+def eval_preprocessing(dataset: dict, size: int, convert_channels: int = 0) -> dict:
+  """What turns an image of any size into the model's input: the run's eval recipe, from
+  its dataset.json (what evaluation and --mode=predict apply). `convert_channels`: the
+  run's config.dataset.channels (0: images are used with the channels they have)."""
+  recipe = dataset.get('eval_preprocess', 'resize')
+  fraction = float(dataset.get('crop_fraction', 0.875))
+  if recipe == 'center_crop':
+    text = (f'scale the shorter side to {size / fraction:g} px ({size} / {fraction:g}) and '
+            f'take the central {size}x{size}, in one bilinear resample of that region')
+  else:
+    text = f'resize to {size}x{size} (bilinear)'
+  return {'recipe': recipe, 'crop_fraction': fraction, 'interpolation': 'bilinear',
+          'convert_channels': int(convert_channels),
+          'description': text + '; values 0..255 (Served.prepare does it)'}
+
+
 def export(loaded, export_dir: str, *, saved_model: bool = True) -> dict:
   """Writes the artefact of `loaded` (an inference.Loaded) into export_dir; its metadata."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -134,7 +165,8 @@ def export(loaded, export_dir: str, *, saved_model: bool = True) -> dict:
       'model': loaded.config.model.name,
       'input': {'shape': [None, height, width, channels], 'dtype': 'uint8', 'layout': 'NHWC',
                 'image_size': height, 'channels': channels,
-                'preprocessing': f'resize to {height}x{width} (bilinear), values 0..255'},
+                'preprocessing': eval_preprocessing(
+                    loaded.dataset, height, loaded.config.dataset.get('channels', 0))},
       'normalization': {'mean': list(loaded.mean), 'std': list(loaded.std),
                         'formula': '(x / 255 - mean) / std, inside the function'},
       'output': {'logits': [None, loaded.num_classes], 'dtype': 'float32'},

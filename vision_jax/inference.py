@@ -159,7 +159,7 @@ def load(workdir: str, config: ml_collections.ConfigDict,
   graphdef, state, _, _, _ = train_state.create(
       config, mesh, num_classes=int(dataset['num_classes']),
       image_size=int(dataset['image_size']), in_channels=int(dataset['channels']),
-      steps_per_epoch=steps_per_epoch, portable=portable)
+      steps_per_epoch=steps_per_epoch, kernels=ops.XLA if portable else None)
   target = train_state.abstract(state)
   del state  # Only its shapes and shardings are needed.
   ckpt = checkpoint.Checkpointer(ckpt_workdir, keep=config.checkpoint.keep, async_save=False)

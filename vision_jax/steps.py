@@ -6,15 +6,20 @@ advance exactly as in eager NNX code while the step itself stays functional.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 from flax import nnx
+from jax.sharding import Mesh
 
+from vision_jax import ops
 from vision_jax import optim
+from vision_jax import parallel
 from vision_jax import train_state as ts
+from vision_jax.data import mixing
 from vision_jax.data.preprocess import normalize
 
 Batch = dict[str, jax.Array]
@@ -118,3 +123,30 @@ def make_eval_step(graphdef: nnx.GraphDef, *, mean: Sequence[float], std: Sequen
     }
 
   return eval_step
+
+
+def jit_train_step(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef,
+                   tx: optax.GradientTransformation, schedule: Callable, *,
+                   mean: Sequence[float], std: Sequence[float], num_classes: int, mesh: Mesh,
+                   state_shardings: Any) -> Callable:
+  """The training loop's step for `config`, `step(state, batch) -> (state, metrics)`,
+  jitted over `mesh` with the state's shardings, the batch split over every device and
+  the state donated. The benchmarks time this very function."""
+  step = make_train_step(
+      graphdef, tx, schedule, mean=mean, std=std,
+      label_smoothing=config.optim.label_smoothing, accum_steps=config.optim.accum_steps,
+      mix=mixing.from_config(config.dataset, num_classes, config.seed),
+      ema_decay=config.optim.ema_decay)
+  return jax.jit(step, in_shardings=(state_shardings, parallel.batch_sharding(mesh)),
+                 out_shardings=(state_shardings, parallel.replicated(mesh)),
+                 donate_argnums=0, compiler_options=ops.compiler_options())
+
+
+def jit_eval_step(graphdef: nnx.GraphDef, *, mean: Sequence[float], std: Sequence[float],
+                  mesh: Mesh, state_shardings: Any) -> Callable:
+  """The eval step jitted over `mesh`: the batch split over every device, as in training
+  (for the loop's evaluations and for --mode=eval alike)."""
+  return jax.jit(make_eval_step(graphdef, mean=mean, std=std),
+                 in_shardings=(state_shardings, parallel.batch_sharding(mesh)),
+                 out_shardings=parallel.replicated(mesh),
+                 compiler_options=ops.compiler_options())

@@ -22,34 +22,18 @@ from jax.sharding import Mesh
 from vision_jax import checkpoint
 from vision_jax import evaluate
 from vision_jax import finetune
-from vision_jax import ops
 from vision_jax import parallel
 from vision_jax import steps
 from vision_jax import train_state
 from vision_jax import visualize
 from vision_jax import writers
 from vision_jax.data import input_pipeline
-from vision_jax.data import mixing
 from vision_jax.errors import UserError
 from vision_jax.preemption import PreemptionWatcher
 
 
 class NonFiniteError(UserError):
   """Training produced a non-finite loss or gradient."""
-
-
-def jit_train_step(config: ml_collections.ConfigDict, graphdef, tx, schedule,
-                   data: input_pipeline.Data, mesh: Mesh, shardings):
-  """The loop's train step, `step(state, batch) -> (state, metrics)`, jitted with its
-  shardings and donated state (the benchmarks time this very one)."""
-  step = steps.make_train_step(
-      graphdef, tx, schedule, mean=data.mean, std=data.std,
-      label_smoothing=config.optim.label_smoothing, accum_steps=config.optim.accum_steps,
-      mix=mixing.from_config(config.dataset, data.num_classes, config.seed),
-      ema_decay=config.optim.ema_decay)
-  return jax.jit(step, in_shardings=(shardings, parallel.batch_sharding(mesh)),
-                 out_shardings=(shardings, parallel.replicated(mesh)), donate_argnums=0,
-                 compiler_options=ops.compiler_options())
 
 
 def device_batches(batches: Iterator[dict[str, np.ndarray]], mesh: Mesh,
@@ -193,9 +177,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if jax.process_index() == 0:
       evaluate.write_json(os.path.join(workdir, 'init_report.json'), report)
 
-  train_step = jit_train_step(config, graphdef, tx, schedule, data, mesh, shardings)
-  eval_step = evaluate.jit_eval_step(graphdef, mean=data.mean, std=data.std, mesh=mesh,
-                                     state_shardings=shardings)
+  train_step = steps.jit_train_step(config, graphdef, tx, schedule, mean=data.mean,
+                                    std=data.std, num_classes=data.num_classes, mesh=mesh,
+                                    state_shardings=shardings)
+  eval_step = steps.jit_eval_step(graphdef, mean=data.mean, std=data.std, mesh=mesh,
+                                  state_shardings=shardings)
   run_evals = lambda state: evaluate.evaluate_splits(
       eval_step, state, data.evals, mesh, data.num_classes, data.num_threads)
   total, eval_every = config.train.steps, config.train.eval_every

@@ -43,17 +43,15 @@ class TrainState:
 
 def build_model(config: ml_collections.ConfigDict, *, num_classes: int, image_size: int,
                 in_channels: int, mesh: jax.sharding.Mesh | None = None,
-                platform: str | None = None, portable: bool = False,
+                platform: str | None = None, kernels: ops.Kernels | None = None,
                 seed: int | None = None) -> nnx.Module:
-  """The configured model, built on the kernels for `platform` (default: this backend).
+  """The configured model, on `kernels`, or by default on those `config.model.fast_cpu_ops`
+  chooses for `platform` (default: this backend) and `mesh` (see `ops.choose`).
 
-  `portable=True` builds it on XLA's own ops whatever the platform (what export lowers
-  for CPU, CUDA and TPU at once); otherwise `config.model.fast_cpu_ops` may choose the CPU
-  fast path, bound to `mesh` (see `ops.choose`).
+  `kernels=ops.XLA` builds it on XLA's own ops whatever the platform: what export lowers
+  for CPU, CUDA and TPU at once.
   """
-  if portable:
-    kernels = ops.XLA
-  else:
+  if kernels is None:
     try:
       kernels = ops.choose(config.model.get('fast_cpu_ops', 'auto'),
                            platform=platform or jax.default_backend(), mesh=mesh)
@@ -98,15 +96,16 @@ def update_ema(ema: PyTree, params: PyTree, rest: PyTree, step: jax.Array,
 
 def create(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, *, num_classes: int,
            image_size: int, in_channels: int, steps_per_epoch: int,
-           platform: str | None = None, portable: bool = False):
+           platform: str | None = None, kernels: ops.Kernels | None = None):
   """Initialises the state directly in its sharding (no host copy of a big model).
 
-  Returns (graphdef, state, tx, learning_rate_schedule, state_shardings).
+  `platform` and `kernels` as for `build_model`. Returns (graphdef, state, tx,
+  learning_rate_schedule, state_shardings).
   """
   def make_model():
     return build_model(config, num_classes=num_classes, image_size=image_size,
                        in_channels=in_channels, mesh=mesh, platform=platform,
-                       portable=portable)
+                       kernels=kernels)
 
   graphdef, abstract_params, _ = split(nnx.eval_shape(make_model))
   try:

@@ -1,10 +1,9 @@
 """Where the loop's scalars go: TensorBoard event files and the log, plus progress/ETA.
 
-clu's default writer writes through `tf.summary`, and importing TensorFlow costs ~2.7 s
-per process on a 2-core machine: a third of a 30-step smoke run and a quarter of the test
-suite's wall time. An event file is a sequence of framed `Event` protos; TensorBoard's
-package ships both (`event_pb2`, `RecordWriter`), so this writes the same
-`events.out.tfevents.*` files without TensorFlow. The interface is clu's
+clu's default writer writes through `tf.summary`, and importing TensorFlow takes seconds
+per process (and is not there at all on many GPU machines). An event file is a sequence of
+framed `Event` protos; TensorBoard's package ships both (`event_pb2`, `RecordWriter`), so
+this writes the same `events.out.tfevents.*` files without TensorFlow. The interface is clu's
 (`write_scalars`, `flush`, `close`), so clu's writers remain a drop-in.
 """
 from __future__ import annotations
