@@ -118,7 +118,8 @@ def one_repeat(config, num_steps: int) -> dict:
   step_ms.append(bare.step_ms)
   base = (before + after) / 2
   # The 599 steps after compiling (the first train step; the eval step ahead of time).
-  loop = timing['loop_s'] - timing['first_step_s'] - timing.get('compile_eval_s', 0.0)
+  loop = (timing['loop_s'] - timing['first_step_s'] - timing.get('compile_s', 0.0)
+          - timing.get('compile_eval_s', 0.0))
   evals, ckpt = (timing.get(f'{k}_s', 0.0) for k in ('eval', 'checkpoint'))
   print(f"bare {before:.2f}s | full {loop:.2f}s (eval {evals:.2f}s, checkpoint "
         f"{ckpt:.2f}s, waiting for input {timing['data_s']:.2f}s) | bare {after:.2f}s  -> "

@@ -71,7 +71,7 @@ def test_trains_evaluates_and_checkpoints(tmp_path, data_dir):
 ])
 def test_bad_config_is_one_clear_error(tmp_path, data_dir, override, expected):
   workdir = tmp_path / 'run'
-  workdir.mkdir()
+  (workdir / 'checkpoints').mkdir(parents=True)  # A run's workdir, with a file of ours.
   (workdir / 'keep.txt').write_text('precious')
   proc = run_cli(['--config', 'configs/default.py', '--workdir', str(workdir), override],
                  data_dir)
@@ -79,7 +79,7 @@ def test_bad_config_is_one_clear_error(tmp_path, data_dir, override, expected):
   assert expected in proc.stderr
   assert 'Traceback' not in proc.stderr
   assert (workdir / 'keep.txt').read_text() == 'precious'
-  assert sorted(os.listdir(workdir)) == ['keep.txt']
+  assert sorted(os.listdir(workdir)) == ['checkpoints', 'keep.txt']
 
 
 def test_batch_not_divisible_by_devices(tmp_path, data_dir):

@@ -7,6 +7,7 @@ besides `name` and `dtype` go to the model's constructor, which validates them.
 """
 from __future__ import annotations
 
+import ast
 import difflib
 import importlib.util
 import inspect
@@ -222,6 +223,78 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
                       f'--config={path}: get_config() failed: {type(e).__name__}: {e}.') from e
 
 
+def _merged(base: ml_collections.ConfigDict, given: dict, where: str = '') -> None:
+  """Writes `given` (nested dicts from JSON) over `base` in place; new keys are added
+  (check_keys then refuses those it does not know)."""
+  for key, value in given.items():
+    if isinstance(value, dict) and isinstance(base.get(key), ml_collections.ConfigDict):
+      _merged(base[key], value, f'{where}{key}.')
+    else:
+      with base.unlocked():
+        base[key] = tuple(value) if isinstance(value, list) else value
+
+
+def from_workdir_json(path: str) -> ml_collections.ConfigDict:
+  """The config a run saved as config.json, over today's defaults (a file written before
+  a key existed still loads). Raises ConfigError naming the file for invalid JSON or a
+  key that does not exist."""
+  try:
+    with open(path) as f:
+      given = json.load(f)
+  except json.JSONDecodeError as e:
+    raise ConfigError(f'{path} is not valid JSON ({e.msg} at line {e.lineno}, column '
+                      f'{e.colno}): was it edited by hand? Fix it, or pass the original '
+                      'config file with --config=configs/<name>.py.') from e
+  if not isinstance(given, dict):
+    raise ConfigError(f'{path} holds a {type(given).__name__}, not a config. Pass '
+                      '--config=configs/<name>.py.')
+  config = base_config()
+  try:
+    _merged(config, given)
+    check_keys(config)
+  except ConfigError as e:
+    raise ConfigError(f'{path}: {e}') from e
+  except (TypeError, ValueError, KeyError) as e:
+    raise ConfigError(f'{path} does not fit the config of this version ({type(e).__name__}:'
+                      f' {e}). Pass --config=configs/<name>.py.') from e
+  return config
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> None:
+  """`--config.key=value` arguments applied to a config that came from a workdir's
+  config.json (with --config, ml_collections applies them itself). A value is read as a
+  Python literal, else as a string, as ml_collections does."""
+  for arg in overrides:
+    dotted, _, text = arg[len('--config.'):].partition('=')
+    node, keys = config, dotted.split('.')
+    for i, key in enumerate(keys):
+      if not isinstance(node, ml_collections.ConfigDict) or key not in node:
+        where = 'config.' + '.'.join(keys[:i]) if i else 'config'
+        known = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+        raise ConfigError(f'Unknown config key --config.{dotted}: {where} has no key '
+                          f'{key!r}.{_close(key, known)} Known keys of {where}: '
+                          f'{", ".join(known)}.')
+      if i < len(keys) - 1:
+        node = node[key]
+    existing = node[keys[-1]]
+    try:
+      value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      value = text
+    if isinstance(existing, str):
+      value = text  # eval.checkpoint=300 is the string '300', as ml_collections reads it.
+    elif isinstance(existing, bool) and text.lower() in ('true', 'false'):
+      value = text.lower() == 'true'
+    elif isinstance(existing, float) and isinstance(value, int):
+      value = float(value)
+    if isinstance(value, list):
+      value = tuple(value)
+    try:
+      node[keys[-1]] = value
+    except TypeError as e:
+      raise ConfigError(f'--config.{dotted}={text}: {e}') from e
+
+
 def _positive(config, dotted: str) -> None:
   section, key = dotted.split('.')
   value = config[section][key]
@@ -234,6 +307,21 @@ def model_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return {k: v for k, v in config.model.items() if k not in ('name', 'fast_cpu_ops')}
 
 
+EVAL_METRICS = ('accuracy', 'top5', 'loss')  # What evaluation writes per split (scalars).
+
+
+def eval_metric_names(config: ml_collections.ConfigDict) -> list[str]:
+  """'split/metric' for every scalar an evaluation of this config produces."""
+  return [f'{split}/{m}' for split in config.dataset.eval_splits for m in EVAL_METRICS]
+
+
+def _choice(config, dotted: str, allowed: tuple) -> None:
+  section, key = dotted.split('.')
+  if config[section][key] not in allowed:
+    raise ConfigError(f'config.{dotted}={config[section][key]!r}; use one of '
+                      f'{", ".join(map(repr, allowed))}.')
+
+
 def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   """Raises ConfigError naming the key, the bad value and what is allowed."""
   from vision_jax import models  # pylint: disable=g-import-not-at-top
@@ -241,6 +329,17 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   for dotted in ('train.batch_size', 'train.steps', 'eval.batch_size', 'train.log_every',
                  'checkpoint.every_steps', 'checkpoint.keep'):
     _positive(config, dotted)
+  size = config.dataset.image_size
+  if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+    raise ConfigError(f'config.dataset.image_size must be a whole number of pixels >= 0 '
+                      f'(0 = the dataset\'s own size), got {size!r}.')
+  _choice(config, 'checkpoint.keep_best_mode', ('max', 'min'))
+  _choice(config, 'checkpoint.on_corrupt', ('error', 'previous'))
+  best = config.checkpoint.keep_best
+  if best and best not in eval_metric_names(config):
+    raise ConfigError(f'config.checkpoint.keep_best={best!r} is not a metric evaluation '
+                      f'produces, so no checkpoint would ever be kept as best. Use one of: '
+                      f'{", ".join(eval_metric_names(config))} (split/metric), or \'\'.')
   if config.model.name not in models.list_models():
     raise ConfigError(f'Unknown model config.model.name={config.model.name!r}.'
                       f'{_close(config.model.name, models.list_models())} Known models: '

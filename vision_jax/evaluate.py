@@ -138,11 +138,12 @@ def write_results(workdir: str, step: int, results: dict[str, dict],
   return out
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def run(config: ml_collections.ConfigDict, workdir: str, output: str | None = None) -> dict:
   """--mode=eval: the latest (or config.eval.checkpoint) checkpoint on the eval splits.
 
   Writes results.json (eval/<split>), confusion_<split>.json and confusion_<split>.png
-  into the workdir; never trains or changes a checkpoint.
+  into the workdir, or into `output` (a directory; e.g. for a read-only workdir); never
+  trains or changes a checkpoint.
   """
   from vision_jax import inference  # pylint: disable=g-import-not-at-top
   from vision_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
@@ -161,4 +162,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   logging.info('Evaluating checkpoint %d of %s on %s.', loaded.step, workdir, list(data.evals))
   results = evaluate_splits(eval_step, loaded.state, data.evals, loaded.mesh,
                             data.num_classes, data.num_threads)
-  return write_results(workdir, loaded.step, results, loaded.class_names)
+  if output:
+    os.makedirs(output, exist_ok=True)
+  return write_results(output or workdir, loaded.step, results, loaded.class_names)

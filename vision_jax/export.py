@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from typing import Any
 
 import numpy as np
@@ -187,13 +188,25 @@ def export(loaded, export_dir: str, *, saved_model: bool = True) -> dict:
   return metadata
 
 
-def run(config, workdir: str) -> dict:
-  """--mode=export: the latest (or config.eval.checkpoint) checkpoint into workdir/export."""
+def run(config, workdir: str, output: str | None = None) -> dict:
+  """--mode=export: the latest (or config.eval.checkpoint) checkpoint into workdir/export
+  (or `output`). One export per directory: a new one replaces the old atomically, so TF
+  Serving never sees two versions (or half of one)."""
   import jax  # pylint: disable=g-import-not-at-top
   from vision_jax import inference  # pylint: disable=g-import-not-at-top
   loaded = inference.load(workdir, config)
-  export_dir = os.path.join(workdir, 'export')
+  export_dir = os.path.abspath(output or os.path.join(workdir, 'export'))
   if jax.process_index() != 0:
     return {}
-  metadata = export(loaded, export_dir)
+  staging = f'{export_dir}.tmp-{os.getpid()}'
+  shutil.rmtree(staging, ignore_errors=True)
+  metadata = export(loaded, staging)
+  if os.path.exists(export_dir):
+    old = f'{export_dir}.old-{os.getpid()}'
+    os.replace(export_dir, old)
+    os.replace(staging, export_dir)
+    shutil.rmtree(old, ignore_errors=True)
+  else:
+    os.makedirs(os.path.dirname(export_dir), exist_ok=True)
+    os.replace(staging, export_dir)
   return {'export_dir': export_dir, 'step': metadata['step'], 'files': metadata['files']}

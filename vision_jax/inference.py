@@ -162,15 +162,24 @@ def load(workdir: str, config: ml_collections.ConfigDict,
       steps_per_epoch=steps_per_epoch, kernels=ops.XLA if portable else None)
   target = train_state.abstract(state)
   del state  # Only its shapes and shardings are needed.
-  ckpt = checkpoint.Checkpointer(ckpt_workdir, keep=config.checkpoint.keep, async_save=False)
+  ckpt = checkpoint.Checkpointer(ckpt_workdir, keep=config.checkpoint.keep, read_only=True)
+  on_corrupt = config.checkpoint.get('on_corrupt', 'error')
   try:
-    state, _ = ckpt.restore(step, target)
+    if not str(checkpoint_arg or '').strip() and on_corrupt == 'previous':
+      # The latest that restores (a damaged one is reported and skipped, not moved: that
+      # is for the training run that saves it anew).
+      step, state, _ = ckpt.restore_latest(target, on_corrupt, repair=False)
+    else:
+      state, _ = ckpt.restore(step, target)
+  except checkpoint.CheckpointError:
+    raise
   except Exception as e:  # pylint: disable=broad-except
-    raise checkpoint.CheckpointError(
-        f'Checkpoint {ckpt.directory}/{step} cannot be restored for model '
-        f'{config.model.name!r} ({type(e).__name__}: {e}). Use the config it was trained '
-        "with (omit --config to use the workdir's config.json), or pass another step with "
-        '--config.eval.checkpoint.') from e
+    damaged, problem = checkpoint.diagnose(os.path.join(ckpt.directory, str(step)), e)
+    fix = ('Pass another step with --config.eval.checkpoint, or '
+           '--config.checkpoint.on_corrupt=previous for the latest one that restores.'
+           if damaged else "Use the config it was trained with (omit --config to use the "
+           "workdir's config.json), or pass another step with --config.eval.checkpoint.")
+    raise checkpoint.CheckpointError(f'{problem} {fix}') from e
   finally:
     ckpt.close()
   return Loaded(config=config, workdir=workdir, step=step, dataset=dataset,

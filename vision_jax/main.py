@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import logging as logging_std
 import os
+import signal
 import sys
-import time
 
 # TensorFlow (imported for tfds and the SavedModel export) logs INFO lines at import. The
 # variable is read by jaxlib's C++ logging too, so it only drops INFO: XLA's, NCCL's and the
@@ -36,7 +36,10 @@ _MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict', 'export'
 _IMAGES = flags.DEFINE_multi_string(
     'images', [], 'predict: image files or folders; --images a.png b.png, a shell glob '
     '(--images photos/*.jpg) and repeated --images all work.')
-_OUTPUT = flags.DEFINE_string('output', None, 'predict: also write predictions as JSON here.')
+_OUTPUT = flags.DEFINE_string(
+    'output', None, 'predict: also write the predictions as JSON to this file. eval, '
+    'export: write results.json / the export into this directory instead of the workdir '
+    '(for a read-only workdir).')
 _TOP_K = flags.DEFINE_integer('top_k', 5, 'predict: how many classes to print per image.')
 _COORDINATOR = flags.DEFINE_string(
     'coordinator_address', None, 'Multi-host: host:port of process 0. Without it, '
@@ -50,69 +53,84 @@ class UsageError(UserError):
   """Bad command-line input."""
 
 
-def _check_workdir(workdir: str) -> str:
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise UsageError(f'--workdir={workdir} is a file, not a directory. Pass a directory '
-                     '(it is created if missing).')
-  try:
-    os.makedirs(workdir, exist_ok=True)
-  except OSError as e:
-    raise UsageError(f'--workdir={workdir} cannot be created ({e.strerror}). Pass a '
-                     'directory you can write to.') from e
-  if not os.access(workdir, os.W_OK | os.X_OK):
-    raise UsageError(f'--workdir={workdir} is not writable. Pass a directory you can '
-                     'write to.')
-  return workdir
+class StoppedBeforeTraining(BaseException):
+  """SIGTERM arrived while the run was starting: nothing to save yet. A BaseException,
+  like KeyboardInterrupt, so that no `except Exception` on the way swallows it."""
 
 
-def _save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Writes the run's config.json. A different one already there (the run resumed with a
-  changed config) is kept as config.<when it was written>.json, and the changes logged."""
-  from vision_jax import config as config_lib  # pylint: disable=g-import-not-at-top
-  path = os.path.join(workdir, 'config.json')
-  text = config.to_json_best_effort(indent=2)
-  if os.path.exists(path):
-    with open(path) as f:
-      previous = f.read()
-    if previous == text:
-      return
-    written = time.strftime('%Y%m%d-%H%M%S', time.gmtime(os.path.getmtime(path)))
-    kept, n = os.path.join(workdir, f'config.{written}.json'), 1
-    while os.path.exists(kept):
-      kept, n = os.path.join(workdir, f'config.{written}-{n}.json'), n + 1
-    os.replace(path, kept)
-    try:
-      changes = config_lib.differences(json.loads(previous), json.loads(text))
-    except json.JSONDecodeError:
-      changes = ['the previous one is not valid JSON']
-    logging.warning('The config differs from the one this workdir last ran with (kept as '
-                    '%s): %s.', kept, '; '.join(changes) or 'formatting only')
-  with open(path + '.tmp', 'w') as f:
-    f.write(text)
-  os.replace(path + '.tmp', path)
+# --config.key=value given without --config (eval, predict, export read the workdir's
+# config.json): taken out of argv before absl sees them, applied to that config.
+_WORKDIR_OVERRIDES: list[str] = []
 
 
 def _load_config(workdir: str) -> ml_collections.ConfigDict:
-  """--config if given; else, outside training, the config the workdir was trained with."""
+  """--config if given; else, outside training, the config the workdir was trained with
+  (with any --config.key=value overrides)."""
+  from vision_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from vision_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   if _CONFIG.value is not None:
     return _CONFIG.value
+  if _MODE.value == 'train':
+    raise UsageError('--config is required to train: pass --config=configs/<name>.py '
+                     '(e.g. configs/default.py).')
+  workdir_lib.check_usable(workdir, creating=False)
   path = os.path.join(workdir, 'config.json')
-  if _MODE.value == 'train' or not os.path.exists(path):
-    raise UsageError(f'--config is required (there is no {path} to reuse). Pass '
-                     '--config=configs/<name>.py.')
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  if not os.path.exists(path):
+    raise UsageError(f'{workdir} has no config.json: it is not the workdir of a training '
+                     'run (or the run never started). Pass the --workdir of a run, or '
+                     '--config=configs/<name>.py for its config.')
+  config = config_lib.from_workdir_json(path)
+  config_lib.apply_overrides(config, _WORKDIR_OVERRIDES)
+  return config
+
+
+def _one_flag_per_image(argv: list[str]) -> list[str]:
+  """`--images a.png b.png` (what a shell glob expands to) as `--images=a.png
+  --images=b.png`: absl takes one value per flag. Order is kept."""
+  out, after_images = [], False
+  for arg in argv:
+    if arg == '--images':
+      after_images = True
+      continue
+    if after_images and not arg.startswith('-'):
+      out.append(f'--images={arg}')
+      continue
+    after_images = arg.startswith('--images=')
+    out.append(arg)
+  return out
 
 
 def _images(argv: list[str]) -> list[str]:
-  """--images values plus, in predict mode, the positional arguments after them: absl
-  takes one value per flag, so `--images a.png b.png` (or a shell glob) leaves b.png
-  positional."""
-  extra = argv[1:]
-  if extra and (_MODE.value != 'predict' or not _IMAGES.value):
-    raise UsageError(f'Unexpected arguments: {" ".join(extra)}. Every option is a --flag'
-                     '; only --mode=predict takes several --images values.')
-  return list(_IMAGES.value) + extra
+  """--images values, in the order given; any other positional argument is refused."""
+  if argv[1:]:
+    raise UsageError(f'Unexpected arguments: {" ".join(argv[1:])}. Every option is a '
+                     '--flag (several images: --images a.png b.png, or a shell glob).')
+  return list(_IMAGES.value)
+
+
+def _lock(workdir: str, writable: bool):
+  """The workdir lock for a training run (or eval/export writing into the workdir),
+  taken by process 0; every process learns whether it was."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  from vision_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  if _MODE.value == 'predict' or not writable:
+    return None
+  lock, error = workdir_lib.Lock(workdir, purpose=f'{_MODE.value} run'), None
+  if jax.process_index() == 0:
+    try:
+      lock.acquire()
+    except UserError as e:
+      error = e
+  if jax.process_count() > 1:
+    taken = multihost_utils.broadcast_one_to_all(np.int32(error is None))
+    if not int(taken) and error is None:
+      error = workdir_lib.WorkdirError(f'Process 0 could not take the lock of {workdir} '
+                                       '(its log says why).')
+  if error is not None:
+    raise error
+  return lock
 
 
 def run(argv: list[str]) -> None:
@@ -123,29 +141,49 @@ def run(argv: list[str]) -> None:
                                      _PROCESS_ID.value)
   import jax  # pylint: disable=g-import-not-at-top
   from vision_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from vision_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   workdir = os.path.abspath(os.path.expanduser(_WORKDIR.value))
-  config = _load_config(workdir)
-  config_lib.validate(config, num_devices=jax.device_count())
-  workdir = _check_workdir(workdir)
+  training = _MODE.value == 'train'
+  workdir_lib.check_usable(workdir, creating=training)
+  if training:
+    try:
+      os.makedirs(workdir, exist_ok=True)
+    except OSError as e:
+      raise UsageError(f'--workdir={workdir} cannot be created ({e.strerror}). Pass a '
+                       'directory you can write to.') from e
+  writable = os.access(workdir, os.W_OK | os.X_OK)
+  if training and not writable:
+    raise UsageError(f'--workdir={workdir} is not writable. Pass a directory you can '
+                     'write to.')
+  if _MODE.value in ('eval', 'export') and not writable and not _OUTPUT.value:
+    raise UsageError(f'--workdir={workdir} is read-only, and --mode={_MODE.value} writes '
+                     'its results there by default. Pass --output=DIR to write them '
+                     'elsewhere.')
   distributed.check_shared_workdir(workdir)  # Multi-host: every process sees one workdir.
-  logging.info('JAX %s, backend %s, process %d of %d, devices: %s', jax.__version__,
-               jax.default_backend(), jax.process_index(), jax.process_count(), jax.devices())
-  logging.info('Config:\n%s', config)
-  if _MODE.value == 'train':
-    if jax.process_index() == 0:
-      _save_config(config, workdir)
-    from vision_jax import train  # pylint: disable=g-import-not-at-top
-    results = train.train_and_evaluate(config, workdir)
-  elif _MODE.value == 'eval':
-    from vision_jax import evaluate  # pylint: disable=g-import-not-at-top
-    results = evaluate.run(config, workdir)
-  elif _MODE.value == 'predict':
-    from vision_jax import predict  # pylint: disable=g-import-not-at-top
-    predict.run(config, workdir, images, output=_OUTPUT.value, top_k=_TOP_K.value)
-    return  # It printed one line per image.
-  else:
-    from vision_jax import export  # pylint: disable=g-import-not-at-top
-    results = export.run(config, workdir)
+  lock = _lock(workdir, writable)  # Before anything slow: a second run is refused at once.
+  try:
+    config = _load_config(workdir)
+    config_lib.validate(config, num_devices=jax.device_count())
+    logging.info('JAX %s, backend %s, process %d of %d, devices: %s', jax.__version__,
+                 jax.default_backend(), jax.process_index(), jax.process_count(),
+                 jax.devices())
+    logging.info('Config:\n%s', config)
+    if training:
+      from vision_jax import train  # pylint: disable=g-import-not-at-top
+      results = train.train_and_evaluate(config, workdir)
+    elif _MODE.value == 'eval':
+      from vision_jax import evaluate  # pylint: disable=g-import-not-at-top
+      results = evaluate.run(config, workdir, output=_OUTPUT.value)
+    elif _MODE.value == 'predict':
+      from vision_jax import predict  # pylint: disable=g-import-not-at-top
+      predict.run(config, workdir, images, output=_OUTPUT.value, top_k=_TOP_K.value)
+      return  # It printed one line per image.
+    else:
+      from vision_jax import export  # pylint: disable=g-import-not-at-top
+      results = export.run(config, workdir, output=_OUTPUT.value)
+  finally:
+    if lock is not None:
+      lock.release()
   if jax.process_index() == 0:
     print(json.dumps(results))
 
@@ -156,13 +194,23 @@ def _fail(message: str) -> None:
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl flag parsing, with bad config files and override keys as one-paragraph errors."""
+  """absl flag parsing, with bad config files and override keys as one-paragraph errors.
+
+  Without --config, --config.key=value overrides apply to the workdir's config.json.
+  """
+  argv = _one_flag_per_image(argv)
+  if not any(a == '--config' or a.startswith('--config=') for a in argv):
+    _WORKDIR_OVERRIDES.extend(a for a in argv if a.startswith('--config.'))
+    argv = [a for a in argv if not a.startswith('--config.')]
   try:
     remaining = flags.FLAGS(argv)
     if _CONFIG.value is not None:
       _CONFIG.value.keys()  # ml_collections defers a load failure to first access.
     return remaining
   except flags.Error as e:
+    if 'Error whilst parsing config file' in str(e):  # Its message embeds a traceback.
+      from vision_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+      _fail(config_lib.explain_override_error(argv, e))
     _fail(f'{str(e).rstrip(".")}. Run with --helpshort for the flags.')
   except Exception as e:  # pylint: disable=broad-except
     from vision_jax import config as config_lib  # pylint: disable=g-import-not-at-top
@@ -170,19 +218,34 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 class _QuietOrbax(logging_std.Filter):
-  """Orbax logs every file it writes at INFO; keep its warnings and errors only."""
+  """Orbax logs every file it writes at INFO, and a failed background write as errors
+  with tracebacks from several threads; the failure reaches the training loop, which
+  reports it in one paragraph (checkpoint.Checkpointer). Keep orbax's warnings only."""
 
   def filter(self, record: logging_std.LogRecord) -> bool:
-    return record.levelno >= logging_std.WARNING or 'orbax' not in record.pathname
+    return 'orbax' not in record.pathname or record.levelno == logging_std.WARNING
+
+
+def _stop_before_training(signum, frame) -> None:
+  del signum, frame
+  raise StoppedBeforeTraining()
 
 
 def main(argv: list[str]) -> None:
   logging.get_absl_handler().addFilter(_QuietOrbax())
+  # Until the training loop takes SIGTERM over (to save at the next step), a SIGTERM ends
+  # the start-up cleanly: nothing has been trained, nothing needs saving.
+  signal.signal(signal.SIGTERM, _stop_before_training)
   try:
     run(argv)
   except UserError as e:
     logging.flush()
     _fail(str(e))
+  except StoppedBeforeTraining:
+    logging.warning('Received SIGTERM while starting: stopped before training (nothing '
+                    'was trained or saved; rerun to start).')
+    logging.flush()
+    sys.exit(0)
 
 
 if __name__ == '__main__':

@@ -20,12 +20,14 @@ from absl import logging
 from jax.sharding import Mesh
 
 from vision_jax import checkpoint
+from vision_jax import device_memory
 from vision_jax import evaluate
 from vision_jax import finetune
 from vision_jax import parallel
 from vision_jax import steps
 from vision_jax import train_state
 from vision_jax import visualize
+from vision_jax import workdir as workdir_lib
 from vision_jax import writers
 from vision_jax.data import input_pipeline
 from vision_jax.errors import UserError
@@ -124,6 +126,29 @@ class Stopwatch:
       evaluate.write_json(os.path.join(workdir, 'timing.json'), timing)
 
 
+def _compile_checked(train_step, state, data: input_pipeline.Data,
+                     config: ml_collections.ConfigDict):
+  """The train step compiled ahead of its first batch, refused if XLA's estimate of its
+  memory exceeds a device's: before anything of that size is allocated."""
+  batch = config.train.batch_size
+  spec = {'image': jax.ShapeDtypeStruct(
+              (batch, data.image_size, data.image_size, data.channels), np.uint8),
+          'label': jax.ShapeDtypeStruct((batch,), np.int32)}
+  compiled = train_step.lower(state, spec).compile()
+  memory = device_memory.of_compiled(compiled)
+  available = device_memory.available_bytes()
+  if memory and available and memory.total > available:
+    fits = device_memory.batch_that_fits(memory, available, batch)
+    raise UserError(
+        f'config.train.batch_size={batch} does not fit in memory: XLA estimates '
+        f'{memory.total / 2**30:.1f} GiB per device for the train step (its arguments '
+        f'{memory.arguments / 2**30:.1f} GiB, temporaries {memory.temp / 2**30:.1f} GiB), '
+        f'and a device has {available / 2**30:.1f} GiB. A global batch of about {fits} '
+        'fits; or keep the batch and set config.optim.accum_steps (micro-batches) or '
+        'config.model.remat, or use more devices.')
+  return compiled
+
+
 def _warn_if_stream_changed(stream: dict, config: ml_collections.ConfigDict,
                             step: int) -> None:
   """The input stream is a function of (seed, global batch, step): resuming with another
@@ -154,8 +179,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   logging.info('Dataset %s: %d train examples, eval %s, %d classes, %dx%dx%d images.',
                config.dataset.name, data.num_train, data.eval_sizes, data.num_classes,
                data.image_size, data.image_size, data.channels)
-  if jax.process_index() == 0:
-    evaluate.write_json(os.path.join(workdir, 'dataset.json'), data.describe())
   steps_per_epoch = max(1, data.num_train // config.train.batch_size)
   graphdef, state, tx, schedule, shardings = train_state.create(
       config, mesh, num_classes=data.num_classes, image_size=data.image_size,
@@ -171,20 +194,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     start, state, stream = restored
     logging.info('Resumed from checkpoint at step %d (%s).', start, stream)
     _warn_if_stream_changed(stream, config, start)
-  elif config.init_from.checkpoint:
+  report = None
+  if not restored and config.init_from.checkpoint:
     state, report = finetune.init_from_checkpoint(config, state, tx, shardings)
     logging.info('Initialised from %s: %s', config.init_from.checkpoint, report['counts'])
-    if jax.process_index() == 0:
-      evaluate.write_json(os.path.join(workdir, 'init_report.json'), report)
 
-  train_step = steps.jit_train_step(config, graphdef, tx, schedule, mean=data.mean,
-                                    std=data.std, num_classes=data.num_classes, mesh=mesh,
-                                    state_shardings=shardings)
   eval_step = steps.jit_eval_step(graphdef, mean=data.mean, std=data.std, mesh=mesh,
                                   state_shardings=shardings)
   run_evals = lambda state: evaluate.evaluate_splits(
       eval_step, state, data.evals, mesh, data.num_classes, data.num_threads)
   total, eval_every = config.train.steps, config.train.eval_every
+  t0 = time.perf_counter()  # The loop's clock: compilation included, start-up not.
+  if start < total:
+    train_step = _compile_checked(
+        steps.jit_train_step(config, graphdef, tx, schedule, mean=data.mean, std=data.std,
+                             num_classes=data.num_classes, mesh=mesh,
+                             state_shardings=shardings), state, data, config)
+  compile_s = time.perf_counter() - t0
+  # Every check that can fail before the first step has passed: the run is real now.
+  if jax.process_index() == 0:
+    workdir_lib.write_metadata(workdir, config.to_json_best_effort(indent=2),
+                               data.describe())
+    if report is not None:
+      evaluate.write_json(os.path.join(workdir, 'init_report.json'), report)
+    for log_file in ('metrics.jsonl', 'eval_metrics.jsonl'):  # A killed run's extra lines.
+      workdir_lib.truncate_jsonl(os.path.join(workdir, log_file), start)
   if start >= total:
     logging.info('Training already finished at step %d; re-evaluating only.', start)
     return _finish(workdir, start, run_evals(state), data.class_names)
@@ -193,11 +227,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   progress = writers.Progress(total, writer)
   log = MetricsLog(writer, workdir, ckpt, config.train.log_every)
   watch = Stopwatch()
+  watch.totals['compile'] = compile_s
   show_bar = sys.stdout.isatty() and jax.process_index() == 0
   preemption = PreemptionWatcher()
-  t0 = time.perf_counter()
+  t = time.perf_counter()
   evaluate.compile_ahead(eval_step, state, data.evals, mesh)  # Fails before training if so.
-  watch.time('compile_eval', t0)
+  watch.time('compile_eval', t)
   batches = device_batches(input_pipeline.iterate(data.train, start, data.num_threads),
                            mesh, config.train.device_prefetch)
   running = collections.deque()  # (step, metrics) dispatched and not yet waited for.
@@ -212,6 +247,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       t = time.perf_counter()
       batch = next(batches)
       watch.time('data', t)
+    ckpt.check()  # A save that failed in the background stops the run now.
     evals, stop = {}, preemption.should_stop(step)
     do_eval = step == total or (eval_every and step % eval_every == 0)
     do_save = step % config.checkpoint.every_steps == 0 or step == total or stop

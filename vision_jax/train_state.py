@@ -57,10 +57,16 @@ def build_model(config: ml_collections.ConfigDict, *, num_classes: int, image_si
                            platform=platform or jax.default_backend(), mesh=mesh)
     except ValueError as e:
       raise config_lib.ConfigError(str(e)) from e
-  return models.create_model(
-      config.model.name, num_classes, rngs=nnx.Rngs(config.seed if seed is None else seed),
-      image_size=image_size, in_channels=in_channels, kernels=kernels,
-      **config_lib.model_kwargs(config))
+  try:
+    return models.create_model(
+        config.model.name, num_classes, rngs=nnx.Rngs(config.seed if seed is None else seed),
+        image_size=image_size, in_channels=in_channels, kernels=kernels,
+        **config_lib.model_kwargs(config))
+  except (ValueError, TypeError) as e:  # An option or image size the model cannot take.
+    raise config_lib.ConfigError(
+        f'config.model.name={config.model.name!r} cannot be built for {image_size}x'
+        f'{image_size}x{in_channels} images with config.model={dict(config.model)}: {e} '
+        'Change config.dataset.image_size or the model options.') from e
 
 
 def split(model: nnx.Module) -> tuple[nnx.GraphDef, PyTree, PyTree]:
