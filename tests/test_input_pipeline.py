@@ -157,3 +157,28 @@ def test_in_memory_gather_equals_the_per_example_path(data_dir):
       assert a[key].dtype == b[key].dtype
       np.testing.assert_array_equal(a[key], b[key])
   assert fast_eval[14]['mask'].sum() == 45  # Host 1 holds rows 48-95: 45 real, 3 padded.
+
+
+def test_cifar_recipe_on_an_in_memory_split_leaves_pad_crop_flip_to_the_device(data_dir):
+  config = base_config()
+  config.dataset.update(data_dir=data_dir, preprocess='cifar')
+  data = ip.build(config)  # The digits fit in memory (cache='auto').
+  assert data.device_augment == 'cifar' and data.num_workers == 0
+  assert data.describe()['device_augment'] == 'cifar'
+  source = sources.open_split(config.dataset, 'train')[0]
+  order = ip.EpochOrder(len(source), config.seed)
+  rows = order(np.arange(config.train.batch_size) + 4 * config.train.batch_size)
+  np.testing.assert_array_equal(data.train[4]['image'], source.images[rows])  # Untouched.
+  config.dataset.cache = 'none'  # Read through tfds per example: the host does it all.
+  data = ip.build(config)
+  assert data.device_augment == '' and data.num_workers >= 1
+  with data.eval_batches('test') as batches:
+    assert sum(b['mask'].sum() for b in batches) == 360
+
+
+def test_auto_worker_count():
+  assert ip.auto_workers(True, cores=64, local_devices=8) == 0  # In memory: threads.
+  assert ip.auto_workers(False, cores=2, local_devices=1) == 1
+  assert ip.auto_workers(False, cores=16, local_devices=1) == 8  # 8 per accelerator,
+  assert ip.auto_workers(False, cores=96, local_devices=8) == 64
+  assert ip.auto_workers(False, cores=32, local_devices=8) == 31  # all but one core.
