@@ -290,7 +290,8 @@ def test_sixteen_bit_images_train_on_their_high_byte(tmp_path):
   np.testing.assert_array_equal(data.train[0]['image'][0, ..., 0], values >> 8)
   from vision_jax import predict  # pylint: disable=g-import-not-at-top
   with Image.open(tmp_path / 'a' / 'deep.png') as image:  # Predict reads it alike.
-    np.testing.assert_array_equal(predict._channels(image, 1)[..., 0], values >> 8)  # pylint: disable=protected-access
+    read = predict._channels(image, 1)  # pylint: disable=protected-access
+  np.testing.assert_array_equal(read[..., 0], values >> 8)
 
 
 def test_fewer_than_two_classes_is_refused(tmp_path, data_dir):

@@ -162,7 +162,8 @@ def test_in_memory_gather_equals_the_per_example_path(data_dir):
 def test_cifar_recipe_on_an_in_memory_split_leaves_pad_crop_flip_to_the_device(data_dir):
   config = base_config()
   config.dataset.update(data_dir=data_dir, preprocess='cifar')
-  data = ip.build(config)  # The digits fit in memory (cache='auto').
+  assert ip.build(config).device_augment == ''  # Unless the train step can do it.
+  data = ip.build(config, augment_on_device=True)  # Digits in memory (cache='auto').
   assert data.device_augment == 'cifar' and data.num_workers == 0
   assert data.describe()['device_augment'] == 'cifar'
   source = sources.open_split(config.dataset, 'train')[0]
@@ -170,7 +171,7 @@ def test_cifar_recipe_on_an_in_memory_split_leaves_pad_crop_flip_to_the_device(d
   rows = order(np.arange(config.train.batch_size) + 4 * config.train.batch_size)
   np.testing.assert_array_equal(data.train[4]['image'], source.images[rows])  # Untouched.
   config.dataset.cache = 'none'  # Read through tfds per example: the host does it all.
-  data = ip.build(config)
+  data = ip.build(config, augment_on_device=True)
   assert data.device_augment == '' and data.num_workers >= 1
   with data.eval_batches('test') as batches:
     assert sum(b['mask'].sum() for b in batches) == 360

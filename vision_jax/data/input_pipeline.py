@@ -131,8 +131,14 @@ def _check(ds_cfg: ml_collections.ConfigDict) -> None:
     raise sources.DatasetConfigError(' '.join(problems))
 
 
-def build(config: ml_collections.ConfigDict, shard: HostShard = HostShard()) -> Data:
-  """Opens the configured dataset (failing fast if absent) and builds both streams."""
+def build(config: ml_collections.ConfigDict, shard: HostShard = HostShard(), *,
+          augment_on_device: bool = False) -> Data:
+  """Opens the configured dataset (failing fast if absent) and builds both streams.
+
+  With `augment_on_device`, a caller whose train step applies `device_augment.
+  make_device_augment(data.device_augment, ...)` lets the device do the CIFAR recipe's
+  pad-crop-flip of a split held in memory; otherwise the host does the whole recipe.
+  """
   ds_cfg = config.dataset
   _check(ds_cfg)
   train_src, info = sources.open_split(ds_cfg, ds_cfg.train_split)
@@ -150,7 +156,8 @@ def build(config: ml_collections.ConfigDict, shard: HostShard = HostShard()) -> 
   recipe = dict(channels=channels, crop_fraction=ds_cfg.crop_fraction,
                 min_crop_area=ds_cfg.min_crop_area)
   in_memory = isinstance(train_src, sources.ArraySource)
-  device_augment = 'cifar' if ds_cfg.preprocess == 'cifar' and in_memory else ''
+  device_augment = ('cifar' if augment_on_device and ds_cfg.preprocess == 'cifar'
+                    and in_memory else '')
   train_fn = preprocess.make_preprocess('resize' if device_augment else ds_cfg.preprocess,
                                         size, train=True, **recipe)
   gathered = _gatherable(train_src, train_fn)

@@ -118,13 +118,19 @@ def crop_resize(image: decode.Encoded | np.ndarray, box: Box, size: int) -> np.n
   return resample(pixels, tuple(v / reduction for v in box), size)
 
 
-def crop_flip(image: np.ndarray, top: int, left: int, flip: bool, pad: int) -> np.ndarray:
+def flip(image: np.ndarray) -> np.ndarray:
+  """The mirror image, contiguous (a reversed view would make batching 5x slower)."""
+  out = cv2.flip(image, 1)
+  return out[..., None] if out.ndim == 2 else out
+
+
+def crop_flip(image: np.ndarray, top: int, left: int, mirror: bool, pad: int) -> np.ndarray:
   """Zero-pad by `pad`, crop back to the image's size at (top, left), maybe mirror."""
   h, w, channels = image.shape
   padded = np.zeros((h + 2 * pad, w + 2 * pad, channels), image.dtype)  # np.pad: 3x slower.
   padded[pad:pad + h, pad:pad + w] = image
   image = padded[top:top + h, left:left + w]
-  return image[:, ::-1] if flip else image
+  return image[:, ::-1] if mirror else image
 
 
 def random_crop_flip(image: np.ndarray, rng: np.random.Generator, pad: int) -> np.ndarray:
@@ -179,7 +185,7 @@ class Recipe:
     height, width = decode.size(image)
     if self.name == 'inception':
       image = crop_resize(image, inception_box(height, width, rng, self.min_crop_area), size)
-      image = image[:, ::-1] if rng.random() < 0.5 else image
+      image = flip(image) if rng.random() < 0.5 else image
     elif self.name == 'center_crop':
       image = crop_resize(image, center_box(height, width, self.crop_fraction), size)
     else:
