@@ -15,7 +15,7 @@ Worker processes (spawned, not forked: safe with JAX's and TF's threads) end wit
   - each one watches its parent and exits when the parent is gone (killed, crashed), so
     none is ever left behind;
   - batches travel through a pipe, not /dev/shm: a killed run leaves no shared-memory
-    segment, and the copy costs ~1 ms per 5 MB batch.
+    segment (grain's shared-memory hand-over measured no faster here; bench/README.md).
 An exception raised in a worker (e.g. decode.CorruptImageError naming the file) is raised
 again, the same type and message, by `next()` in the training process.
 """
