@@ -84,14 +84,32 @@ def make_jpegs(root: str, count: int = 1024) -> list[str]:
   return sorted(glob.glob(os.path.join(root, '*', '*.jpg')))
 
 
+def _cpu_s() -> float:
+  """CPU seconds used so far by this process and its workers (user + system)."""
+  total = 0.0
+  for pid in _tree(os.getpid()):
+    try:
+      with open(f'/proc/{pid}/stat') as f:
+        fields = f.read().rsplit(')', 1)[1].split()
+      total += (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+    except OSError:
+      pass
+  return total
+
+
 def _rate(batches, seconds: float, warmup: int = 3) -> float:
-  """Images/s of an iterator of batches, after `warmup` batches (worker start-up)."""
+  """Images/s of an iterator of batches, after `warmup` batches (worker start-up); the
+  CPU it took (this process and its workers), in ms per image, goes to RATE_CPU."""
   for _ in range(warmup):
     next(batches)
-  images, start = 0, time.perf_counter()
+  images, start, cpu = 0, time.perf_counter(), _cpu_s()
   while time.perf_counter() - start < seconds:
     images += len(next(batches)['label'])
+  RATE_CPU.append((_cpu_s() - cpu) * 1e3 / images)
   return images / (time.perf_counter() - start)
+
+
+RATE_CPU = []  # CPU ms per image of each _rate call: robust to other load on the cores.
 
 
 def _rss_kb(pid: int) -> int:
@@ -195,6 +213,7 @@ def run_one(args) -> None:
     out = _tfdata(files, recipe, cores, args)
   else:
     out = _ours(root, recipe, cores, args)
+  out['cpu_ms'] = RATE_CPU[0]
   print(json.dumps(out), flush=True)
 
 
@@ -215,23 +234,31 @@ def case_imagenet(args, out: dict) -> None:
   for split, ours, ref in (('train', 'ours', 'tfdata'), ('eval', 'ours_eval', 'tfdata_eval')):
     for cores in args.cores:
       rates = {ours: [], ref: [], 'today': []}
+      cpu = {ours: [], ref: [], 'today': []}
       for _ in range(args.rounds):  # Alternating: the shared machine's load drifts.
-        rates[ours].append(_spawn(ours, cores, args)['img_s'])
-        rates[ref].append(_spawn(ref, cores, args)['img_s'])
+        runs = [(ours, None), (ref, None)]
         if args.baseline and split == 'train':
-          rates['today'].append(_spawn('ours', cores, args, args.baseline)['img_s'])
+          runs.append(('today', args.baseline))
+        for name, repo in runs:
+          found = _spawn('ours' if name == 'today' else name, cores, args, repo)
+          rates[name].append(found['img_s'])
+          cpu[name].append(found['cpu_ms'])
       a, b = statistics.median(rates[ours]), statistics.median(rates[ref])
+      ca, cb = statistics.median(cpu[ours]), statistics.median(cpu[ref])
       prefix = 'train' if split == 'train' else 'eval'
       out[f'{prefix}_img_s_{cores}'], out[f'tfdata_{prefix}_img_s_{cores}'] = a, b
       out[f'{prefix}_ratio_{cores}'] = a / b
+      out[f'{prefix}_cpu_ms_{cores}'], out[f'tfdata_{prefix}_cpu_ms_{cores}'] = ca, cb
       note = ''
       if rates['today']:
         out[f'today_img_s_{cores}'] = statistics.median(rates['today'])
-        note = f'  today ({args.baseline}, {cores} thread) {out[f"today_img_s_{cores}"]:6.0f}'
-      print(f'imagenet {split:5s} {cores} core(s): ours {a:6.0f} img/s  tf.data {b:6.0f} '
-            f'img/s  ours/tf.data {a / b:.2f}{note}   (rounds: ours '
-            f'{[round(r) for r in rates[ours]]}, tf.data {[round(r) for r in rates[ref]]})',
-            flush=True)
+        out[f'today_cpu_ms_{cores}'] = statistics.median(cpu['today'])
+        note = (f'  today ({cores} thread) {out[f"today_img_s_{cores}"]:4.0f} img/s '
+                f'{out[f"today_cpu_ms_{cores}"]:.2f} ms')
+      print(f'imagenet {split:5s} {cores} core(s): ours {a:5.0f} img/s {ca:.2f} CPU-ms/img'
+            f'  tf.data {b:5.0f} img/s {cb:.2f} ms  ours/tf.data {a / b:.2f}{note}   '
+            f'(rounds: ours {[round(r) for r in rates[ours]]}, tf.data '
+            f'{[round(r) for r in rates[ref]]})', flush=True)
   if 1 in args.cores and 2 in args.cores:
     out['ratio_1'], out['ratio_2'] = out['train_ratio_1'], out['train_ratio_2']
     out['tfdata_img_s_1'], out['tfdata_img_s_2'] = (out['tfdata_train_img_s_1'],

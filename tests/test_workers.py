@@ -1,5 +1,6 @@
 """Worker processes: the same batches as in-process reading, resume at any step, errors
 that name the file, and no process or /dev/shm segment left behind however the run ends."""
+import gc
 import os
 import signal
 import subprocess
@@ -14,6 +15,7 @@ from PIL import Image
 from conftest import REPO
 from vision_jax.config import base_config
 from vision_jax.data import decode, input_pipeline as ip, preprocess, sources
+from vision_jax.data import workers as workers_lib
 
 
 def _photo_folder(root, n=24, broken=False):
@@ -67,6 +69,7 @@ def _shm() -> set[str]:
 def _wait_until(condition, timeout=10.0) -> bool:
   end = time.time() + timeout
   while time.time() < end:
+    gc.collect()  # Arrays in /dev/shm are unlinked when collected.
     if condition():
       return True
     time.sleep(0.1)
@@ -78,14 +81,17 @@ def photos(tmp_path_factory):
   return _photo_folder(tmp_path_factory.mktemp('photos'))
 
 
-def test_same_batches_with_0_1_2_workers_and_after_resume(photos):
+def test_same_batches_with_0_1_2_workers_and_after_resume(photos, monkeypatch):
   dataset = _train(photos)
   steps = 9  # 54 examples from 24: crosses two epochs.
   with ip.iterate(dataset, 0, num_threads=0) as batches:
     reference = [next(batches) for _ in range(steps)]
   before = _shm()
   start = int(np.random.default_rng().integers(1, steps - 3))  # A resume at a random step.
-  for workers, first in ((1, 0), (2, start)):
+  for workers, first, shm_min_free in ((1, 0, 1 << 62), (2, start, 0)):
+    # One worker handing batches over through a pipe (as with a small /dev/shm), two
+    # through /dev/shm.
+    monkeypatch.setattr(workers_lib, 'SHM_MIN_FREE', shm_min_free)
     with ip.iterate(dataset, first, num_workers=workers) as batches:
       for k in range(first, steps):
         batch = next(batches)
@@ -93,8 +99,9 @@ def test_same_batches_with_0_1_2_workers_and_after_resume(photos):
         assert sorted(batch) == ['image', 'label']
         np.testing.assert_array_equal(batch['image'], reference[k]['image'], err_msg=k)
         np.testing.assert_array_equal(batch['label'], reference[k]['label'])
+  del batch  # Its arrays may live in /dev/shm: freed with the batch.
   assert _wait_until(lambda: not _workers())  # Closed: every worker is gone,
-  assert not _shm() - before  # and nothing was left in /dev/shm.
+  assert _wait_until(lambda: not _shm() - before), _shm() - before  # and /dev/shm clean.
 
 
 def test_an_error_in_a_worker_is_the_corrupt_image_error_naming_the_file(tmp_path):
@@ -105,7 +112,7 @@ def test_an_error_in_a_worker_is_the_corrupt_image_error_naming_the_file(tmp_pat
       for _ in range(4):  # 7 files, 6 a batch: the broken one comes up within 2 steps.
         next(batches)
   assert _wait_until(lambda: not _workers())
-  assert not _shm() - before
+  assert _wait_until(lambda: not _shm() - before), _shm() - before
   with ip.iterate(_train(root, skip_corrupt=True), 0, num_workers=1) as batches:
     assert next(batches)['image'].shape == (6, 32, 32, 3)  # Skipped in the worker too.
 

@@ -14,8 +14,11 @@ Worker processes (spawned, not forked: safe with JAX's and TF's threads) end wit
     process, which decides (save, then close), instead of killing the reader mid-save;
   - each one watches its parent and exits when the parent is gone (killed, crashed), so
     none is ever left behind;
-  - batches travel through a pipe, not /dev/shm: a killed run leaves no shared-memory
-    segment (grain's shared-memory hand-over measured no faster here; bench/README.md).
+  - batches travel through /dev/shm (grain's hand-over: a third of the training process's
+    CPU per batch that a pipe costs) when it has room (`SHM_MIN_FREE`), else through a
+    pipe: a small /dev/shm (Docker's default is 64 MB) would crash the run (SIGBUS) with
+    large batches in flight. Every segment is unlinked once its batch is dropped, when the
+    reader closes, and, after a kill, by multiprocessing's resource tracker.
 An exception raised in a worker (e.g. decode.CorruptImageError naming the file) is raised
 again, the same type and message, by `next()` in the training process.
 """
@@ -30,7 +33,15 @@ import time
 import grain
 from absl import flags
 
-_NO_SHM = 1 << 62  # grain passes arrays of at least this many bytes through /dev/shm.
+SHM_MIN_FREE = 1 << 30  # Bytes /dev/shm must have free for batches to go through it.
+
+
+def _shm_free() -> int:
+  try:
+    stat = os.statvfs('/dev/shm')
+  except OSError:
+    return 0
+  return stat.f_bavail * stat.f_frsize
 
 
 def _end_with_parent(parent: int) -> None:
@@ -64,8 +75,9 @@ class Batches:
         flags.FLAGS.mark_as_parsed()
       ds = dataset[start:].to_iter_dataset(grain.ReadOptions(num_threads=0,
                                                              prefetch_buffer_size=0))
-      ds = grain.experimental.WithOptionsIterDataset(
-          ds, grain.experimental.DatasetOptions(min_shm_size=_NO_SHM))
+      if _shm_free() < SHM_MIN_FREE:  # grain hands over arrays >= min_shm_size via shm.
+        ds = grain.experimental.WithOptionsIterDataset(
+            ds, grain.experimental.DatasetOptions(min_shm_size=1 << 62))
       ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers,
                                                        per_worker_buffer_size=2),
                           worker_init_fn=_InitWorker(os.getpid()))
@@ -89,9 +101,10 @@ class Batches:
     """Ends the readers: worker processes are stopped and joined."""
     if not self._closed:
       self._closed = True
-      close = getattr(self._it, 'close', None)
+      it, self._it = self._it, iter(())
+      close = getattr(it, 'close', None)
       if close is not None:
-        close()
+        close()  # Batches it had read ahead are freed with it (/dev/shm included).
 
   def __enter__(self) -> 'Batches':
     return self
