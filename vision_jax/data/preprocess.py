@@ -2,7 +2,7 @@
 
 Images stay uint8 until they reach the device: a quarter of the bytes to move, and the
 normalisation `(x / 255 - mean) / std` is one fused op inside the jitted step
-(`normalize`). Augmentations take a `numpy.random.Generator` seeded from (seed, global
+(normalize.py). Augmentations take a `numpy.random.Generator` seeded from (seed, global
 example position), so a batch is the same whatever the number of hosts, threads or
 worker processes.
 
@@ -32,11 +32,11 @@ import math
 from typing import Callable, Sequence
 
 import cv2
-import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
 from vision_jax.data import decode
+from vision_jax.data.normalize import normalize  # pylint: disable=unused-import
 from vision_jax.errors import UserError
 
 cv2.setNumThreads(1)  # Examples run in parallel already (threads, worker processes).
@@ -210,11 +210,3 @@ def make_preprocess(recipe: str, image_size: int, *, train: bool, channels: int 
   name = recipe if train else EVAL_RECIPE[recipe]
   return Recipe(name, image_size, channels=channels, crop_fraction=crop_fraction,
                 min_crop_area=min_crop_area, random=train and name in ('cifar', 'inception'))
-
-
-def normalize(images: jnp.ndarray, mean: Sequence[float], std: Sequence[float],
-              dtype=jnp.float32) -> jnp.ndarray:
-  """uint8 NHWC -> (x / 255 - mean) / std, on device."""
-  x = images.astype(jnp.float32) / 255.0
-  x = (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
-  return x.astype(dtype)
