@@ -57,9 +57,10 @@ def test_reduced_decode_gives_the_full_decodes_crop(big_jpeg, recipe, seed):
 
 
 def test_reduction_keeps_at_least_the_output_size(big_jpeg):
-  for crop, expected in ((1000, 8), (999, 4), (224, 1), (447, 1), (448, 2)):
-    assert decode.reduction_for(crop, crop * 1.5, 112 if crop >= 896 else 224) in (
-        expected, 8)
+  for crop_h, crop_w, size, expected in ((1120, 1680, 112, 8), (999, 1500, 224, 4),
+                                         (448, 600, 224, 2), (447, 600, 224, 1),
+                                         (600, 447, 224, 1), (100, 100, 224, 1)):
+    assert decode.reduction_for(crop_h, crop_w, size) == expected, (crop_h, crop_w, size)
   image, reduction = decode.decode(big_jpeg, max_reduction=4)
   assert reduction == 4 and image.shape == (320, 480, 3)
 
