@@ -12,7 +12,7 @@ from PIL import Image
 
 from conftest import run_cli
 from vision_jax.config import base_config
-from vision_jax.data import digits, folder, input_pipeline as ip, mixing, sources
+from vision_jax.data import decode, digits, folder, input_pipeline as ip, mixing, sources
 
 
 def _config(name: str, **dataset):
@@ -31,10 +31,16 @@ def _all_eval(data: ip.Data, split: str) -> dict[str, np.ndarray]:
 
 # ------------------------------------------------------------------------ tfds (mocked)
 # mock_data replaces builder.as_data_source with random examples; its builders are never
-# "prepared", so these runs set download=True (download_and_prepare is a no-op there).
+# "prepared", so these runs set download=True (download_and_prepare is a no-op there), and
+# `online` stands in for the network check that precedes a real download.
 
 
-def test_mock_cifar10_cifar_recipe():
+@pytest.fixture
+def online(monkeypatch):
+  monkeypatch.setattr(sources, '_check_online', lambda name, data_dir: None)
+
+
+def test_mock_cifar10_cifar_recipe(online):
   config = _config('cifar10', download=True, preprocess='cifar', normalization='cifar10')
   with tfds.testing.mock_data(num_examples=20):
     data = ip.build(config)
@@ -49,7 +55,7 @@ def test_mock_cifar10_cifar_recipe():
   assert data.describe()['eval_preprocess'] == 'resize'
 
 
-def test_mock_imagenet_inception_and_center_crop():
+def test_mock_imagenet_inception_and_center_crop(online):
   config = _config('imagenet2012', download=True, preprocess='inception', image_size=24,
                    eval_splits=('validation',), normalization='imagenet')
   with tfds.testing.mock_data(num_examples=12):
@@ -57,7 +63,7 @@ def test_mock_imagenet_inception_and_center_crop():
     first, again = data.train[1], data.train[1]
     evaluated = _all_eval(data, 'validation')
     raw = sources.open_split(config.dataset, 'validation')[0]
-    sizes = {raw[i]['image'].shape for i in range(len(raw))}
+    sizes = {decode.size(raw[i]['image']) for i in range(len(raw))}  # Headers only.
   assert len(sizes) > 1  # The mocked images vary in size, like ImageNet's.
   assert first['image'].shape == (8, 24, 24, 3)
   np.testing.assert_array_equal(first['image'], again['image'])  # Pure function of step.
@@ -65,7 +71,7 @@ def test_mock_imagenet_inception_and_center_crop():
   assert data.num_classes == 1000 and data.describe()['eval_preprocess'] == 'center_crop'
 
 
-def test_variable_size_images_need_an_image_size():
+def test_variable_size_images_need_an_image_size(online):
   with tfds.testing.mock_data(num_examples=4):
     with pytest.raises(sources.DatasetConfigError, match='config.dataset.image_size'):
       ip.build(_config('imagenet2012', download=True, eval_splits=('validation',)))
@@ -155,9 +161,9 @@ def test_class_subset_on_digits(data_dir):
   for j in (0, len(sub) // 2, len(sub) - 1):
     np.testing.assert_array_equal(sub[j]['image'], full[wanted[j]]['image'])
     assert sub[j]['label'] == full[wanted[j]]['label'] - 5
-  config.dataset.cache = 'none'  # Read through tfds: the same examples.
-  np.testing.assert_array_equal(sources.open_split(config.dataset, 'train')[0][9]['image'],
-                                sub[9]['image'])
+  config.dataset.cache = 'none'  # Read through tfds (encoded): the same examples.
+  encoded = sources.open_split(config.dataset, 'train')[0][9]['image']
+  np.testing.assert_array_equal(decode.decode(encoded)[0], sub[9]['image'])
   config.dataset.classes = ('4', '0')  # Names work too, in the order given.
   data = ip.build(config)
   assert data.class_names == ['4', '0'] and data.num_classes == 2
@@ -239,3 +245,80 @@ def test_cli_fails_fast_offline_when_the_dataset_is_absent(tmp_path, data_dir):
   assert proc.returncode != 0 and elapsed < 30, (elapsed, proc.stderr[-2000:])
   assert "'cifar10'" in proc.stderr and data_dir in proc.stderr
   assert 'tfds build cifar10' in proc.stderr and 'Traceback' not in proc.stderr
+
+
+# ------------------------------------------------------------------------ data hygiene
+
+
+def test_a_symlink_loop_lists_each_real_file_once(tmp_path):
+  for c, name in enumerate(('a', 'b')):
+    for i in range(4):
+      _write(str(tmp_path / name / f'{i}.png'), size=(6, 6), seed=c * 10 + i)
+  os.symlink(tmp_path / 'b', tmp_path / 'b' / 'again')  # b/again/again/... -> b
+  os.symlink(tmp_path / 'a' / '0.png', tmp_path / 'a' / 'same.png')  # A second name.
+  config = _config(f'folder:{tmp_path}', folder_test_fraction=0.25)
+  train, _ = sources.open_split(config.dataset, 'train')
+  test, _ = sources.open_split(config.dataset, 'test')
+  assert (len(train), len(test)) == (6, 2)  # 8 real files, not 8 + links x loop depth.
+  key = lambda src: {src[i]['image'].tobytes() for i in range(len(src))}
+  assert not key(train) & key(test)
+
+
+def test_an_eval_split_sharing_training_files_is_refused(tmp_path):
+  for split in ('train', 'test'):
+    for c, name in enumerate(('a', 'b')):
+      for i in range(3):
+        _write(str(tmp_path / split / name / f'{i}.png'), size=(6, 6),
+               seed=(split == 'test') * 100 + c * 10 + i)
+  os.symlink(tmp_path / 'train' / 'a' / '1.png', tmp_path / 'test' / 'a' / 'copy.png')
+  with pytest.raises(sources.DatasetConfigError,
+                     match=r"'test' .* shares 1 of its 7 files .*train/a/1.png"):
+    ip.build(_config(f'folder:{tmp_path}'))
+  data = ip.build(_config(f'folder:{tmp_path}', eval_splits=('train', 'train[:50%]')))
+  assert data.eval_sizes == {'train': 6, 'train[:50%]': 3}  # Training data on purpose.
+
+
+def test_sixteen_bit_images_train_on_their_high_byte(tmp_path):
+  values = np.arange(0, 65536, 1024, dtype=np.uint16).reshape(8, 8)
+  for c, name in enumerate(('a', 'b')):
+    os.makedirs(tmp_path / name)
+    Image.fromarray(values).save(tmp_path / name / 'deep.png')  # 16-bit grey ('I;16').
+  config = _config(f'folder:{tmp_path}', folder_test_fraction=0.0, eval_splits=())
+  config.train.batch_size = 2
+  data = ip.build(config)
+  assert data.channels == 1 and data.image_size == 8
+  np.testing.assert_array_equal(data.train[0]['image'][0, ..., 0], values >> 8)
+  from vision_jax import predict  # pylint: disable=g-import-not-at-top
+  with Image.open(tmp_path / 'a' / 'deep.png') as image:  # Predict reads it alike.
+    read = predict._channels(image, 1)  # pylint: disable=protected-access
+  np.testing.assert_array_equal(read[..., 0], values >> 8)
+
+
+def test_fewer_than_two_classes_is_refused(tmp_path, data_dir):
+  for i in range(3):
+    _write(str(tmp_path / 'only' / f'{i}.png'), size=(6, 6), seed=i)
+  with pytest.raises(sources.DatasetConfigError, match='1 class .*at least two'):
+    ip.build(_config(f'folder:{tmp_path}'))
+  with pytest.raises(sources.DatasetConfigError, match='at least two'):
+    ip.build(_config('digits', classes=(3,), data_dir=data_dir))
+
+
+def test_a_folder_of_one_size_has_that_native_size(tmp_path):
+  for c, name in enumerate(('a', 'b')):
+    for i in range(3):
+      _write(str(tmp_path / 'square' / name / f'{i}.png'), size=(9, 9), seed=c * 10 + i)
+      _write(str(tmp_path / 'wide' / name / f'{i}.png'), size=(12, 9), seed=c * 10 + i)
+      _write(str(tmp_path / 'mixed' / name / f'{i}.png'), size=(9 + i, 9), seed=i)
+  assert ip.build(_config(f'folder:{tmp_path / "square"}')).image_size == 9
+  with pytest.raises(sources.DatasetConfigError, match=r'are all 12x9 .*not square'):
+    ip.build(_config(f'folder:{tmp_path / "wide"}'))
+  with pytest.raises(sources.DatasetConfigError, match=r'vary in size \(.*is 9x9.*10x9'):
+    ip.build(_config(f'folder:{tmp_path / "mixed"}'))
+
+
+def test_download_offline_fails_fast_with_the_reason(tmp_path):
+  config = _config('cifar10', download=True, data_dir=str(tmp_path))
+  start = time.time()
+  with pytest.raises(sources.DatasetNotFoundError, match='cannot be downloaded.*tfds build'):
+    sources.open_split(config.dataset, 'train')  # Offline here: tfds would retry ~205 s.
+  assert time.time() - start < 30

@@ -136,14 +136,13 @@ def test_in_memory_gather_equals_the_per_example_path(data_dir):
   fast = ip.train_dataset(source, fn, global_batch=96, seed=2)
   slow_fn = lambda ex, rng: fn(ex, rng)  # No identity_for: the per-example path.
   slow = ip.train_dataset(source, slow_fn, global_batch=96, seed=2)
-  # Gathered 64 steps at a time (test below). 1437 / 96: steps 14 and 15 straddle an epoch
-  # boundary; 63 | 64 a chunk boundary; 3 after 130 goes back to a chunk no longer held.
+  # 1437 / 96: steps 14 and 15 straddle an epoch boundary; 3 after 130 goes back 8 epochs.
   for step in (0, 14, 15, 40, 63, 64, 130, 3):
     a, b = fast[step], slow[step]
     for key in ('image', 'label'):
       assert a[key].dtype == b[key].dtype
       np.testing.assert_array_equal(a[key], b[key])
-  threaded = ip.iterate(fast, 60, num_threads=4)  # Readers on both sides of a chunk edge.
+  threaded = ip.iterate(fast, 60, num_threads=4)
   for step in range(60, 70):
     np.testing.assert_array_equal(next(threaded)['label'], slow[step]['label'])
   # Evaluation too, padding included (1437 = 14 * 96 + 93: the last batch has 3 pad rows).
@@ -160,19 +159,27 @@ def test_in_memory_gather_equals_the_per_example_path(data_dir):
   assert fast_eval[14]['mask'].sum() == 45  # Host 1 holds rows 48-95: 45 real, 3 padded.
 
 
-def test_chunked_gather_holds_at_most_16_mib_and_equals_one_batch_at_a_time():
-  rng = np.random.default_rng(0)
-  source = sources.ArraySource(rng.integers(0, 255, (500, 32, 32, 3), np.uint8),
-                               rng.integers(0, 10, 500))
-  order = ip.EpochOrder(len(source), seed=1)
-  shard = ip.HostShard(1, 2)  # The second host's half of each global batch of 128.
-  gather = ip.ChunkedGather(source, order, global_batch=128, shard=shard)
-  assert gather.steps == 64  # 64 rows of 3 KiB: 85 batches would fit in 16 MiB; cap 64.
-  small = ip.ChunkedGather(source, order, global_batch=4096, shard=shard)
-  assert small.steps == 2  # 2048 rows of 3 KiB = 6 MiB per batch: 2 fit in 16 MiB.
-  for step in (0, 63, 64, 200, 5):
-    indices = order(ip._positions(step, 128, shard))  # pylint: disable=protected-access
-    batch = gather(step)
-    np.testing.assert_array_equal(batch['image'], source.images[indices])
-    np.testing.assert_array_equal(batch['label'], source.labels[indices])
-    assert batch['label'].dtype == np.int32
+def test_cifar_recipe_on_an_in_memory_split_leaves_pad_crop_flip_to_the_device(data_dir):
+  config = base_config()
+  config.dataset.update(data_dir=data_dir, preprocess='cifar')
+  assert ip.build(config).device_augment == ''  # Unless the train step can do it.
+  data = ip.build(config, augment_on_device=True)  # Digits in memory (cache='auto').
+  assert data.device_augment == 'cifar' and data.num_workers == 0
+  assert data.describe()['device_augment'] == 'cifar'
+  source = sources.open_split(config.dataset, 'train')[0]
+  order = ip.EpochOrder(len(source), config.seed)
+  rows = order(np.arange(config.train.batch_size) + 4 * config.train.batch_size)
+  np.testing.assert_array_equal(data.train[4]['image'], source.images[rows])  # Untouched.
+  config.dataset.cache = 'none'  # Read through tfds per example: the host does it all.
+  data = ip.build(config, augment_on_device=True)
+  assert data.device_augment == '' and data.num_workers >= 1
+  with data.eval_batches('test') as batches:
+    assert sum(b['mask'].sum() for b in batches) == 360
+
+
+def test_auto_worker_count():
+  assert ip.auto_workers(True, cores=64, local_devices=8) == 0  # In memory: threads.
+  assert ip.auto_workers(False, cores=2, local_devices=1) == 1
+  assert ip.auto_workers(False, cores=16, local_devices=1) == 8  # 8 per accelerator,
+  assert ip.auto_workers(False, cores=96, local_devices=8) == 64
+  assert ip.auto_workers(False, cores=32, local_devices=8) == 31  # all but one core.

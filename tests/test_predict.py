@@ -91,7 +91,8 @@ def _pil(array: np.ndarray, mode: str | None = None) -> Image.Image:
     (lambda: _pil(np.full((4, 4), 255)).convert('1'), 1, 'ok'),        # bilevel
     (lambda: _pil(np.arange(48).reshape(4, 4, 3)), 1, 'has 3 channels'),
     (lambda: _pil(np.full((4, 4, 4), 100)), 3, 'transparent'),
-    (lambda: Image.new('I;16', (4, 4)), 1, "pixel format 'I;16'"),
+    (lambda: Image.new('I;16', (4, 4)), 1, 'ok'),                      # 16-bit: high byte
+    (lambda: Image.new('F', (4, 4)), 1, "pixel format 'F'"),
     (lambda: Image.new('CMYK', (4, 4)), 3, "pixel format 'CMYK'"),
 ])
 def test_channel_conversion_only_when_nothing_is_lost(make, channels, expected):

@@ -54,7 +54,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.dataset.folder_test_fraction = 0.2  # folder: without train/ test/ sub-folders, this ...
   c.dataset.folder_split_seed = 0   # ... fraction of each class is 'test', chosen with this seed.
   c.dataset.skip_corrupt = False    # folder: skip unreadable images (logged) instead of failing.
-  c.dataset.num_threads = -1        # Reader threads; -1 = 0 for in-memory splits, else 4.
+  c.dataset.num_threads = -1        # Reader threads if no workers; -1 = 0 if a gather, else 4.
+  c.dataset.num_workers = -1        # Decoding processes; -1 = auto (input_pipeline.auto_workers).
 
   c.model = ml_collections.ConfigDict()
   c.model.name = 'convnet'          # vision_jax.models.list_models()

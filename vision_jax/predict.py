@@ -10,8 +10,9 @@ and std. Folders are searched recursively for image files, in sorted order.
 
 Channels are converted only where no information is lost: greyscale -> RGB by repeating
 it, a palette image to its colours, RGB whose three channels are equal -> greyscale, and a
-fully opaque alpha channel is dropped. A colour image for a greyscale model, real
-transparency, or 16-bit and CMYK images are a per-file error naming what to do: converting
+fully opaque alpha channel is dropped; a 16-bit image keeps its high byte, as in training
+(`decode.to_8bit`). A colour image for a greyscale model, real transparency, or CMYK
+images are a per-file error naming what to do: converting
 them means choosing weights or a background, which is the user's decision, not ours. The
 one exception is a run that converted channels itself (config.dataset.channels set): its
 eval preprocessing converts colour to grey, and predict applies it like evaluation did.
@@ -34,6 +35,7 @@ from PIL import Image
 from PIL import ImageOps
 from PIL import UnidentifiedImageError
 
+from vision_jax.data import decode
 from vision_jax.data import preprocess
 from vision_jax.errors import UserError
 
@@ -82,10 +84,12 @@ def _channels(image: Image.Image, channels: int, run_converts: bool = False) -> 
     image = image.convert('RGBA')
   elif image.mode == '1':
     image = image.convert('L')
+  elif image.mode.startswith('I;16'):
+    image = decode.to_8bit(image)  # The mapping training used.
   if image.mode not in ('L', 'LA', 'RGB', 'RGBA'):
-    raise ImageError(f'pixel format {image.mode!r} is not 8-bit greyscale or RGB (16-bit, '
-                     'CMYK and other formats need a conversion only you can choose). Save it '
-                     'as an 8-bit greyscale or RGB PNG.')
+    raise ImageError(f'pixel format {image.mode!r} is not 8-bit greyscale or RGB (CMYK, '
+                     '32-bit and other formats need a conversion only you can choose). Save '
+                     'it as an 8-bit greyscale or RGB PNG.')
   array = np.asarray(image)
   array = array[..., None] if array.ndim == 2 else array
   if array.shape[-1] in (2, 4):

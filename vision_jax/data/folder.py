@@ -9,31 +9,31 @@ Two layouts:
 Class names are the sorted class-folder names over all splits; the label of an image is
 its class's index in that list. Split slicing (`train[:90%]`, `train+test`) follows tfds.
 
-Images are decoded with PIL on read (random access by index, like the tfds sources). An
-unreadable file stops the run with its path, unless `dataset.skip_corrupt=True`: then it
-is replaced by the next readable image of the split (the stream stays a pure function of
-(seed, step)), flagged `skipped` so evaluation masks it out, and logged once.
+Every real file is listed once: symbolic links are followed, but a directory already
+visited (a link loop such as `ln -s D/3 D/3/again`) is not entered again, and a file
+reached through several links counts once, under its resolved path. A source hands out a
+file's bytes (random access by index, like the tfds sources); the recipe decodes them
+(decode.py), only as far as its crop needs. An unreadable file stops the run with its
+path, unless `dataset.skip_corrupt=True`: then it is replaced by the next readable image
+of the split (the stream stays a pure function of (seed, step)), flagged `skipped` so
+evaluation masks it out, and logged once (stream.Examples).
 """
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import os
-import threading
 import types
 
 import numpy as np
-import tensorflow_datasets as tfds
-from absl import logging
 from PIL import Image
 
+from vision_jax.data import decode
+from vision_jax.data.decode import CorruptImageError  # pylint: disable=unused-import
 from vision_jax.errors import UserError
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.webp', '.tif', '.tiff')
 PREFIX = 'folder:'
-
-
-class CorruptImageError(UserError):
-  """An image file that PIL cannot decode."""
 
 
 class FolderError(UserError):
@@ -41,9 +41,19 @@ class FolderError(UserError):
 
 
 def _images_under(directory: str) -> list[str]:
-  found = []
-  for dirpath, _, files in os.walk(directory, followlinks=True):
-    found += [os.path.join(dirpath, f) for f in files if f.lower().endswith(IMAGE_EXTENSIONS)]
+  """The resolved paths of the image files under `directory`, each real file once."""
+  found, seen_dirs, pending = set(), set(), [os.path.realpath(directory)]
+  while pending:
+    real_dir = pending.pop()
+    if real_dir in seen_dirs:
+      continue  # A link back to a directory already listed (a loop, or a second name).
+    seen_dirs.add(real_dir)
+    with os.scandir(real_dir) as entries:
+      for entry in entries:
+        if entry.is_dir():  # Follows links.
+          pending.append(os.path.realpath(entry.path) if entry.is_symlink() else entry.path)
+        elif entry.name.lower().endswith(IMAGE_EXTENSIONS) and entry.is_file():
+          found.add(os.path.realpath(entry.path) if entry.is_symlink() else entry.path)
   return sorted(found)
 
 
@@ -102,6 +112,8 @@ def _split_by_fraction(paths: list[str], labels: np.ndarray, test_fraction: floa
 def select(splits: dict[str, tuple[list[str], np.ndarray]], spec: str
            ) -> tuple[list[str], np.ndarray]:
   """The files of a tfds-style split spec ('train', 'train[:90%]', 'train+test')."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  # Imported here: worker processes load this module (FolderSource), not TensorFlow.
   infos = {name: types.SimpleNamespace(num_examples=len(p)) for name, (p, _) in splits.items()}
   try:
     instructions = tfds.core.ReadInstruction.from_spec(spec).to_absolute(infos)
@@ -116,13 +128,6 @@ def select(splits: dict[str, tuple[list[str], np.ndarray]], spec: str
   return paths, np.concatenate(labels)
 
 
-def decode(path: str, channels: int) -> np.ndarray:
-  """HWC uint8 array of an image file: grey (channels=1) or RGB (alpha dropped)."""
-  with Image.open(path) as image:
-    array = np.asarray(image.convert('L' if channels == 1 else 'RGB'))
-  return array[..., None] if channels == 1 else array
-
-
 def probe(path: str, channels: int) -> tuple[int, int | None]:
   """(channels, decoded bytes of one image) from the header of a split's first image.
 
@@ -130,48 +135,57 @@ def probe(path: str, channels: int) -> tuple[int, int | None]:
   """
   try:
     with Image.open(path) as image:
-      channels = channels or (1 if image.mode in ('1', 'L', 'LA', 'I', 'I;16', 'F') else 3)
+      grey = image.mode in ('1', 'L', 'LA', 'I', 'I;16', 'I;16B', 'I;16L', 'I;16N', 'F')
+      channels = channels or (1 if grey else 3)
       return channels, image.size[0] * image.size[1] * channels
   except Exception:  # pylint: disable=broad-except
     return channels or 3, None  # Unreadable: reported (or skipped) when it is read.
 
 
-class FolderSource:
-  """Random access to (image, label) of a list of files."""
+def _header_size(path: str) -> tuple[int, int] | None:
+  try:
+    with Image.open(path) as image:  # Reads the header only.
+      return image.size
+  except Exception:  # pylint: disable=broad-except
+    return None  # Reported (or skipped) when the recipe reads it.
 
-  def __init__(self, paths: list[str], labels: np.ndarray, *, channels: int,
-               skip_corrupt: bool):
+
+def common_size(paths: list[str], sample: int = 2000) -> tuple[int, str]:
+  """(side, '') if the images are all side x side, else (0, why not), from the headers of
+  up to `sample` files spread evenly over the split (every file of a smaller split)."""
+  picked = [paths[i] for i in np.linspace(0, len(paths) - 1, min(sample, len(paths)),
+                                          dtype=np.int64)]
+  with concurrent.futures.ThreadPoolExecutor(8) as pool:
+    found = {}
+    for path, found_size in zip(picked, pool.map(_header_size, picked)):
+      if found_size is not None:
+        found.setdefault(found_size, path)
+  if len(found) > 1:
+    (a, path_a), (b, path_b) = list(found.items())[:2]
+    return 0, (f'vary in size ({path_a} is {a[0]}x{a[1]}, {path_b} {b[0]}x{b[1]}, '
+               'width x height)')
+  if not found:
+    return 0, 'have no readable header'
+  (width, height), = found
+  if width != height:
+    return 0, f'are all {width}x{height} (width x height), not square'
+  return width, ''
+
+
+class FolderSource:
+  """Random access to (encoded image, label) of a list of files."""
+
+  def __init__(self, paths: list[str], labels: np.ndarray):
     self.paths, self.labels = paths, labels
-    self.channels, self.skip_corrupt = channels, skip_corrupt
-    self.skipped: set[str] = set()
-    self._lock = threading.Lock()
 
   def __len__(self) -> int:
     return len(self.paths)
 
-  def read(self, i: int) -> np.ndarray | None:
-    """The image at i; None for an unreadable file when skipping, else CorruptImageError."""
-    try:
-      return decode(self.paths[i], self.channels)
-    except Exception as e:  # pylint: disable=broad-except
-      if not self.skip_corrupt:
-        raise CorruptImageError(
-            f'Cannot read image {self.paths[i]} ({type(e).__name__}: {e}). Remove or '
-            'replace the file, or rerun with --config.dataset.skip_corrupt=True to skip '
-            'unreadable images (they are counted in the log).') from e
-      with self._lock:
-        if self.paths[i] not in self.skipped:
-          self.skipped.add(self.paths[i])
-          logging.warning('Skipping unreadable image %s (%s); %d skipped so far.',
-                          self.paths[i], e, len(self.skipped))
-      return None
-
   def __getitem__(self, i: int) -> dict:
-    i = int(i)
-    for offset in range(len(self)):  # A deterministic substitute for an unreadable file.
-      j = (i + offset) % len(self)
-      image = self.read(j)
-      if image is not None:
-        return {'image': image, 'label': self.labels[j], 'skipped': offset > 0}
-    raise CorruptImageError(f'No readable image among the {len(self)} files of this split '
-                            f'(first: {self.paths[0]}).')
+    path = self.paths[int(i)]
+    try:
+      with open(path, 'rb') as f:
+        data = f.read()
+    except OSError as e:
+      raise decode.corrupt(path, e) from e
+    return {'image': decode.Encoded(data, path), 'label': self.labels[int(i)]}

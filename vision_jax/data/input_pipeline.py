@@ -1,21 +1,24 @@
-"""Dataset -> this host's share -> preprocess -> batches of numpy arrays.
+"""Dataset -> this host's share -> preprocess -> batches of numpy arrays, read ahead.
 
-The training stream is a pure function of (seed, step): example indices in an order drawn
-per epoch from (seed, epoch), read at global positions `step * global_batch + row`, each
-example augmented with a generator seeded by (seed, position). Each host reads only the
-rows of each global batch that belong to it (a contiguous block, so the global array
-assembled from the hosts' blocks holds the same examples in the same order whatever the
-number of processes). Resuming at step k is just starting at position k: the
-input state saved with a checkpoint is that one integer.
+  data = input_pipeline.build(config, HostShard(jax.process_index(), jax.process_count()))
+  with data.train_batches(start_step) as batches:   # worker processes end with the block
+    for step in range(start_step, total):
+      batch = next(batches)                          # {'image': uint8 NHWC, 'label': int32}
 
-Evaluation reads every example once, padding the last global batch with masked copies.
+The training stream is a pure function of (seed, step) (stream.py): the same batches with
+0, 1 or N worker processes, on any number of hosts, and resuming at step k is starting at
+k, so the input state saved with a checkpoint is that one integer. Who computes a batch
+(workers.py): for a split held in memory, a numpy gather or per-example work in threads;
+for images read from files or tfds records, worker processes that decode each image once,
+at the scale its crop needs. The CIFAR recipe's pad-crop-flip of an in-memory split runs on
+the device (`Data.device_augment`, device_augment.py). Evaluation reads every example once,
+padding the last global batch with masked copies.
 """
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
-import threading
-from typing import Iterator
 
 import grain
 import ml_collections
@@ -23,78 +26,9 @@ import numpy as np
 
 from vision_jax.data import preprocess
 from vision_jax.data import sources
-
-
-@dataclasses.dataclass(frozen=True)
-class HostShard:
-  """Which rows of each global batch this process reads."""
-  index: int = 0
-  count: int = 1
-
-
-def _rows(global_batch: int, shard: HostShard) -> int:
-  if global_batch % shard.count:
-    raise ValueError(f'Global batch {global_batch} is not divisible by {shard.count} hosts.')
-  return global_batch // shard.count
-
-
-class EpochOrder:
-  """Example index at each global position: one permutation of the split per epoch.
-
-  The permutation of epoch e is drawn from (seed, e) alone, so any position can be looked
-  up directly (resume, any host) with one numpy gather; the last few epochs are kept.
-  """
-
-  def __init__(self, size: int, seed: int, keep: int = 4):
-    self.size, self.seed, self.keep = size, seed, keep
-    self._perms: dict[int, np.ndarray] = {}
-    self._lock = threading.Lock()
-
-  def _perm(self, epoch: int) -> np.ndarray:
-    with self._lock:
-      perm = self._perms.get(epoch)
-      if perm is None:  # Iterators may be anywhere (resume, several at once): any epoch.
-        perm = np.random.default_rng((self.seed, epoch)).permutation(self.size)
-        self._perms[epoch] = perm
-        for old in sorted(self._perms, key=lambda e: abs(e - epoch))[self.keep:]:
-          del self._perms[old]  # Keep the epochs nearest to the one just asked for.
-      return perm
-
-  def __call__(self, positions: np.ndarray) -> np.ndarray:
-    epochs, offsets = np.divmod(positions, self.size)
-    out = np.empty_like(positions)
-    for epoch in np.unique(epochs):
-      here = epochs == epoch
-      out[here] = self._perm(int(epoch))[offsets[here]]
-    return out
-
-
-def _positions(batch: int, global_batch: int, shard: HostShard) -> np.ndarray:
-  """Global positions of this host's rows of global batch `batch` (a contiguous block)."""
-  rows = global_batch // shard.count
-  return batch * global_batch + shard.index * rows + np.arange(rows, dtype=np.int64)
-
-
-def _stack(examples: list[dict]) -> dict[str, np.ndarray]:
-  return {k: np.stack([ex[k] for ex in examples]) for k in examples[0]}
-
-
-def train_dataset(source, fn: preprocess.Preprocess, *, global_batch: int, seed: int,
-                  shard: HostShard = HostShard()) -> grain.MapDataset:
-  """An infinite MapDataset of host-local batches; element k is the batch of step k."""
-  _rows(global_batch, shard)
-  order = EpochOrder(len(source), seed)
-  random = getattr(fn, 'random', True)  # Seeding a Generator costs ~20 us: only if used.
-
-  def batch(step: int) -> dict[str, np.ndarray]:
-    positions = _positions(step, global_batch, shard)
-    return _stack([fn(source[int(i)], np.random.default_rng((seed, int(p))) if random
-                      else None) for p, i in zip(positions, order(positions))])
-
-  if _gatherable(source, fn):  # Same batches, without a Python call per example.
-    batch = ChunkedGather(source, order, global_batch, shard)
-
-  return grain.MapDataset.range(0, sys.maxsize).map(batch)
+from vision_jax.data import stream
+from vision_jax.data.stream import EpochOrder, HostShard  # pylint: disable=unused-import
+from vision_jax.data.workers import Batches
 
 
 def _gatherable(source, fn: preprocess.Preprocess) -> bool:
@@ -103,76 +37,38 @@ def _gatherable(source, fn: preprocess.Preprocess) -> bool:
           and getattr(fn, 'identity_for', lambda _: False)(source.images.shape[1:]))
 
 
-def _gather(source: sources.ArraySource, rows: np.ndarray) -> dict[str, np.ndarray]:
-  """Examples `rows` (any shape) as the per-example path makes them: labels int32."""
-  return {'image': source.images[rows], 'label': source.labels[rows].astype(np.int32)}
-
-
-class ChunkedGather:
-  """Batch `step` of a split held in memory, gathered with its neighbours in one go.
-
-  What a host read costs a running step is per call more than per byte: on 2 cores a ~12 us
-  gather between dispatches slowed the step ~2%, while 50 steps' gathers done at once
-  slowed it by nothing measurable (bench/README.md, "Loop overhead"). So `steps` batches
-  (up to 64, at most 16 MiB) are gathered together and handed out as views; each equals
-  the batch gathered alone.
-  """
-
-  def __init__(self, source: sources.ArraySource, order: EpochOrder, global_batch: int,
-               shard: HostShard, max_steps: int = 64, max_bytes: int = 16 << 20):
-    self.source, self.order, self.global_batch, self.shard = source, order, global_batch, shard
-    batch_bytes = source.images[0].nbytes * _rows(global_batch, shard)
-    self.steps = int(np.clip(max_bytes // max(batch_bytes, 1), 1, max_steps))
-    self._chunks: dict[int, dict[str, np.ndarray]] = {}  # The last two made.
-    self._lock = threading.Lock()
-
-  def _chunk(self, first: int) -> dict[str, np.ndarray]:
-    positions = np.concatenate([_positions(s, self.global_batch, self.shard)
-                                for s in range(first, first + self.steps)])
-    return _gather(self.source, self.order(positions).reshape(self.steps, -1))
-
-  def __call__(self, step: int) -> dict[str, np.ndarray]:
-    first = step - step % self.steps
-    with self._lock:  # Reader threads ask for steps of the same chunk, or of two.
-      chunk = self._chunks.get(first)
-      if chunk is None:
-        chunk = self._chunks[first] = self._chunk(first)
-        if len(self._chunks) > 2:
-          del self._chunks[next(iter(self._chunks))]  # The one made first.
-    return {k: v[step - first] for k, v in chunk.items()}
+def train_dataset(source, fn: preprocess.Preprocess, *, global_batch: int, seed: int,
+                  shard: HostShard = HostShard(), skip_corrupt: bool = False
+                  ) -> grain.MapDataset:
+  """An infinite MapDataset of host-local batches; element k is the batch of step k."""
+  stream.rows(global_batch, shard)
+  order = EpochOrder(len(source), seed)
+  if _gatherable(source, fn):  # Same batches, without a Python call per example.
+    batch = stream.GatheredBatch(source.images, source.labels, order, global_batch, shard)
+  else:
+    batch = stream.TrainBatch(stream.Examples(source, fn, seed, skip_corrupt), order,
+                              global_batch, shard)
+  return grain.MapDataset.range(0, sys.maxsize).map(batch)
 
 
 def eval_dataset(source, fn: preprocess.Preprocess, *, global_batch: int,
-                 shard: HostShard = HostShard()) -> grain.MapDataset:
-  """Every example once, in order; padded rows have mask 0."""
-  _rows(global_batch, shard)
+                 shard: HostShard = HostShard(), skip_corrupt: bool = False
+                 ) -> grain.MapDataset:
+  """Every example once, in order; padded (and skipped unreadable) rows have mask 0."""
+  stream.rows(global_batch, shard)
   num_batches = -(-len(source) // global_batch)
-
-  def example(position: int) -> dict[str, np.ndarray]:
-    raw = source[min(position, len(source) - 1)]
-    out = fn(raw, None)  # A skipped unreadable file (folder.py) is masked out too.
-    out['mask'] = np.asarray(position < len(source) and not raw.get('skipped'), np.float32)
-    return out
-
-  def batch(index: int) -> dict[str, np.ndarray]:
-    return _stack([example(int(p)) for p in _positions(index, global_batch, shard)])
-
-  def gathered(index: int) -> dict[str, np.ndarray]:
-    positions = _positions(index, global_batch, shard)
-    return {**_gather(source, np.minimum(positions, len(source) - 1)),
-            'mask': (positions < len(source)).astype(np.float32)}
-
-  return grain.MapDataset.range(num_batches).map(
-      gathered if _gatherable(source, fn) else batch)
+  if _gatherable(source, fn):
+    batch = stream.GatheredEvalBatch(source.images, source.labels, global_batch, shard)
+  else:
+    batch = stream.EvalBatch(stream.Examples(source, fn, 0, skip_corrupt), global_batch,
+                             shard)
+  return grain.MapDataset.range(num_batches).map(batch)
 
 
-def iterate(dataset: grain.MapDataset, start: int = 0, num_threads: int = 4) -> Iterator:
-  """Iterates `dataset[start:]` with `num_threads` threads reading ahead (0: on the
-  caller's thread, one read per `next`)."""
-  if num_threads == 0:
-    return (dataset[i] for i in range(start, len(dataset)))
-  options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * num_threads)
-  return iter(dataset[start:].to_iter_dataset(options))
+def iterate(dataset: grain.MapDataset, start: int = 0, num_threads: int = 4,
+            num_workers: int = 0) -> Batches:
+  """dataset[start:], read ahead by worker processes or threads (workers.Batches)."""
+  return Batches(dataset, start, num_threads=num_threads, num_workers=num_workers)
 
 
 @dataclasses.dataclass
@@ -190,7 +86,19 @@ class Data:
   std: tuple[float, ...]
   eval_preprocess: str = 'resize'
   crop_fraction: float = 0.875
-  num_threads: int = 4  # Reader threads: 0 when the train split is already in memory.
+  num_threads: int = 4  # Reader threads (when no workers): 0 for a split held in memory.
+  num_workers: int = 0  # Worker processes reading the train split (0: in-process).
+  eval_workers: int = 0  # Same for the eval splits (0 when they are all in memory).
+  train_preprocess: str = 'resize'
+  device_augment: str = ''  # Recipe the train step applies on device (device_augment.py).
+
+  def train_batches(self, start: int = 0) -> Batches:
+    """The training batches of steps start, start + 1, ...; close() (or `with`) at the end."""
+    return iterate(self.train, start, self.num_threads, self.num_workers)
+
+  def eval_batches(self, split: str) -> Batches:
+    """Every batch of one eval split, once; close() (or `with`) at the end."""
+    return iterate(self.evals[split], 0, self.num_threads, self.eval_workers)
 
   def describe(self) -> dict:
     """What inference needs without the dataset: written to the workdir as dataset.json."""
@@ -198,7 +106,8 @@ class Data:
             'channels': self.channels, 'class_names': self.class_names,
             'mean': list(self.mean), 'std': list(self.std), 'num_train': self.num_train,
             'eval_sizes': self.eval_sizes, 'eval_preprocess': self.eval_preprocess,
-            'crop_fraction': self.crop_fraction}
+            'crop_fraction': self.crop_fraction, 'train_preprocess': self.train_preprocess,
+            'device_augment': self.device_augment}
 
 
 def _check(ds_cfg: ml_collections.ConfigDict) -> None:
@@ -214,44 +123,88 @@ def _check(ds_cfg: ml_collections.ConfigDict) -> None:
   if ds_cfg.eval_preprocess not in ('', 'resize', 'center_crop'):
     problems.append(f'config.dataset.eval_preprocess={ds_cfg.eval_preprocess!r}: use "" '
                     '(follow config.dataset.preprocess), "resize" or "center_crop".')
+  workers = ds_cfg.get('num_workers', -1)
+  if not isinstance(workers, int) or workers < -1:
+    problems.append(f'config.dataset.num_workers={workers!r}: use -1 (auto), 0 '
+                    '(read in the training process) or a number of worker processes.')
   if problems:
     raise sources.DatasetConfigError(' '.join(problems))
 
 
-def build(config: ml_collections.ConfigDict, shard: HostShard = HostShard()) -> Data:
-  """Opens the configured dataset (failing fast if absent) and builds both streams."""
+def build(config: ml_collections.ConfigDict, shard: HostShard = HostShard(), *,
+          augment_on_device: bool = False) -> Data:
+  """Opens the configured dataset (failing fast if absent) and builds both streams.
+
+  With `augment_on_device`, a caller whose train step applies `device_augment.
+  make_device_augment(data.device_augment, ...)` lets the device do the CIFAR recipe's
+  pad-crop-flip of a split held in memory; otherwise the host does the whole recipe.
+  """
   ds_cfg = config.dataset
   _check(ds_cfg)
   train_src, info = sources.open_split(ds_cfg, ds_cfg.train_split)
+  if info.num_classes < 2:
+    raise sources.DatasetConfigError(
+        f'{ds_cfg.name!r} has {info.num_classes} class{"es" * (info.num_classes != 1)} '
+        f'({", ".join(info.class_names)}): a classifier needs at least two. Add classes '
+        '(a folder dataset: one sub-folder per class) or widen config.dataset.classes.')
   size = ds_cfg.image_size or info.image_size
   if not size:
     raise sources.DatasetConfigError(
-        f'The images of {ds_cfg.name!r} vary in size: set config.dataset.image_size '
+        f'The images of {ds_cfg.name!r} {info.size_note}: set config.dataset.image_size '
         '(e.g. 224 with preprocess="inception").')
   channels = ds_cfg.channels or info.channels
   recipe = dict(channels=channels, crop_fraction=ds_cfg.crop_fraction,
                 min_crop_area=ds_cfg.min_crop_area)
-  train_fn = preprocess.make_preprocess(ds_cfg.preprocess, size, train=True, **recipe)
+  in_memory = isinstance(train_src, sources.ArraySource)
+  device_augment = ('cifar' if augment_on_device and ds_cfg.preprocess == 'cifar'
+                    and in_memory else '')
+  train_fn = preprocess.make_preprocess('resize' if device_augment else ds_cfg.preprocess,
+                                        size, train=True, **recipe)
+  gathered = _gatherable(train_src, train_fn)
   eval_recipe = ds_cfg.eval_preprocess or preprocess.EVAL_RECIPE.get(ds_cfg.preprocess, '')
   eval_fn = preprocess.make_preprocess(eval_recipe, size, train=False, **recipe)
   mean, std = preprocess.mean_std(ds_cfg.mean, ds_cfg.std, ds_cfg.normalization, channels)
-  evals, eval_sizes = {}, {}
+  evals, eval_sizes, evals_in_memory = {}, {}, True
   for split in ds_cfg.eval_splits:
     src, _ = sources.open_split(ds_cfg, split)
-    evals[split] = eval_dataset(src, eval_fn, global_batch=config.eval.batch_size, shard=shard)
+    sources.check_disjoint(ds_cfg, ds_cfg.train_split, split)
+    evals[split] = eval_dataset(src, eval_fn, global_batch=config.eval.batch_size,
+                                shard=shard, skip_corrupt=ds_cfg.skip_corrupt)
     eval_sizes[split] = len(src)
+    evals_in_memory &= isinstance(src, sources.ArraySource)
+  workers = ds_cfg.get('num_workers', -1)
   return Data(
       train=train_dataset(train_src, train_fn, global_batch=config.train.batch_size,
-                          seed=config.seed, shard=shard),
+                          seed=config.seed, shard=shard, skip_corrupt=ds_cfg.skip_corrupt),
       evals=evals, eval_sizes=eval_sizes, num_train=len(train_src),
       num_classes=info.num_classes, image_size=size, channels=channels,
       class_names=info.class_names, mean=mean, std=std, eval_preprocess=eval_recipe,
-      crop_fraction=ds_cfg.crop_fraction, num_threads=_reader_threads(ds_cfg, train_src))
+      crop_fraction=ds_cfg.crop_fraction, num_threads=_reader_threads(ds_cfg, gathered),
+      num_workers=auto_workers(in_memory) if workers == -1 else workers,
+      eval_workers=auto_workers(evals_in_memory) if workers == -1 else workers,
+      train_preprocess=ds_cfg.preprocess, device_augment=device_augment)
 
 
-def _reader_threads(ds_cfg: ml_collections.ConfigDict, train_src) -> int:
-  """config.dataset.num_threads, or with -1: none for a split held in memory (a gather
-  is cheaper than handing batches between threads on a busy CPU), 4 otherwise."""
+def auto_workers(in_memory: bool, cores: int | None = None,
+                 local_devices: int | None = None) -> int:
+  """config.dataset.num_workers=-1: none for a split held in memory (a gather, or cheap
+  per-example work in threads); else one per core this process may use (its CPU affinity:
+  taskset, cgroups, SLURM's binding) but one left to the training loop, at least 1 and at
+  most 8 per local accelerator (a ResNet-50 chip needs ~3 decoding cores)."""
+  if in_memory:
+    return 0
+  if cores is None:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (
+        os.cpu_count() or 1)
+  if local_devices is None:
+    import jax  # pylint: disable=g-import-not-at-top
+    local_devices = jax.local_device_count()
+  return max(1, min(cores - 1, 8 * local_devices))
+
+
+def _reader_threads(ds_cfg: ml_collections.ConfigDict, gathered: bool) -> int:
+  """config.dataset.num_threads, or with -1: none when a batch is one numpy gather (cheaper
+  than handing batches between threads on a busy CPU), 4 otherwise."""
   if ds_cfg.num_threads >= 0:
     return ds_cfg.num_threads
-  return 0 if isinstance(train_src, sources.ArraySource) else 4
+  return 0 if gathered else 4

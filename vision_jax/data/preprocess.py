@@ -2,31 +2,44 @@
 
 Images stay uint8 until they reach the device: a quarter of the bytes to move, and the
 normalisation `(x / 255 - mean) / std` is one fused op inside the jitted step
-(`normalize`). Augmentations take a `numpy.random.Generator` seeded from (seed, global
-example position), so a batch is the same whatever the number of hosts or threads.
+(normalize.py). Augmentations take a `numpy.random.Generator` seeded from (seed, global
+example position), so a batch is the same whatever the number of hosts, threads or
+worker processes.
 
 Recipes (`config.dataset.preprocess`; evaluation uses the recipe's deterministic twin):
-  resize       train and eval: bilinear resize to image_size x image_size.
-  cifar        train: resize, zero-pad 4, random crop back, random horizontal flip.
-               eval: resize.
-  inception    train: random resized crop (area `min_crop_area`..100% of the image,
-               aspect 3/4..4/3, 10 tries, else the centre), resize, random flip.
+  resize       train and eval: resize to image_size x image_size.
+  cifar        train: resize, zero-pad 4, random crop back, random horizontal flip (for a
+               split held in memory the pad-crop-flip runs on the device instead:
+               device_augment.py, same distribution). eval: resize.
+  inception    train: random crop (area `min_crop_area`..100% of the image, aspect
+               3/4..4/3, 10 tries, else the centre), resized, random flip.
                eval: `center_crop`.
-  center_crop  resize the shorter side to image_size / crop_fraction (224 / 0.875 = 256)
-               and take the central image_size square.
-Channels are made explicit first: `channels=3` repeats a grey image, `channels=1` turns
-RGB into luma (ITU-R 601), 0 keeps the dataset's own.
+  center_crop  the central square of side crop_fraction x the shorter side (224 / 0.875 =
+               256: "resize to 256, crop 224"), resized to image_size.
+An example's image is an array or still encoded (decode.Encoded): the crop is chosen from
+the header's size, and the image decoded only at the scale the crop needs (JPEG DCT
+scaling by 2, 4 or 8 while the crop keeps >= image_size pixels per side).
+
+Resampling is OpenCV's: bilinear (half-pixel centres, like PIL and tf.image.resize), and
+area averaging where the crop shrinks by 2x or more (bilinear alone would alias there).
+Channels are made explicit last: `channels=3` repeats a grey image, `channels=1` turns
+RGB into luma (ITU-R 601, PIL's formula), 0 keeps the dataset's own.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Callable, Sequence
 
-import jax.numpy as jnp
+import cv2
 import numpy as np
 from PIL import Image
 
+from vision_jax.data import decode
+from vision_jax.data.normalize import normalize  # pylint: disable=unused-import
 from vision_jax.errors import UserError
+
+cv2.setNumThreads(1)  # Examples run in parallel already (threads, worker processes).
 
 Example = dict[str, np.ndarray]
 Preprocess = Callable[[Example, 'np.random.Generator | None'], Example]
@@ -78,96 +91,122 @@ def to_channels(image: np.ndarray, channels: int) -> np.ndarray:
   raise PreprocessError(f'Cannot convert {have}-channel images to {channels} channels.')
 
 
-def _resize_box(image: np.ndarray, box: tuple[float, float, float, float],
-                size: int) -> np.ndarray:
-  """Crops `box` (left, top, right, bottom) and resizes it to size x size, bilinear."""
+Box = tuple[float, float, float, float]  # (left, top, right, bottom) in pixels.
+
+
+def resample(image: np.ndarray, box: Box, size: int) -> np.ndarray:
+  """The region `box` of an HWC uint8 image resized to size x size (a no-op for the whole
+  image at that size); the box is rounded to whole pixels."""
+  h, w = image.shape[:2]
+  left, top = min(int(round(box[0])), w - 1), min(int(round(box[1])), h - 1)
+  right, bottom = max(int(round(box[2])), left + 1), max(int(round(box[3])), top + 1)
+  crop = image[top:bottom, left:right]
+  if crop.shape[:2] == (size, size):
+    return crop
+  shrink = max((right - left) / size, (bottom - top) / size)
+  out = cv2.resize(crop, (size, size),
+                   interpolation=cv2.INTER_AREA if shrink >= 2 else cv2.INTER_LINEAR)
+  return out[..., None] if out.ndim == 2 else out
+
+
+def crop_resize(image: decode.Encoded | np.ndarray, box: Box, size: int) -> np.ndarray:
+  """`resample` of an array, or of an encoded image decoded at the scale the box needs."""
+  reduction = 1
+  if isinstance(image, decode.Encoded):
+    reduction = decode.reduction_for(box[3] - box[1], box[2] - box[0], size)
+  pixels, reduction = decode.decode(image, reduction)
+  return resample(pixels, tuple(v / reduction for v in box), size)
+
+
+def flip(image: np.ndarray) -> np.ndarray:
+  """The mirror image, contiguous (a reversed view would make batching 5x slower)."""
+  out = cv2.flip(image, 1)
+  return out[..., None] if out.ndim == 2 else out
+
+
+def crop_flip(image: np.ndarray, top: int, left: int, mirror: bool, pad: int) -> np.ndarray:
+  """Zero-pad by `pad`, crop back to the image's size at (top, left), maybe mirror."""
   h, w, channels = image.shape
-  if box == (0, 0, w, h) and h == w == size:
-    return image
-  pil = Image.fromarray(image[..., 0] if channels == 1 else image)
-  out = np.asarray(pil.resize((size, size), Image.BILINEAR, box=box))
-  return out[..., None] if channels == 1 else out
-
-
-def resize(image: np.ndarray, size: int) -> np.ndarray:
-  """Bilinear resize of an HWC uint8 image to size x size (no-op at that size)."""
-  return _resize_box(image, (0, 0, image.shape[1], image.shape[0]), size)
+  padded = np.zeros((h + 2 * pad, w + 2 * pad, channels), image.dtype)  # np.pad: 3x slower.
+  padded[pad:pad + h, pad:pad + w] = image
+  image = padded[top:top + h, left:left + w]
+  return image[:, ::-1] if mirror else image
 
 
 def random_crop_flip(image: np.ndarray, rng: np.random.Generator, pad: int) -> np.ndarray:
   """CIFAR recipe: zero-pad by `pad`, random crop back to size, random horizontal flip."""
-  h, w, channels = image.shape
-  padded = np.zeros((h + 2 * pad, w + 2 * pad, channels), image.dtype)  # np.pad: 3x slower.
-  padded[pad:pad + h, pad:pad + w] = image
   top, left = rng.integers(0, 2 * pad + 1, size=2)
-  image = padded[top:top + h, left:left + w]
-  return image[:, ::-1] if rng.random() < 0.5 else image
+  return crop_flip(image, int(top), int(left), rng.random() < 0.5, pad)
 
 
-def inception_crop(image: np.ndarray, rng: np.random.Generator, size: int,
-                   min_area: float = 0.08, ratio: tuple[float, float] = (3 / 4, 4 / 3),
-                   tries: int = 10) -> np.ndarray:
-  """Random crop of min_area..100% of the image, aspect in `ratio`, resized to size."""
-  h, w = image.shape[:2]
+def inception_box(height: int, width: int, rng: np.random.Generator, min_area: float = 0.08,
+                  ratio: tuple[float, float] = (3 / 4, 4 / 3), tries: int = 10) -> Box:
+  """A random crop of min_area..100% of the image, aspect in `ratio`."""
+  h, w = height, width
   for _ in range(tries):
     area = h * w * rng.uniform(min_area, 1.0)
     aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
     cw, ch = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
     if 0 < cw <= w and 0 < ch <= h:
       top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-      break
-  else:  # No luck: the central crop of the whole image, aspect clipped into `ratio`.
-    cw, ch = w, h
-    if w / h < ratio[0]:
-      ch = round(w / ratio[0])
-    elif w / h > ratio[1]:
-      cw = round(h * ratio[1])
-    top, left = (h - ch) // 2, (w - cw) // 2
-  return _resize_box(image, (left, top, left + cw, top + ch), size)
+      return left, top, left + cw, top + ch
+  cw, ch = w, h  # No luck: the central crop of the whole image, aspect clipped into `ratio`.
+  if w / h < ratio[0]:
+    ch = round(w / ratio[0])
+  elif w / h > ratio[1]:
+    cw = round(h * ratio[1])
+  top, left = (h - ch) // 2, (w - cw) // 2
+  return left, top, left + cw, top + ch
 
 
-def center_crop(image: np.ndarray, size: int, crop_fraction: float = 0.875) -> np.ndarray:
-  """Shorter side to size / crop_fraction, then the central size x size (one resample)."""
-  h, w = image.shape[:2]
-  side = crop_fraction * min(h, w)
-  top, left = (h - side) / 2, (w - side) / 2
-  return _resize_box(image, (left, top, left + side, top + side), size)
+def center_box(height: int, width: int, crop_fraction: float = 0.875) -> Box:
+  """The central square of side crop_fraction x the shorter side."""
+  side = crop_fraction * min(height, width)
+  top, left = (height - side) / 2, (width - side) / 2
+  return left, top, left + side, top + side
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+  """The per-example function of a recipe: `recipe(example, rng) -> example`.
+
+  `rng` is used only when `random` (train-time cifar and inception); picklable, so worker
+  processes get it whole.
+  """
+  name: str
+  image_size: int
+  channels: int = 0
+  crop_fraction: float = 0.875
+  min_crop_area: float = 0.08
+  random: bool = False
+
+  def __call__(self, example: Example, rng: np.random.Generator | None) -> Example:
+    image, size = example['image'], self.image_size
+    height, width = decode.size(image)
+    if self.name == 'inception':
+      image = crop_resize(image, inception_box(height, width, rng, self.min_crop_area), size)
+      image = flip(image) if rng.random() < 0.5 else image
+    elif self.name == 'center_crop':
+      image = crop_resize(image, center_box(height, width, self.crop_fraction), size)
+    else:
+      image = crop_resize(image, (0, 0, width, height), size)
+      if self.name == 'cifar' and self.random:
+        image = random_crop_flip(image, rng, pad=4)
+    return {'image': to_channels(image, self.channels),
+            'label': np.asarray(example['label'], np.int32)}
+
+  def identity_for(self, shape: Sequence[int]) -> bool:
+    """Whether an in-memory image of this HWC shape comes out unchanged (bar the label's
+    dtype): then a batch of them is one numpy gather (input_pipeline.train_dataset)."""
+    return (self.name == 'resize' and tuple(shape[:2]) == (self.image_size,) * 2
+            and self.channels in (0, shape[-1]))
 
 
 def make_preprocess(recipe: str, image_size: int, *, train: bool, channels: int = 0,
-                    crop_fraction: float = 0.875, min_crop_area: float = 0.08) -> Preprocess:
+                    crop_fraction: float = 0.875, min_crop_area: float = 0.08) -> Recipe:
   """The per-example function of a recipe; with train=False, its deterministic twin."""
   if recipe not in RECIPES:
     raise PreprocessError(f'Unknown config.dataset.preprocess={recipe!r}; known: {RECIPES}.')
-  if not train:
-    recipe = EVAL_RECIPE[recipe]
-
-  def fn(example: Example, rng: np.random.Generator | None) -> Example:
-    image = to_channels(np.asarray(example['image']), channels)
-    if recipe == 'inception':
-      image = inception_crop(image, rng, image_size, min_crop_area)
-      image = image[:, ::-1] if rng.random() < 0.5 else image
-    elif recipe == 'center_crop':
-      image = center_crop(image, image_size, crop_fraction)
-    else:
-      image = resize(image, image_size)
-      if recipe == 'cifar':
-        image = random_crop_flip(image, rng, pad=4)
-    return {'image': np.ascontiguousarray(image),
-            'label': np.asarray(example['label'], np.int32)}
-
-  fn.random = train and recipe in ('cifar', 'inception')  # Whether it draws from rng.
-  # Whether fn leaves an image of this HWC shape unchanged (bar the label's dtype): then a
-  # batch of in-memory images is one numpy gather (input_pipeline.train_dataset).
-  fn.identity_for = lambda shape: (
-      recipe == 'resize' and tuple(shape[:2]) == (image_size, image_size)
-      and channels in (0, shape[-1]))
-  return fn
-
-
-def normalize(images: jnp.ndarray, mean: Sequence[float], std: Sequence[float],
-              dtype=jnp.float32) -> jnp.ndarray:
-  """uint8 NHWC -> (x / 255 - mean) / std, on device."""
-  x = images.astype(jnp.float32) / 255.0
-  x = (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
-  return x.astype(dtype)
+  name = recipe if train else EVAL_RECIPE[recipe]
+  return Recipe(name, image_size, channels=channels, crop_fraction=crop_fraction,
+                min_crop_area=min_crop_area, random=train and name in ('cifar', 'inception'))

@@ -1,11 +1,14 @@
 """Random-access sources for a configured dataset, failing fast when data is absent.
 
-A source is a sequence: `len(source)` and `source[i] -> {'image': HWC uint8, 'label': int}`.
-Random access by index is what makes the training stream a pure function of (seed, step).
+A source is a sequence: `len(source)` and `source[i] -> {'image': ..., 'label': int}`, the
+image an HWC uint8 array or still encoded (decode.Encoded: decoded by the recipe, once, at
+the scale its crop needs). Random access by index is what makes the training stream a pure
+function of (seed, step).
   tfds datasets: `builder.as_data_source` over ArrayRecord files (the 'digits' builder and
-      `tfds build --file_format=array_record`). A split prepared as TFRecord (the default of
-      `tfds build`) has no random access: it is read once into memory when small enough
-      for the cache (below), and otherwise refused with the command that rebuilds it.
+      `tfds build --file_format=array_record`), images read as their encoded bytes. A
+      split prepared as TFRecord (the default of `tfds build`) has no random access: it
+      is read once into memory when small enough for the cache (below), and otherwise
+      refused with the command that rebuilds it.
   folders: `folder:/root` (see folder.py).
 Then, in this order: the class subset (`dataset.classes`, labels remapped to 0..k-1) and
 the in-memory cache (`dataset.cache`: 'auto' reads a split whose decoded images fit in
@@ -16,6 +19,8 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import os
+import socket
+import threading
 from typing import Callable, Sequence
 
 import ml_collections
@@ -23,7 +28,9 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
+from vision_jax.data import decode
 from vision_jax.data import folder
+from vision_jax.data import preprocess
 from vision_jax.errors import UserError
 
 CACHE_MODES = ('auto', 'memory', 'none')
@@ -43,6 +50,7 @@ class DatasetInfo:
   image_size: int         # 0 when the images' sizes vary.
   channels: int
   class_names: list[str]
+  size_note: str = 'vary in size'  # Why image_size is 0, after "The images of <name>".
 
 
 class ArraySource:
@@ -96,16 +104,47 @@ def _fits_cache(ds_cfg: ml_collections.ConfigDict, num: int, example_bytes: int 
   return example_bytes is not None and num * example_bytes <= ds_cfg.cache_max_mb * 2**20
 
 
-def _load(source: Sequence, num_threads: int) -> ArraySource:
-  """Reads every example of `source` once (threads), dropping skipped unreadable files."""
+def _decoded(source: Sequence, i: int, channels: int, skip_corrupt: bool) -> dict | None:
+  example = source[i]
+  try:
+    image = preprocess.to_channels(decode.decode(example['image'])[0], channels)
+  except decode.CorruptImageError as e:
+    if not skip_corrupt:
+      raise
+    logging.warning('Skipping an unreadable image: %s', e)
+    return None
+  return {'image': image, 'label': example['label']}
+
+
+def _load(source: Sequence, num_threads: int, channels: int,
+          skip_corrupt: bool) -> ArraySource:
+  """Decodes every example of `source` once (threads) with `channels` channels, dropping
+  unreadable files when skipping them."""
   chunks = [range(s, min(s + 256, len(source))) for s in range(0, len(source), 256)]
+  read = lambda chunk: [_decoded(source, i, channels, skip_corrupt) for i in chunk]
   with concurrent.futures.ThreadPoolExecutor(max(1, num_threads)) as pool:
-    parts = pool.map(lambda chunk: [source[i] for i in chunk], chunks)
-    examples = [ex for part in parts for ex in part if not ex.get('skipped', False)]
+    examples = [ex for part in pool.map(read, chunks) for ex in part if ex is not None]
   images = [np.asarray(ex['image']) for ex in examples]
   if images and all(im.shape == images[0].shape for im in images):
     images = np.stack(images)
   return ArraySource(images, np.array([ex['label'] for ex in examples], np.int64))
+
+
+class EncodedSource:
+  """A tfds data source read without decoding: images as decode.Encoded."""
+
+  def __init__(self, records: Sequence, name: str):
+    self.records, self.name = records, name
+
+  def __len__(self) -> int:
+    return len(self.records)
+
+  def __getitem__(self, i: int) -> dict:
+    example = self.records[int(i)]
+    image = example['image']
+    if isinstance(image, (bytes, np.bytes_)):
+      image = decode.Encoded(bytes(image), f'{self.name}[{int(i)}]')
+    return {'image': image, 'label': example['label']}
 
 
 # ----------------------------------------------------------------------------- tfds
@@ -124,6 +163,7 @@ def _builder(ds_cfg: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
         f'"folder:/path". See https://www.tensorflow.org/datasets/catalog/overview.') from e
   if not builder.is_prepared():
     if ds_cfg.download:
+      _check_online(ds_cfg.name, data_dir)
       builder.download_and_prepare(file_format='array_record')
     else:
       raise DatasetNotFoundError(
@@ -134,6 +174,37 @@ def _builder(ds_cfg: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
           '--config.dataset.download=True, or point --config.dataset.data_dir at a '
           'directory that has it.')
   return builder
+
+
+DOWNLOAD_PROBE = ('storage.googleapis.com', 443)  # tfds's own mirror, tried first.
+
+
+def _reachable(address: tuple[str, int], timeout: float) -> str:
+  """'' if a TCP connection to `address` opens within `timeout` s, else the reason."""
+  outcome = ['no answer within %.0f s' % timeout]
+
+  def connect():  # In a thread: name resolution itself has no timeout.
+    try:
+      socket.create_connection(address, timeout=timeout).close()
+      outcome[0] = ''
+    except OSError as e:
+      outcome[0] = f'{type(e).__name__}: {e}'
+
+  thread = threading.Thread(target=connect, daemon=True)
+  thread.start()
+  thread.join(timeout)
+  return outcome[0]
+
+
+def _check_online(name: str, data_dir: str, timeout: float = 10.0) -> None:
+  """Fails in seconds where tfds, offline, would retry its downloads for ~3.5 minutes."""
+  why = _reachable(DOWNLOAD_PROBE, timeout)
+  if why:
+    raise DatasetNotFoundError(
+        f'Dataset {name!r} is not prepared in {data_dir} and cannot be downloaded: this '
+        f'machine cannot reach {DOWNLOAD_PROBE[0]} ({why}). Prepare it where there is '
+        f'network with `tfds build {name} --data_dir=<dir> --file_format=array_record` and '
+        'copy <dir> here (--config.dataset.data_dir), or rerun when online.')
 
 
 def _tfrecord_split(ds_cfg, builder, split: str, example_bytes: int | None) -> ArraySource:
@@ -168,7 +239,8 @@ def _open_tfds(ds_cfg: ml_collections.ConfigDict, split: str) -> _Opened:
                      channels=shape[-1] or 3, class_names=list(label.names))
   example_bytes = int(np.prod(shape)) if None not in shape else None
   try:
-    source = builder.as_data_source(split=split)
+    source = EncodedSource(builder.as_data_source(
+        split=split, decoders={'image': tfds.decode.SkipDecoding()}), f'{ds_cfg.name}[{split}]')
   except NotImplementedError:  # Prepared as TFRecord.
     source = _tfrecord_split(ds_cfg, builder, split, example_bytes)
   except (ValueError, KeyError) as e:
@@ -195,10 +267,10 @@ def _open_folder(ds_cfg: ml_collections.ConfigDict, split: str) -> _Opened:
   if not paths:
     raise folder.FolderError(f'Split {split!r} of {ds_cfg.name} has no images.')
   channels, example_bytes = folder.probe(paths[0], ds_cfg.channels)
-  source = folder.FolderSource(paths, labels, channels=channels,
-                               skip_corrupt=ds_cfg.skip_corrupt)
-  info = DatasetInfo(num_classes=len(class_names), image_size=0, channels=channels,
-                     class_names=class_names)
+  source = folder.FolderSource(paths, labels)
+  size, note = (0, '') if ds_cfg.image_size else folder.common_size(paths)
+  info = DatasetInfo(num_classes=len(class_names), image_size=size, channels=channels,
+                     class_names=class_names, size_note=note)
   return _Opened(source, info, lambda: labels, example_bytes)
 
 
@@ -240,7 +312,31 @@ def open_split(ds_cfg: ml_collections.ConfigDict, split: str) -> tuple[Sequence,
   # Read into memory once: a split that fits, or a class subset of one already in memory.
   if (fits or isinstance(opened.source, ArraySource)) and not isinstance(source, ArraySource):
     num = len(source)
-    source = _load(source, ds_cfg.num_threads if ds_cfg.num_threads > 0 else 4)
+    source = _load(source, ds_cfg.num_threads if ds_cfg.num_threads > 0 else 4,
+                   info.channels, ds_cfg.skip_corrupt)
     skipped = f', {num - len(source)} unreadable images skipped' if num > len(source) else ''
     logging.info('%s[%s] in memory: %d examples%s.', ds_cfg.name, split, len(source), skipped)
   return source, info
+
+
+def check_disjoint(ds_cfg: ml_collections.ConfigDict, train_split: str,
+                   eval_split: str) -> None:
+  """Refuses an eval split of a folder dataset that holds some, but not all, of its files in
+  the training split too (copies by link, overlapping slices): its accuracy would count
+  training images. All of them is deliberate (evaluating on training data) and allowed."""
+  if not ds_cfg.name.startswith(folder.PREFIX) or eval_split == train_split:
+    return
+  root = os.path.expanduser(ds_cfg.name[len(folder.PREFIX):])
+  _, splits = folder.index(root, test_fraction=ds_cfg.folder_test_fraction,
+                           seed=ds_cfg.folder_split_seed)
+  train = set(folder.select(splits, train_split)[0])
+  evaluated = folder.select(splits, eval_split)[0]
+  shared = [p for p in evaluated if p in train]
+  if shared and len(shared) < len(evaluated):
+    raise DatasetConfigError(
+        f'Eval split {eval_split!r} of {ds_cfg.name} shares {len(shared)} of its '
+        f'{len(evaluated)} files with the training split {train_split!r} (e.g. '
+        f'{shared[0]}, found in both, counting each file once through any links): its '
+        'accuracy would count training images. Remove the duplicates or links from the '
+        'eval folder, or make the splits disjoint (config.dataset.train_split / '
+        'eval_splits).')
