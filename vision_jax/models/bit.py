@@ -16,6 +16,7 @@ from flax import nnx
 
 from vision_jax import ops
 from vision_jax.models import layers
+from vision_jax.models import remat as remat_lib
 from vision_jax.models.resnet import stem_max_pool
 
 
@@ -82,15 +83,17 @@ class BiTResNet(nnx.Module):
   of pre-activation bottlenecks (256, 512, 1024, 2048 channels times WIDTH_FACTOR), then
   GN-ReLU, global average pool and the head. GroupNorm has no train/eval difference, so
   `train` is accepted for the common interface and ignored. Variants are subclasses.
+  `remat` recomputes each block's activations in the backward pass (models/remat.py).
   """
   STAGES: tuple[int, ...] = ()
   WIDTH_FACTOR = 1
 
   def __init__(self, num_classes: int, *, in_channels: int = 3, dtype='float32',
-               kernels: ops.Kernels = ops.XLA, rngs: nnx.Rngs):
+               remat: str = 'none', kernels: ops.Kernels = ops.XLA, rngs: nnx.Rngs):
     if not self.STAGES:
       raise TypeError('BiTResNet is a family: build a variant (BitR50x1, ...).')
     dtype = layers.as_dtype(dtype)
+    self.remat = remat_lib.check(remat)
     self.kernels = kernels
     width = 64 * self.WIDTH_FACTOR
     self.stem_conv = std_conv(in_channels, width, 7, rngs, dtype, kernels, 2)
@@ -111,8 +114,7 @@ class BiTResNet(nnx.Module):
     del train  # GroupNorm and no dropout: the same computation in both modes.
     # BiT pads with zeros before its stem pool (no ReLU precedes it, so this is not -inf).
     x = stem_max_pool(self.stem_conv(x), self.kernels, pad_value=0.0)
-    for block in self.blocks:
-      x = block(x)
+    x = remat_lib.run_blocks(self.blocks, x, self.remat)
     x = nnx.relu(self.final_gn(x))
     x = jnp.mean(x, axis=(1, 2))
     return self.head(x).astype(jnp.float32)

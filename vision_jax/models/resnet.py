@@ -15,6 +15,7 @@ from flax import nnx
 
 from vision_jax import ops
 from vision_jax.models import layers
+from vision_jax.models import remat as remat_lib
 
 # He init scaled by fan-out, untruncated, as torchvision initialises ResNet convolutions.
 _CONV_INIT = nnx.initializers.variance_scaling(2.0, 'fan_out', 'normal')
@@ -105,17 +106,19 @@ class ResNet(nnx.Module):
   factory functions, so that `__init__`'s signature lists exactly the options a config
   may set. `zero_init_residual` zero-initialises the last BatchNorm scale of each block so
   that every block starts as the identity (Goyal et al. 2017): helps large-batch training.
+  `remat` recomputes each block's activations in the backward pass (models/remat.py).
   """
   STAGES: tuple[int, ...] = ()
   BLOCK = 'basic'
   STEM = 'imagenet'
 
   def __init__(self, num_classes: int, *, width: int = 64, zero_init_residual: bool = False,
-               in_channels: int = 3, dtype='float32', kernels: ops.Kernels = ops.XLA,
-               rngs: nnx.Rngs):
+               in_channels: int = 3, dtype='float32', remat: str = 'none',
+               kernels: ops.Kernels = ops.XLA, rngs: nnx.Rngs):
     if not self.STAGES:
       raise TypeError('ResNet is a family: build a variant (ResNet18, ..., CifarResNet50).')
     dtype = layers.as_dtype(dtype)
+    self.remat = remat_lib.check(remat)
     self.kernels = kernels
     block_cls = _BLOCKS[self.BLOCK]
     if self.STEM == 'imagenet':
@@ -138,8 +141,7 @@ class ResNet(nnx.Module):
     x = nnx.relu(self.stem_bn(self.stem_conv(x), use_running_average=not train))
     if self.STEM == 'imagenet':
       x = stem_max_pool(x, self.kernels)
-    for block in self.blocks:
-      x = block(x, train)
+    x = remat_lib.run_blocks(self.blocks, x, self.remat, train)
     x = jnp.mean(x, axis=(1, 2))
     return self.head(x).astype(jnp.float32)
 
@@ -211,16 +213,18 @@ class WideResNet(nnx.Module):
   """WRN-DEPTH-WIDEN (Zagoruyko & Komodakis 2016) for 32px inputs: a 3x3 conv to 16
   channels, three groups of (DEPTH - 4) / 6 pre-activation blocks of width 16k, 32k, 64k
   (k = WIDEN), then BN-ReLU, global average pool and the head. The paper uses dropout 0.3.
+  `remat` as for ResNet.
   """
   DEPTH = 28
   WIDEN = 10
 
   def __init__(self, num_classes: int, *, dropout_rate: float = 0.0,
                zero_init_residual: bool = False, in_channels: int = 3, dtype='float32',
-               kernels: ops.Kernels = ops.XLA, rngs: nnx.Rngs):
+               remat: str = 'none', kernels: ops.Kernels = ops.XLA, rngs: nnx.Rngs):
     if (self.DEPTH - 4) % 6:
       raise ValueError(f'WideResNet depth must be 6n + 4 (16, 22, 28, 40), got {self.DEPTH}.')
     dtype = layers.as_dtype(dtype)
+    self.remat = remat_lib.check(remat)
     self.stem_conv = _conv(in_channels, 16, 3, rngs, dtype, kernels)
     blocks, cin = [], 16
     for i, cout in enumerate((16 * self.WIDEN, 32 * self.WIDEN, 64 * self.WIDEN)):
@@ -236,8 +240,7 @@ class WideResNet(nnx.Module):
 
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     x = self.stem_conv(x)
-    for block in self.blocks:
-      x = block(x, train)
+    x = remat_lib.run_blocks(self.blocks, x, self.remat, train)
     x = nnx.relu(self.final_bn(x, use_running_average=not train))
     x = jnp.mean(x, axis=(1, 2))
     return self.head(x).astype(jnp.float32)
