@@ -90,6 +90,9 @@ def test_accuracy_counts_only_real_queries():
   assert float(acc) == pytest.approx(7 / 8)
   assert float(knn_accuracy(bank, labels, queries, query_labels, num_classes=4,
                             k=1)) == pytest.approx(7 / 10)
+  # Unjitted, on numpy arrays, as a script would call it.
+  assert float(knn.knn_accuracy(bank, labels, queries, query_labels, num_classes=4,
+                                k=1)) == pytest.approx(7 / 10)
 
 
 def test_bad_arguments():

@@ -39,7 +39,7 @@ def knn_predict(bank_features: jax.Array, bank_labels: jax.Array, queries: jax.A
   if k < 1 or temperature <= 0:
     raise ValueError(f'knn_predict needs k >= 1 and temperature > 0, got k={k}, '
                      f'temperature={temperature}.')
-  bank = l2_normalize(bank_features)
+  bank, bank_labels = l2_normalize(bank_features), jnp.asarray(bank_labels)
   k = min(k, bank.shape[0])
   valid = (jnp.ones(bank.shape[0], bool) if bank_mask is None
            else jnp.asarray(bank_mask).astype(bool))
