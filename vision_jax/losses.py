@@ -1,6 +1,9 @@
-"""Binary cross-entropy over the classes, as timm's `BinaryCrossEntropy` (ResNet strikes back).
+"""Losses beyond plain cross-entropy (optim.cross_entropy): binary cross-entropy over the
+classes, as timm's `BinaryCrossEntropy` (ResNet strikes back), and the self-supervised
+losses of SimCLR and BYOL.
 
-Each class is its own sigmoid problem: for logit x and target t in [0, 1],
+Binary cross-entropy: each class is its own sigmoid problem; for logit x and target t in
+[0, 1],
   loss = -(pos_weight * t * log(sigmoid(x)) + (1 - t) * log(1 - sigmoid(x))).
 Targets are integer classes [B] (one-hot) or soft rows [B, K] (mixup / cutmix), made, in this
 order, (1) smoothed: (1 - ls) * t + ls / K, timm's off value ls / K and on value
@@ -11,6 +14,11 @@ Reduction: timm's default takes the mean over every (example, class) entry; `sum
 (timm --bce-sum) sums over the classes and then takes the mean over examples. This returns
 the per-example value [B] (the mean, or with sum_classes the sum, over the classes), so the
 batch mean the train step takes equals timm's loss. Computed in float32 whatever the logits.
+
+Self-supervised losses (SimCLR's NT-Xent, BYOL's regression) take the embeddings of the
+whole global batch: inside a step jitted over a mesh, an array sharded over the batch axes
+is still one global array to the program, so `z @ z.T` pairs every view with every other
+view of every device and host (XLA inserts the all-gather); no explicit collective.
 """
 from __future__ import annotations
 
@@ -37,3 +45,49 @@ def binary_cross_entropy(logits: jax.Array, labels: jax.Array, num_classes: int,
     positive = pos_weight * positive
   loss = -(positive + (1 - targets) * jax.nn.log_sigmoid(-logits))
   return loss.sum(-1) if sum_classes else loss.mean(-1)
+
+
+def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
+  """x / max(||x||, eps) along `axis`, in float32 (F.normalize's convention)."""
+  x = x.astype(jnp.float32)
+  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis, keepdims=True), eps * eps))
+
+
+def nt_xent(z1: jax.Array, z2: jax.Array, temperature: float = 0.1) -> jax.Array:
+  """SimCLR's NT-Xent (normalised temperature-scaled cross-entropy), a scalar.
+
+  z1[i] and z2[i] [N, D] are the projections of two views of image i. With the 2N views
+  u = normalise([z1; z2]) and sim(a, b) = u_a . u_b / temperature, every view a is an
+  anchor whose positive is the other view of its image and whose negatives are the other
+  2N - 2 views of the batch:
+    loss_a = -sim(a, pos(a)) + log sum_{b != a} exp(sim(a, b)),
+  averaged over all 2N anchors (SimCLR's TF code reports the sum of the two views' means,
+  twice this). Pass the global batch (see the module docstring); computed in float32 with
+  the similarity matmul at full precision (bf16 passes would blur 1 / temperature-scaled
+  logits on TPU), its cost is negligible next to the backbone's.
+  """
+  if z1.shape != z2.shape or z1.ndim != 2:
+    raise ValueError(f'nt_xent takes two [N, D] arrays of the same shape, got {z1.shape} '
+                     f'and {z2.shape}.')
+  n = z1.shape[0]
+  u = l2_normalize(jnp.concatenate([z1, z2], axis=0))
+  logits = jnp.matmul(u, u.T, precision=jax.lax.Precision.HIGHEST) / temperature
+  logits = jnp.where(jnp.eye(2 * n, dtype=bool), -jnp.inf, logits)  # No view pairs itself.
+  positive = jnp.concatenate([jnp.arange(n, 2 * n), jnp.arange(n)])
+  positive_logit = jnp.take_along_axis(logits, positive[:, None], axis=1)[:, 0]
+  return jnp.mean(jax.nn.logsumexp(logits, axis=1) - positive_logit)
+
+
+def cosine_regression(p: jax.Array, z: jax.Array) -> jax.Array:
+  """BYOL's 2 - 2 cos(p, stop_gradient(z)) per example [N]: the squared distance of the
+  normalised prediction from the normalised target, in 0..4. No gradient reaches z."""
+  z = jax.lax.stop_gradient(z)
+  return 2.0 - 2.0 * jnp.sum(l2_normalize(p) * l2_normalize(z), axis=-1)
+
+
+def byol_loss(p1: jax.Array, p2: jax.Array, z1: jax.Array, z2: jax.Array) -> jax.Array:
+  """BYOL's symmetrised loss, a scalar: the batch mean of
+  cosine_regression(p1, z2) + cosine_regression(p2, z1), where p_v is the online
+  network's prediction for view v and z_v the target network's projection of view v
+  (BYOL's code; 0..8). Gradients flow into the predictions only."""
+  return jnp.mean(cosine_regression(p1, z2) + cosine_regression(p2, z1))
