@@ -53,6 +53,18 @@ def test_random_scale_crop_flip_keeps_labels_on_their_pixels(size, base_size, pa
   assert (padded > 0) == pads
 
 
+def test_flip_can_be_turned_off():
+  fn = sp.make_transform(16, train=True, flip=False, scale_range=(1.0, 1.0), base_size=13)
+  for seed in range(10):
+    label = fn(coordinate_example(), np.random.default_rng(seed))['label']
+    xs = label[label != 255] % W
+    rows = np.where(label != 255, label % W, -1)
+    for row in rows:
+      row = row[row >= 0]
+      assert np.all(np.diff(row) >= 0)  # x increases along every row: never mirrored.
+    assert len(xs)
+
+
 def test_training_draws_are_a_function_of_the_generator():
   fn = sp.make_transform(16, train=True)
   a = fn(coordinate_example(), np.random.default_rng(3))

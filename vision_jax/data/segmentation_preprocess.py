@@ -14,7 +14,8 @@ Train (`random_scale_crop_flip`, torchvision's segmentation reference / DeepLab'
   2. crop: a size x size window at a uniformly random offset; where the scaled image is
      smaller than the window it lands at a random place inside it and the rest is padding
      (image `fill`, label `ignore_label`, so padding costs nothing in the loss);
-  3. flip: horizontal, with probability 1/2.
+  3. flip: horizontal, with probability 1/2 (`flip=False` for data whose classes are not
+     mirror-symmetric, such as digits).
   The draws come from the numpy Generator passed in (seeded per example by the pipeline,
   as preprocess.py's recipes), in a fixed order: s, top, left, flip.
 Eval (`fit_and_pad`): an image no larger than size x size keeps its own resolution and
@@ -69,8 +70,8 @@ def _canvas(shape: tuple[int, ...], fill: int | Sequence[int], dtype) -> np.ndar
 def random_scale_crop_flip(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
                            *, size: int, base_size: int = 0,
                            scale_range: tuple[float, float] = (0.5, 2.0),
-                           fill: int | Sequence[int] = 0, ignore_label: int = 255
-                           ) -> tuple[np.ndarray, np.ndarray]:
+                           fill: int | Sequence[int] = 0, ignore_label: int = 255,
+                           flip: bool = True) -> tuple[np.ndarray, np.ndarray]:
   """The training transform (module docstring): (size x size x C image, size x size map)."""
   _check_pair(image, mask)
   h, w = mask.shape
@@ -86,7 +87,7 @@ def random_scale_crop_flip(image: np.ndarray, mask: np.ndarray, rng: np.random.G
   y0, y1, x0, x1 = max(top, 0), min(top + size, nh), max(left, 0), min(left + size, nw)
   out_image[y0 - top:y1 - top, x0 - left:x1 - left] = image[y0:y1, x0:x1]
   out_mask[y0 - top:y1 - top, x0 - left:x1 - left] = mask[y0:y1, x0:x1]
-  if rng.random() < 0.5:
+  if flip and rng.random() < 0.5:
     out_image, out_mask = out_image[:, ::-1], out_mask[:, ::-1]
   return np.ascontiguousarray(out_image), np.ascontiguousarray(out_mask)
 
@@ -111,7 +112,8 @@ def fit_and_pad(image: np.ndarray, mask: np.ndarray, size: int, *,
 
 def make_transform(image_size: int, *, train: bool, base_size: int = 0,
                    scale_range: tuple[float, float] = (0.5, 2.0),
-                   fill: int | Sequence[int] = 0, ignore_label: int = 255
+                   fill: int | Sequence[int] = 0, ignore_label: int = 255,
+                   flip: bool = True
                    ) -> Callable[[Example, 'np.random.Generator | None'], Example]:
   """`fn(example, rng) -> {'image', 'label'}`: the training transform, or (train=False) the
   deterministic eval transform; `fn.random` says whether it draws from rng."""
@@ -132,7 +134,8 @@ def make_transform(image_size: int, *, train: bool, base_size: int = 0,
     if train:
       image, mask = random_scale_crop_flip(image, mask, rng, size=image_size,
                                            base_size=base_size, scale_range=scale_range,
-                                           fill=fill, ignore_label=ignore_label)
+                                           fill=fill, ignore_label=ignore_label,
+                                           flip=flip)
     else:
       image, mask = fit_and_pad(image, mask, image_size, fill=fill,
                                 ignore_label=ignore_label)
