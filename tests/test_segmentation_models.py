@@ -30,11 +30,11 @@ SEGMENTERS = [n for n in models.list_models() if models.model_task(n) == 'segmen
 
 
 class TinyBottleneck(resnet.ResNet):
-  STAGES, BLOCK = (1, 2, 2, 2), 'bottleneck'
+  STAGES, BLOCK = (1, 1, 2, 2), 'bottleneck'
 
 
 class TinyBasic(resnet.ResNet):
-  STAGES, BLOCK = (1, 2, 2, 2), 'basic'
+  STAGES, BLOCK = (1, 1, 2, 2), 'basic'
 
 
 class TinyBiT(bit.BiTResNet):
@@ -201,14 +201,12 @@ def test_backbone_paths_are_the_classifiers_and_head_is_all_else(name, backbone,
 
 
 def test_aspp_rates_follow_the_output_stride():
-  rates = lambda model: [b.conv.kernel_dilation for b in model.head.aspp.branches[1:]]
-  for output_stride, expected in ((8, (12, 24, 36)), (16, (6, 12, 18))):
-    model = nnx.eval_shape(lambda: models.create_model('deeplabv3_resnet50', 3,
-                                                       output_stride=output_stride))
-    assert [tuple(r) if not isinstance(r, int) else (r, r) for r in rates(model)] == [
-        (r, r) for r in expected]
-  cifar = nnx.eval_shape(lambda: models.create_model('deeplabv3_cifar_resnet18', 3))
-  assert [r if isinstance(r, int) else r[0] for r in rates(cifar)] == [4, 8, 12]
+  rates = lambda name, **kw: [b.conv.kernel_dilation for b in nnx.eval_shape(
+      lambda: models.create_model(name, 3, **kw)).head.aspp.branches]
+  assert rates('deeplabv3_resnet50') == [1, 12, 24, 36]  # Output stride 8 by default.
+  assert rates('deeplabv3_resnet50', output_stride=16) == [1, 6, 12, 18]
+  assert rates('deeplabv3_bit_r50x1', aspp_rates=(2, 3)) == [1, 2, 3]
+  assert rates('deeplabv3_cifar_resnet18') == [1, 4, 8, 12]  # Output stride 2.
 
 
 def test_fcn_takes_no_aspp_rates_and_dropout_must_be_a_probability():
