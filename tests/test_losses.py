@@ -89,3 +89,58 @@ def test_equals_pytorch_binary_cross_entropy_with_logits():
       reduction='none').numpy().mean(-1)
   got = binary_cross_entropy(jnp.asarray(logits), jnp.asarray(targets), 5, pos_weight=1.7)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+# --------------------------------------------------------------- per-pixel cross-entropy
+
+def _log_softmax(row) -> list[float]:
+  z = math.log(sum(math.exp(v) for v in row))
+  return [v - z for v in row]
+
+
+def test_pixel_cross_entropy_excludes_ignored_pixels_and_padded_rows_by_hand():
+  """Two 1x2 label maps over 3 classes; one pixel ignored, the second example padding."""
+  from vision_jax.losses import mean_pixel_cross_entropy, pixel_cross_entropy
+  logits = np.array([[[[2.0, -1.0, 0.5], [0.0, 1.0, 3.0]]],
+                     [[[1.0, 1.0, 1.0], [5.0, 0.0, 0.0]]]], np.float32)  # [2, 1, 2, 3]
+  labels = np.array([[[0, 255]], [[2, 1]]])
+  total, count = pixel_cross_entropy(jnp.asarray(logits), jnp.asarray(labels))
+  first = -_log_softmax(logits[0, 0, 0])[0]
+  second = [-_log_softmax(logits[1, 0, 0])[2], -_log_softmax(logits[1, 0, 1])[1]]
+  np.testing.assert_allclose(total, [first, sum(second)], rtol=1e-6)
+  np.testing.assert_array_equal(count, [1, 2])
+  assert float(mean_pixel_cross_entropy(jnp.asarray(logits), jnp.asarray(labels))) == (
+      pytest.approx((first + sum(second)) / 3, rel=1e-6))
+  padded = mean_pixel_cross_entropy(jnp.asarray(logits), jnp.asarray(labels),
+                                    example_mask=jnp.array([1, 0]))
+  assert float(padded) == pytest.approx(first, rel=1e-6)
+  ls = 0.2
+  smoothed = pixel_cross_entropy(jnp.asarray(logits[:1]), jnp.asarray(labels[:1]),
+                                 label_smoothing=ls)[0]
+  logp = _log_softmax(logits[0, 0, 0])
+  want = -sum(((1 - ls) * (c == 0) + ls / 3) * lp for c, lp in enumerate(logp))
+  np.testing.assert_allclose(smoothed, [want], rtol=1e-6)
+
+
+@pytest.mark.parametrize('label_smoothing', [0.0, 0.1])
+def test_mean_pixel_cross_entropy_equals_pytorch_ignore_index(label_smoothing):
+  torch = pytest.importorskip('torch')
+  from vision_jax.losses import mean_pixel_cross_entropy
+  rng = np.random.default_rng(0)
+  logits = rng.normal(0, 2, (3, 5, 6, 4)).astype(np.float32)
+  labels = rng.integers(0, 4, (3, 5, 6))
+  labels[rng.random(labels.shape) < 0.3] = 255
+  ours = mean_pixel_cross_entropy(jnp.asarray(logits), jnp.asarray(labels),
+                                  label_smoothing=label_smoothing)
+  theirs = torch.nn.functional.cross_entropy(
+      torch.from_numpy(logits.transpose(0, 3, 1, 2)), torch.from_numpy(labels),
+      ignore_index=255, label_smoothing=label_smoothing)
+  assert float(ours) == pytest.approx(float(theirs), rel=1e-5)
+
+
+def test_pixel_cross_entropy_of_nothing_counted_is_zero_with_zero_gradient():
+  from vision_jax.losses import mean_pixel_cross_entropy
+  logits = jnp.ones((1, 2, 2, 3))
+  labels = jnp.full((1, 2, 2), 255)
+  loss, grad = jax.value_and_grad(mean_pixel_cross_entropy)(logits, labels)
+  assert float(loss) == 0.0 and not np.any(np.asarray(grad))

@@ -18,6 +18,9 @@ from vision_jax import models
 from vision_jax import ops
 from vision_jax.models import bit, cnn, resnet
 
+# The classifiers; segmentation models have their own contract (test_segmentation_models.py).
+CLASSIFIERS = [n for n in models.list_models() if models.model_task(n) == 'classification']
+
 # torchvision's counts at 1,000 classes (and the papers' CIFAR models at 10).
 TORCHVISION_COUNTS = {
     ('resnet18', 1000): 11_689_512,
@@ -124,7 +127,7 @@ def test_image_size_goes_only_to_models_that_take_it():
   assert net.stem_conv.kernel.shape == (7, 7, 1, 64)
 
 
-@pytest.mark.parametrize('name', models.list_models())
+@pytest.mark.parametrize('name', CLASSIFIERS)
 def test_contract_head_and_abstract_forward(name):
   """Every model: a top-level nnx.Linear `head`; float32 (N, classes) logits in eval
   mode, at 8px too (the digits). Train mode: see the train-step tests."""
@@ -182,7 +185,7 @@ SLOW = os.environ.get('VISION_JAX_SLOW_TESTS') == '1'
 @pytest.mark.parametrize('name', [
     pytest.param(n, marks=pytest.mark.skipif(n in DEEP and not SLOW, reason=(
         'quadratic BatchNorm tracing; set VISION_JAX_SLOW_TESTS=1 to run')))
-    for n in models.list_models() if n not in REAL_STEPS])
+    for n in CLASSIFIERS if n not in REAL_STEPS])
 def test_abstract_train_step(name):
   """The same jitted step, traced (not compiled), for the members too big for a CPU test."""
   new_params, _, _, loss, logits = run_step(abstract_model(name, 10, 8), 8, 3, abstract=True)

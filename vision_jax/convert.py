@@ -104,12 +104,14 @@ def _read_torch(path: str) -> dict[str, np.ndarray]:
 # ----------------------------------------------------------------------------- name maps
 
 def resnet_archs() -> list[str]:
-  """Our models with torchvision's ResNet v1.5 layout: the ImageNet-stem ResNets."""
+  """Our classifiers with torchvision's ResNet v1.5 layout: the ImageNet-stem ResNets (a
+  segmentation model's backbone loads from their converted workdir, by path)."""
   from vision_jax import models  # pylint: disable=g-import-not-at-top
   from vision_jax.models import resnet  # pylint: disable=g-import-not-at-top
   return [n for n in models.list_models() if isinstance(models.model_class(n), type)
           and issubclass(models.model_class(n), resnet.ResNet)
-          and models.model_class(n).STEM == 'imagenet']
+          and models.model_class(n).STEM == 'imagenet'
+          and models.model_task(n) == 'classification']
 
 
 _BN_NAMES = {'scale': 'weight', 'bias': 'bias', 'mean': 'running_mean', 'var': 'running_var'}

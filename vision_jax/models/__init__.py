@@ -1,7 +1,9 @@
 """Model registry: `config.model.name` -> an `nnx.Module` class.
 
 Every model is called as `model(images_nhwc, train: bool) -> float32 logits`, and names its
-classifier `head` (fine-tuning re-initialises it by that name).
+output layer(s) `head` (fine-tuning re-initialises it by that name). A model's task is its
+class's TASK ('classification' when absent): classifiers return [B, K], segmentation
+models (models/segmentation.py) [B, H, W, K].
 """
 from __future__ import annotations
 
@@ -11,9 +13,11 @@ from typing import Any, Callable
 from flax import nnx
 
 from vision_jax import ops
+from vision_jax.errors import ConfigError
 from vision_jax.models import bit
 from vision_jax.models import cnn
 from vision_jax.models import resnet
+from vision_jax.models import segmentation
 from vision_jax.models.summary import count_params, parameter_overview  # Re-exported.
 
 _REGISTRY: dict[str, Callable[..., nnx.Module]] = {
@@ -32,6 +36,16 @@ _REGISTRY: dict[str, Callable[..., nnx.Module]] = {
     'bit_r50x1': bit.BitR50x1,
     'bit_r50x3': bit.BitR50x3,
     'bit_r101x1': bit.BitR101x1,
+    'fcn_resnet18': segmentation.FCNResNet18,
+    'fcn_resnet50': segmentation.FCNResNet50,
+    'fcn_resnet101': segmentation.FCNResNet101,
+    'deeplabv3_resnet18': segmentation.DeepLabV3ResNet18,
+    'deeplabv3_resnet50': segmentation.DeepLabV3ResNet50,
+    'deeplabv3_resnet101': segmentation.DeepLabV3ResNet101,
+    'fcn_cifar_resnet18': segmentation.FCNCifarResNet18,
+    'deeplabv3_cifar_resnet18': segmentation.DeepLabV3CifarResNet18,
+    'fcn_bit_r50x1': segmentation.FCNBitR50x1,
+    'deeplabv3_bit_r50x1': segmentation.DeepLabV3BitR50x1,
 }
 
 
@@ -45,6 +59,25 @@ def model_class(name: str) -> Callable[..., nnx.Module]:
   if name not in _REGISTRY:
     raise ValueError(f'Unknown model {name!r}. Known models: {", ".join(list_models())}.')
   return _REGISTRY[name]
+
+
+def model_task(name: str) -> str:
+  """The task model `name` is built for: 'classification' or 'segmentation'."""
+  return getattr(model_class(name), 'TASK', 'classification')
+
+
+def check_model_task(name: str, task: str) -> None:
+  """Raises ConfigError unless model `name` does `task` (config validation calls this)."""
+  have = model_task(name)
+  if have == task:
+    return
+  fitting = ', '.join(n for n in list_models() if model_task(n) == task)
+  hint = ''
+  if task == 'segmentation' and not hasattr(model_class(name), 'features'):
+    hint = (f' {name!r} returns no feature map, so no dense head can sit on it; the '
+            'segmentation models use ResNet or BiT backbones.')
+  raise ConfigError(f'config.model.name={name!r} is a {have} model, but config.task.name='
+                    f'{task!r}.{hint} Use one of: {fitting or "(none registered)"}.')
 
 
 def _takes_argument(constructor: Callable[..., nnx.Module], name: str) -> bool:

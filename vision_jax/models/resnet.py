@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vision_jax import ops
+from vision_jax.errors import ConfigError
 from vision_jax.models import layers
 from vision_jax.models import remat as remat_lib
 
@@ -22,12 +23,13 @@ _CONV_INIT = nnx.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
 
 def _conv(cin: int, cout: int, kernel: int, rngs: nnx.Rngs, dtype, kernels: ops.Kernels,
-          strides: int = 1) -> nnx.Conv:
-  """Bias-free conv padded by kernel // 2 on every side, as torchvision: with stride 2,
-  'SAME' would pad (0, 1) instead and shift every window by one pixel."""
-  pad = (kernel // 2, kernel // 2)
+          strides: int = 1, dilation: int = 1) -> nnx.Conv:
+  """Bias-free conv padded by dilation * (kernel // 2) on every side, as torchvision: with
+  stride 2, 'SAME' would pad (0, 1) instead and shift every window by one pixel."""
+  pad = (dilation * (kernel // 2),) * 2
   return layers.conv(cin, cout, kernel, strides=strides, padding=(pad, pad), use_bias=False,
-                     dtype=dtype, kernel_init=_CONV_INIT, kernels=kernels, rngs=rngs)
+                     kernel_dilation=dilation, dtype=dtype, kernel_init=_CONV_INIT,
+                     kernels=kernels, rngs=rngs)
 
 
 def _norm(features: int, rngs: nnx.Rngs, dtype, kernels: ops.Kernels,
@@ -45,15 +47,20 @@ def stem_max_pool(x: jax.Array, kernels: ops.Kernels, pad_value: float = -jnp.in
 
 
 class BasicBlock(nnx.Module):
-  """Two 3x3 convs (ResNet-18/34). The stride sits on the first conv."""
+  """Two 3x3 convs (ResNet-18/34). The stride sits on the first conv.
+
+  Dilation (see `dilation_plan`): the first conv sits where the stride is, so it has
+  `first_dilation`, the second `dilation`.
+  """
   expansion = 1
 
   def __init__(self, cin: int, width: int, strides: int, *, zero_init_residual: bool,
-               dtype, kernels: ops.Kernels, rngs: nnx.Rngs):
+               dtype, kernels: ops.Kernels, rngs: nnx.Rngs, dilation: int = 1,
+               first_dilation: int = 1):
     cout = width * self.expansion
-    self.conv1 = _conv(cin, width, 3, rngs, dtype, kernels, strides)
+    self.conv1 = _conv(cin, width, 3, rngs, dtype, kernels, strides, first_dilation)
     self.bn1 = _norm(width, rngs, dtype, kernels)
-    self.conv2 = _conv(width, cout, 3, rngs, dtype, kernels)
+    self.conv2 = _conv(width, cout, 3, rngs, dtype, kernels, dilation=dilation)
     self.bn2 = _norm(cout, rngs, dtype, kernels, zero_scale=zero_init_residual)
     project = strides != 1 or cin != cout  # Else the shortcut is the identity.
     self.proj = _conv(cin, cout, 1, rngs, dtype, kernels, strides) if project else None
@@ -69,15 +76,21 @@ class BasicBlock(nnx.Module):
 
 
 class Bottleneck(nnx.Module):
-  """1x1 reduce, 3x3 (strided: v1.5), 1x1 expand by 4 (ResNet-50 and deeper)."""
+  """1x1 reduce, 3x3 (strided: v1.5), 1x1 expand by 4 (ResNet-50 and deeper).
+
+  Dilation (see `dilation_plan`): the 3x3 conv sits where the stride is, so it has
+  `first_dilation`; `dilation` is accepted for the blocks' common signature.
+  """
   expansion = 4
 
   def __init__(self, cin: int, width: int, strides: int, *, zero_init_residual: bool,
-               dtype, kernels: ops.Kernels, rngs: nnx.Rngs):
+               dtype, kernels: ops.Kernels, rngs: nnx.Rngs, dilation: int = 1,
+               first_dilation: int = 1):
+    del dilation  # A bottleneck's only 3x3 conv is the one at the stride position.
     cout = width * self.expansion
     self.conv1 = _conv(cin, width, 1, rngs, dtype, kernels)
     self.bn1 = _norm(width, rngs, dtype, kernels)
-    self.conv2 = _conv(width, width, 3, rngs, dtype, kernels, strides)
+    self.conv2 = _conv(width, width, 3, rngs, dtype, kernels, strides, first_dilation)
     self.bn2 = _norm(width, rngs, dtype, kernels)
     self.conv3 = _conv(width, cout, 1, rngs, dtype, kernels)
     self.bn3 = _norm(cout, rngs, dtype, kernels, zero_scale=zero_init_residual)
@@ -98,6 +111,37 @@ class Bottleneck(nnx.Module):
 _BLOCKS = {'basic': BasicBlock, 'bottleneck': Bottleneck}
 
 
+def dilation_plan(num_stages: int, stem_stride: int, output_stride: int | None
+                  ) -> list[tuple[int, int, int]]:
+  """(stride, first_dilation, dilation) of each stage for a total stride `output_stride`
+  (None: the network's own, no dilation).
+
+  Every stage but the first halves the resolution, so the network's own stride is
+  stem_stride * 2**(num_stages - 1) (32 with the ImageNet stem, 8 with the CIFAR one). For
+  half or a quarter of it, the last one or two stages keep their input's resolution and
+  dilate their 3x3 convs by the stride they no longer take (DeepLab's atrous ResNets,
+  torchvision's `replace_stride_with_dilation`): a stage's first 3x3 conv, where the stride
+  was, keeps the previous dilation (`first_dilation`), its later 3x3 convs take the new
+  one. No parameter changes, so a classifier's checkpoint loads into any output stride.
+  Raises ConfigError for another output stride.
+  """
+  natural = stem_stride * 2**(num_stages - 1)
+  allowed = [natural // 2**k for k in range(min(2, num_stages - 1) + 1)]
+  output_stride = natural if output_stride is None else output_stride
+  if output_stride not in allowed:
+    raise ConfigError(f'config.model.output_stride={output_stride!r} is not possible for this '
+                      f'backbone, whose own output stride is {natural}: use one of '
+                      f'{", ".join(map(str, allowed))} (the last stages dilated instead of '
+                      'strided).')
+  plan, dilation = [], 1
+  for i in range(num_stages):
+    stride, first_dilation = (2 if i > 0 else 1), dilation
+    if i >= num_stages - allowed.index(output_stride):
+      dilation, stride = dilation * stride, 1
+    plan.append((stride, first_dilation, dilation))
+  return plan
+
+
 class ResNet(nnx.Module):
   """ResNet v1.5; subclasses fix the depth (STAGES, BLOCK) and the stem (STEM).
 
@@ -107,13 +151,16 @@ class ResNet(nnx.Module):
   may set. `zero_init_residual` zero-initialises the last BatchNorm scale of each block so
   that every block starts as the identity (Goyal et al. 2017): helps large-batch training.
   `remat` recomputes each block's activations in the backward pass (models/remat.py).
+  `output_stride` below the network's own (None: 32, or 8 with the CIFAR stem) dilates the
+  last stages instead of striding them (`dilation_plan`), for dense prediction.
   """
   STAGES: tuple[int, ...] = ()
   BLOCK = 'basic'
   STEM = 'imagenet'
 
   def __init__(self, num_classes: int, *, width: int = 64, zero_init_residual: bool = False,
-               in_channels: int = 3, dtype='float32', remat: str = 'none',
+               output_stride: int | None = None, in_channels: int = 3, dtype='float32',
+               remat: str = 'none',
                kernels: ops.Kernels = ops.XLA, rngs: nnx.Rngs):
     if not self.STAGES:
       raise TypeError('ResNet is a family: build a variant (ResNet18, ..., CifarResNet50).')
@@ -127,22 +174,29 @@ class ResNet(nnx.Module):
       self.stem_conv = _conv(in_channels, width, 3, rngs, dtype, kernels)
     self.stem_bn = _norm(width, rngs, dtype, kernels)
 
+    stem_stride = 4 if self.STEM == 'imagenet' else 1
+    plan = dilation_plan(len(self.STAGES), stem_stride, output_stride)
     blocks, cin = [], width
-    for i, num_blocks in enumerate(self.STAGES):
+    for i, (num_blocks, (stride, first_dilation, dilation)) in enumerate(zip(self.STAGES, plan)):
       for j in range(num_blocks):
-        strides = 2 if i > 0 and j == 0 else 1
-        blocks.append(block_cls(cin, width * 2**i, strides, dtype=dtype, kernels=kernels,
-                                rngs=rngs, zero_init_residual=zero_init_residual))
+        blocks.append(block_cls(cin, width * 2**i, stride if j == 0 else 1, dtype=dtype,
+                                kernels=kernels, rngs=rngs,
+                                zero_init_residual=zero_init_residual, dilation=dilation,
+                                first_dilation=first_dilation if j == 0 else dilation))
         cin = width * 2**i * block_cls.expansion
     self.blocks = nnx.List(blocks)
+    self.num_features = cin  # Channels of `features`.
     self.head = nnx.Linear(cin, num_classes, dtype=dtype, rngs=rngs)
 
-  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+  def features(self, x: jax.Array, train: bool = False) -> jax.Array:
+    """The last stage's map [B, H / output_stride, W / output_stride, num_features]."""
     x = nnx.relu(self.stem_bn(self.stem_conv(x), use_running_average=not train))
     if self.STEM == 'imagenet':
       x = stem_max_pool(x, self.kernels)
-    x = remat_lib.run_blocks(self.blocks, x, self.remat, train)
-    x = jnp.mean(x, axis=(1, 2))
+    return remat_lib.run_blocks(self.blocks, x, self.remat, train)
+
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    x = jnp.mean(self.features(x, train), axis=(1, 2))
     return self.head(x).astype(jnp.float32)
 
 
