@@ -331,7 +331,7 @@ def test_predict_and_export_through_the_cli(converted, loaded, data_dir, tmp_pat
                              rtol=0)
 
 
-def test_eval_mode_reads_the_workdir(converted, tmp_path):
+def test_eval_mode_reads_the_workdir(monkeypatch, converted, tmp_path):
   """--mode=eval's code on the converted workdir as it is (imagenet2012 mocked)."""
   import shutil  # pylint: disable=g-import-not-at-top
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
@@ -339,7 +339,9 @@ def test_eval_mode_reads_the_workdir(converted, tmp_path):
   out = str(tmp_path / 'copy')
   shutil.copytree(converted[0], out)
   config = inference.read_config(out)
-  config.dataset.download = True  # The mock is never "prepared".
+  config.dataset.download = True  # The mock is never "prepared" ...
+  from vision_jax.data import sources  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(sources, '_check_online', lambda name, data_dir: None)  # ... nor online.
   config.eval.batch_size = 8
   with tfds.testing.mock_data(num_examples=10):
     results = evaluate.run(config, out)

@@ -49,7 +49,8 @@ def test_view_is_the_crop_then_the_planned_steps_from_one_generator():
   v1, v2 = views(image, np.random.default_rng(5))
   rng = np.random.default_rng(5)
   for view, got in ((views.view1, v1), (views.view2, v2)):
-    crop = preprocess.inception_crop(image, rng, 64, 0.08)
+    box = preprocess.inception_box(image.shape[0], image.shape[1], rng, 0.08)
+    crop = preprocess.crop_resize(image, box, 64)
     np.testing.assert_array_equal(got, view.apply(crop, view.plan(rng)))
 
 
@@ -159,7 +160,7 @@ def test_full_crop_without_random_steps_is_the_resized_image():
   views = two_views.TwoViews(16, plain, plain, crop_min_scale=1.0)
   image = _photo(32, 32)
   for v in views(image, np.random.default_rng(0)):
-    np.testing.assert_array_equal(v, preprocess.resize(image, 16))
+    np.testing.assert_array_equal(v, preprocess.resample(image, (0, 0, 32, 32), 16))
 
 
 def test_from_config_and_example_function():

@@ -96,7 +96,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.steps = 600
   c.train.log_every = 50
   c.train.eval_every = 300          # 0 = only at the end.
-  c.train.device_prefetch = 2       # Batches moved onto the devices ahead of their step.
+  c.train.device_prefetch = -1      # Batches sent to the devices ahead; -1: 0 on CPU, else 2.
 
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 256

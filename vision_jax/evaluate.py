@@ -67,14 +67,13 @@ def summarize(arrays: dict[str, np.ndarray], num_classes: int) -> dict:
   }
 
 
-def evaluate_splits(eval_step: Callable, state, evals: dict, mesh: Mesh,
-                    num_classes: int, num_threads: int = 4) -> dict[str, dict]:
-  """summarize(collect(...)) for every eval split of `input_pipeline.Data.evals`."""
-  from vision_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
-  return {split: summarize(collect(eval_step, state,
-                                   input_pipeline.iterate(dataset, 0, num_threads), mesh),
-                           num_classes)
-          for split, dataset in evals.items()}
+def evaluate_splits(eval_step: Callable, state, data, mesh: Mesh) -> dict[str, dict]:
+  """summarize(collect(...)) for every eval split of `data` (an input_pipeline.Data)."""
+  results = {}
+  for split in data.evals:
+    with data.eval_batches(split) as batches:
+      results[split] = summarize(collect(eval_step, state, batches, mesh), data.num_classes)
+  return results
 
 
 def compile_ahead(eval_step: Callable, state, evals: dict, mesh: Mesh) -> None:
@@ -160,8 +159,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, output: str | None = No
                             mesh=loaded.mesh,
                             state_shardings=jax.tree.map(lambda x: x.sharding, loaded.state))
   logging.info('Evaluating checkpoint %d of %s on %s.', loaded.step, workdir, list(data.evals))
-  results = evaluate_splits(eval_step, loaded.state, data.evals, loaded.mesh,
-                            data.num_classes, data.num_threads)
+  results = evaluate_splits(eval_step, loaded.state, data, loaded.mesh)
   if output:
     os.makedirs(output, exist_ok=True)
   return write_results(output or workdir, loaded.step, results, loaded.class_names)

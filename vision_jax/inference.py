@@ -22,7 +22,7 @@ from vision_jax import checkpoint
 from vision_jax import ops
 from vision_jax import parallel
 from vision_jax import train_state
-from vision_jax.data.preprocess import normalize
+from vision_jax.data.normalize import normalize
 from vision_jax.errors import UserError
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import logging as logging_std
 import os
-import signal
 import sys
+import traceback
 
 # TensorFlow (imported for tfds and the SavedModel export) logs INFO lines at import. The
 # variable is read by jaxlib's C++ logging too, so it only drops INFO: XLA's, NCCL's and the
@@ -51,11 +51,6 @@ flags.mark_flags_as_required(['workdir'])
 
 class UsageError(UserError):
   """Bad command-line input."""
-
-
-class StoppedBeforeTraining(BaseException):
-  """SIGTERM arrived while the run was starting: nothing to save yet. A BaseException,
-  like KeyboardInterrupt, so that no `except Exception` on the way swallows it."""
 
 
 # --config.key=value given without --config (eval, predict, export read the workdir's
@@ -220,28 +215,30 @@ def parse_flags(argv: list[str]) -> list[str]:
 class _QuietOrbax(logging_std.Filter):
   """Orbax logs every file it writes at INFO, and a failed background write as errors
   with tracebacks from several threads; the failure reaches the training loop, which
-  reports it in one paragraph (checkpoint.Checkpointer). Keep orbax's warnings only."""
+  reports it in one paragraph (checkpoint.Checkpointer). Keep orbax's warnings only.
+  A failed read of a damaged checkpoint also leaves orbax's sibling reads as asyncio
+  tasks whose exception nobody retrieves; asyncio logs each with a traceback, while the
+  checkpoint module has already diagnosed the damage in one line: drop those too."""
 
   def filter(self, record: logging_std.LogRecord) -> bool:
+    if record.name == 'asyncio' and record.exc_info and record.exc_info[2] is not None:
+      return not any('orbax' in frame.filename
+                     for frame in traceback.extract_tb(record.exc_info[2]))
     return 'orbax' not in record.pathname or record.levelno == logging_std.WARNING
-
-
-def _stop_before_training(signum, frame) -> None:
-  del signum, frame
-  raise StoppedBeforeTraining()
 
 
 def main(argv: list[str]) -> None:
   logging.get_absl_handler().addFilter(_QuietOrbax())
   # Until the training loop takes SIGTERM over (to save at the next step), a SIGTERM ends
   # the start-up cleanly: nothing has been trained, nothing needs saving.
-  signal.signal(signal.SIGTERM, _stop_before_training)
+  from vision_jax import preemption  # pylint: disable=g-import-not-at-top
+  preemption.stop_while_starting()
   try:
     run(argv)
   except UserError as e:
     logging.flush()
     _fail(str(e))
-  except StoppedBeforeTraining:
+  except preemption.StoppedBeforeTraining:
     logging.warning('Received SIGTERM while starting: stopped before training (nothing '
                     'was trained or saved; rerun to start).')
     logging.flush()

@@ -9,11 +9,43 @@ and another hangs: JAX's coordination service provides that sync point
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 
 import jax
 from absl import logging
 from jax.experimental import multihost_utils
+
+
+class StoppedBeforeTraining(BaseException):
+  """SIGTERM arrived while the run was starting: nothing to save yet. A BaseException,
+  like KeyboardInterrupt, so that no `except Exception` on the way swallows it."""
+
+
+class _WhileStarting:
+  """The SIGTERM handler until the loop's watcher takes over. Python drops an exception
+  raised while a garbage-collection callback runs ("Exception ignored in ..."), so the
+  signal is also remembered and the watcher raises it again when it is installed."""
+
+  received = False
+
+  def __call__(self, signum, frame) -> None:
+    del signum, frame
+    self.received = True
+    raise StoppedBeforeTraining()
+
+
+def stop_while_starting() -> None:
+  """From now until a `PreemptionWatcher` exists, SIGTERM raises `StoppedBeforeTraining`
+  (and Python's "Exception ignored" report of a dropped one is not printed)."""
+  signal.signal(signal.SIGTERM, _WhileStarting())
+  previous = sys.unraisablehook
+
+  def unraisable_hook(unraisable):
+    if unraisable.exc_type is not StoppedBeforeTraining:
+      previous(unraisable)
+
+  sys.unraisablehook = unraisable_hook
 
 
 class PreemptionWatcher:
@@ -23,7 +55,9 @@ class PreemptionWatcher:
     self._requested = threading.Event()
     self._multi = jax.process_count() > 1
     if not self._multi and threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._on_signal)
+      previous = signal.signal(signal.SIGTERM, self._on_signal)
+      if isinstance(previous, _WhileStarting) and previous.received:
+        raise StoppedBeforeTraining()
 
   def _on_signal(self, signum, frame) -> None:
     del frame

@@ -19,8 +19,9 @@ from vision_jax import ops
 from vision_jax import optim
 from vision_jax import parallel
 from vision_jax import train_state as ts
+from vision_jax.data import device_augment
 from vision_jax.data import mixing
-from vision_jax.data.preprocess import normalize
+from vision_jax.data.normalize import normalize
 
 Batch = dict[str, jax.Array]
 
@@ -37,14 +38,17 @@ def _is_float(x) -> bool:
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                     schedule: Callable, *, mean: Sequence[float], std: Sequence[float],
                     label_smoothing: float = 0.0, accum_steps: int = 1,
-                    mix: Callable | None = None, ema_decay: float = 0.0):
+                    augment: Callable | None = None, mix: Callable | None = None,
+                    ema_decay: float = 0.0):
   """Returns train_step(state, batch) -> (state, metrics); jit it with shardings.
 
   With accum_steps=k the batch is split into k micro-batches whose gradients are averaged
   before one update. BatchNorm's running statistics then also advance once per update:
   every micro-batch starts from the same statistics and the k updated ones are averaged,
   i.e. new = m * old + (1 - m) * mean over micro-batches of their batch statistics (dropout
-  RNG state still advances per micro-batch). `mix` (data/mixing.py: mixup / cutmix) turns
+  RNG state still advances per micro-batch). `augment` (data/device_augment.py) changes the
+  uint8 images on device, keyed by (seed, step), before they are normalised; `mix`
+  (data/mixing.py: mixup / cutmix) turns
   the normalised batch and its labels into mixed images and soft labels, keyed by (seed,
   step); accuracy is then against the larger share. `ema_decay` > 0 updates `state.ema`
   (train_state.update_ema).
@@ -78,7 +82,8 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
     return (grads, {'loss': loss, 'accuracy': accuracy}, stats), (params, rngs)
 
   def train_step(state: ts.TrainState, batch: Batch):
-    inputs = {'image': normalize(batch['image'], mean, std), 'label': batch['label']}
+    images = batch['image'] if augment is None else augment(batch['image'], state.step)
+    inputs = {'image': normalize(images, mean, std), 'label': batch['label']}
     if mix is not None:
       inputs['image'], inputs['label'] = mix(inputs['image'], inputs['label'], state.step)
     (grads, metrics, stats), (_, rngs) = optim.accumulate_gradients(
@@ -128,18 +133,22 @@ def make_eval_step(graphdef: nnx.GraphDef, *, mean: Sequence[float], std: Sequen
 def jit_train_step(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef,
                    tx: optax.GradientTransformation, schedule: Callable, *,
                    mean: Sequence[float], std: Sequence[float], num_classes: int, mesh: Mesh,
-                   state_shardings: Any) -> Callable:
+                   state_shardings: Any, device_recipe: str = '',
+                   image_size: int = 0) -> Callable:
   """The training loop's step for `config`, `step(state, batch) -> (state, metrics)`,
   jitted over `mesh` with the state's shardings, the batch split over every device and
-  the state donated. The benchmarks time this very function."""
+  the state donated. `device_recipe` (input_pipeline.Data.device_augment) is the part of
+  the augmentation the device does. The benchmarks time this very function."""
   step = make_train_step(
       graphdef, tx, schedule, mean=mean, std=std,
       label_smoothing=config.optim.label_smoothing, accum_steps=config.optim.accum_steps,
+      augment=device_augment.make_device_augment(device_recipe, config.seed, image_size),
       mix=mixing.from_config(config.dataset, num_classes, config.seed),
       ema_decay=config.optim.ema_decay)
+  remat = config.model.get('remat', 'none') not in ('none', '')
   return jax.jit(step, in_shardings=(state_shardings, parallel.batch_sharding(mesh)),
                  out_shardings=(state_shardings, parallel.replicated(mesh)),
-                 donate_argnums=0, compiler_options=ops.compiler_options())
+                 donate_argnums=0, compiler_options=ops.compiler_options(remat=remat))
 
 
 def jit_eval_step(graphdef: nnx.GraphDef, *, mean: Sequence[float], std: Sequence[float],

@@ -44,8 +44,11 @@ def device_batches(batches: Iterator[dict[str, np.ndarray]], mesh: Mesh,
 
   A transfer is asynchronous: it is started `size` batches before the step that takes it,
   so it overlaps the running step. size=0 hands the host arrays to the step as they are
-  (with one process; jit then moves them itself).
+  (with one process; jit then moves them itself). size=-1: 0 on the CPU backend, where
+  the copy runs on the cores the step needs (measured slower, bench/README.md), else 2.
   """
+  if size < 0:
+    size = 0 if jax.default_backend() == 'cpu' else 2
   if size == 0 and jax.process_count() == 1:
     yield from batches
     return
@@ -69,10 +72,12 @@ class MetricsLog:
     self.writer, self.ckpt, self.log_every = writer, ckpt, log_every
     self.path = os.path.join(workdir, 'metrics.jsonl')
     self.pending: list[dict] = []
+    self.last_step = 0
 
   def add(self, step: int, device_metrics: dict) -> None:
     """Waits for the step's metrics; raises NonFiniteError if it did not apply."""
     metrics = parallel.fetch(device_metrics)
+    self.last_step = step
     if not metrics['finite']:
       self.ckpt.wait()
       last = self.ckpt.latest_step()
@@ -171,11 +176,74 @@ def _finish(workdir: str, step: int, evals: dict, class_names: list[str]) -> dic
   return out
 
 
+def _log_evals(writer: writers.Writer, workdir: str, step: int, evals: dict) -> None:
+  scalars = {f'eval/{k}': v for k, v in evaluate.scalars(evals).items()}
+  writer.write_scalars(step, scalars)
+  if jax.process_index() == 0:  # For curves.png: one line per evaluation.
+    with open(os.path.join(workdir, 'eval_metrics.jsonl'), 'a') as f:
+      f.write(json.dumps({'step': step, **scalars}) + '\n')
+
+
+def _loop(state, start: int, total: int, train_step, batches: Iterator[dict], run_evals,
+          config: ml_collections.ConfigDict, ckpt: checkpoint.Checkpointer, log: 'MetricsLog',
+          writer: writers.Writer, watch: 'Stopwatch', workdir: str) -> dict | None:
+  """Steps start + 1 .. total: step, log, evaluate, save. Returns the last evaluation's
+  results, or None when a preemption notice (SIGTERM) stopped it after saving."""
+  progress = writers.Progress(total, writer)
+  show_bar = sys.stdout.isatty() and jax.process_index() == 0
+  preemption = PreemptionWatcher()
+  running = collections.deque()  # (step, metrics) dispatched and not yet waited for.
+  batch, evals = next(batches), {}
+  for step in range(start + 1, total + 1):
+    t = time.perf_counter()
+    state, metrics = train_step(state, batch)  # Runs while the host reads the next batch.
+    watch.ticks.append(t)
+    watch.time('first_step' if step == start + 1 else 'step', t)
+    running.append((step, metrics))
+    if step < total:
+      t = time.perf_counter()
+      batch = next(batches)
+      watch.time('data', t)
+    ckpt.check()  # A save that failed in the background stops the run now.
+    evals, stop = {}, preemption.should_stop(step)
+    do_eval = step == total or (config.train.eval_every and
+                                step % config.train.eval_every == 0)
+    do_save = step % config.checkpoint.every_steps == 0 or step == total or stop
+    t = time.perf_counter()
+    while running and (len(running) > parallel.steps_ahead() or do_eval or do_save):
+      log.add(*running.popleft())  # Never evaluate or save after a non-finite step.
+    watch.time('step', t)
+    progress(step)
+    if show_bar:
+      print(f'\rstep {step}/{total}', end='', flush=True)
+    if do_eval:
+      t = time.perf_counter()
+      evals = run_evals(state)
+      _log_evals(writer, workdir, step, evals)
+      watch.time('eval', t)
+    if do_save:
+      log.write(step)
+      t = time.perf_counter()
+      ckpt.save(step, state, {'next_step': step, 'seed': config.seed,
+                              'global_batch': config.train.batch_size},
+                metrics=evaluate.scalars(evals))
+      watch.time('checkpoint', t)
+    if stop:
+      ckpt.wait()
+      writer.close()
+      logging.warning('Preempted: saved step %d in %s; rerun the same command to resume.',
+                      step, ckpt.directory)
+      return None
+  if show_bar:
+    print()
+  return evals
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains (or resumes) the configured run in `workdir`; returns the final results."""
   mesh = parallel.make_mesh(config)
   shard = input_pipeline.HostShard(jax.process_index(), jax.process_count())
-  data = input_pipeline.build(config, shard)
+  data = input_pipeline.build(config, shard, augment_on_device=True)
   logging.info('Dataset %s: %d train examples, eval %s, %d classes, %dx%dx%d images.',
                config.dataset.name, data.num_train, data.eval_sizes, data.num_classes,
                data.image_size, data.image_size, data.channels)
@@ -201,15 +269,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   eval_step = steps.jit_eval_step(graphdef, mean=data.mean, std=data.std, mesh=mesh,
                                   state_shardings=shardings)
-  run_evals = lambda state: evaluate.evaluate_splits(
-      eval_step, state, data.evals, mesh, data.num_classes, data.num_threads)
-  total, eval_every = config.train.steps, config.train.eval_every
+  run_evals = lambda state: evaluate.evaluate_splits(eval_step, state, data, mesh)
+  total = config.train.steps
   t0 = time.perf_counter()  # The loop's clock: compilation included, start-up not.
   if start < total:
     train_step = _compile_checked(
         steps.jit_train_step(config, graphdef, tx, schedule, mean=data.mean, std=data.std,
                              num_classes=data.num_classes, mesh=mesh,
-                             state_shardings=shardings), state, data, config)
+                             state_shardings=shardings, device_recipe=data.device_augment,
+                             image_size=data.image_size), state, data, config)
   compile_s = time.perf_counter() - t0
   # Every check that can fail before the first step has passed: the run is real now.
   if jax.process_index() == 0:
@@ -224,64 +292,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return _finish(workdir, start, run_evals(state), data.class_names)
 
   writer = writers.Writer(workdir if jax.process_index() == 0 else None)  # Log-only elsewhere.
-  progress = writers.Progress(total, writer)
   log = MetricsLog(writer, workdir, ckpt, config.train.log_every)
   watch = Stopwatch()
   watch.totals['compile'] = compile_s
-  show_bar = sys.stdout.isatty() and jax.process_index() == 0
-  preemption = PreemptionWatcher()
   t = time.perf_counter()
   evaluate.compile_ahead(eval_step, state, data.evals, mesh)  # Fails before training if so.
   watch.time('compile_eval', t)
-  batches = device_batches(input_pipeline.iterate(data.train, start, data.num_threads),
-                           mesh, config.train.device_prefetch)
-  running = collections.deque()  # (step, metrics) dispatched and not yet waited for.
-  batch, evals = next(batches), {}
-  for step in range(start + 1, total + 1):
-    t = time.perf_counter()
-    state, metrics = train_step(state, batch)  # Runs while the host reads the next batch.
-    watch.ticks.append(t)
-    watch.time('first_step' if step == start + 1 else 'step', t)
-    running.append((step, metrics))
-    if step < total:
-      t = time.perf_counter()
-      batch = next(batches)
-      watch.time('data', t)
-    ckpt.check()  # A save that failed in the background stops the run now.
-    evals, stop = {}, preemption.should_stop(step)
-    do_eval = step == total or (eval_every and step % eval_every == 0)
-    do_save = step % config.checkpoint.every_steps == 0 or step == total or stop
-    t = time.perf_counter()
-    while running and (len(running) > parallel.steps_ahead() or do_eval or do_save):
-      log.add(*running.popleft())  # Never evaluate or save after a non-finite step.
-    watch.time('step', t)
-    progress(step)
-    if show_bar:
-      print(f'\rstep {step}/{total}', end='', flush=True)
-    if do_eval:
-      t = time.perf_counter()
-      evals = run_evals(state)
-      scalars = {f'eval/{k}': v for k, v in evaluate.scalars(evals).items()}
-      writer.write_scalars(step, scalars)
-      if jax.process_index() == 0:  # For curves.png: one line per evaluation.
-        with open(os.path.join(workdir, 'eval_metrics.jsonl'), 'a') as f:
-          f.write(json.dumps({'step': step, **scalars}) + '\n')
-      watch.time('eval', t)
-    if do_save:
-      log.write(step)
-      t = time.perf_counter()
-      ckpt.save(step, state, {'next_step': step, 'seed': config.seed,
-                              'global_batch': config.train.batch_size},
-                metrics=evaluate.scalars(evals))
-      watch.time('checkpoint', t)
-    if stop:
-      ckpt.wait()
-      writer.close()
-      logging.warning('Preempted: saved step %d in %s; rerun the same command to resume.',
-                      step, ckpt.directory)
-      return {'preempted_at_step': step}
-  if show_bar:
-    print()
+  host_batches = data.train_batches(start)  # Worker processes end with the loop.
+  try:
+    evals = _loop(state, start, total, train_step, device_batches(
+        host_batches, mesh, config.train.device_prefetch), run_evals, config, ckpt,
+                  log, writer, watch, workdir)
+  finally:
+    host_batches.close()
+  if evals is None:  # Preempted: saved, and said so.
+    return {'preempted_at_step': log.last_step}
   writer.close()
   t = time.perf_counter()
   ckpt.wait()

@@ -5,7 +5,7 @@ the image's channels out, drawn from the example's `numpy.random.Generator` (see
 (seed, global example position), as every train recipe): view 1 first, then view 2, so the
 pair is a pure function of (image, seed). Each view, in SimCLR's order:
 
-  1. random resized crop: `preprocess.inception_crop`, area `crop_min_scale`..1 of the
+  1. random resized crop: `preprocess.inception_box` + `crop_resize`, area `crop_min_scale`..1 of the
      image, aspect 3/4..4/3 (torchvision's RandomResizedCrop; SimCLR and BYOL resize
      bicubic, this bilinear);
   2. horizontal flip with p 0.5;
@@ -133,7 +133,8 @@ class TwoViews:
   crop_min_scale: float = 0.08
 
   def view(self, image: np.ndarray, rng: np.random.Generator, which: View) -> np.ndarray:
-    crop = preprocess.inception_crop(image, rng, self.image_size, self.crop_min_scale)
+    box = preprocess.inception_box(image.shape[0], image.shape[1], rng, self.crop_min_scale)
+    crop = preprocess.crop_resize(image, box, self.image_size)
     return which.apply(crop, which.plan(rng))
 
   def __call__(self, image: np.ndarray, rng: np.random.Generator

@@ -105,10 +105,10 @@ class SSLModel(nnx.Module):
                          rngs=rngs) if predictor_hidden_dim else None
 
   def features(self, x: jax.Array, train: bool = False) -> jax.Array:
-    backbone_features = getattr(super(), 'features', None)
-    if backbone_features is not None:  # A backbone with its own features method.
-      return backbone_features(x, train).astype(jnp.float32)
-    return super().__call__(x, train)  # The head is the pass-through.
+    feature_map = getattr(super(), 'features', None)
+    if feature_map is not None:  # ResNet, BiT: their last map, pooled as __call__ pools it.
+      return jnp.mean(feature_map(x, train), axis=(1, 2)).astype(jnp.float32)
+    return super().__call__(x, train)  # The head is the pass-through: the pooled features.
 
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     return self.projector(self.features(x, train), train)
@@ -151,7 +151,7 @@ def pooled_features(model: nnx.Module, x: jax.Array, *, train: bool = False) -> 
   the classifier's head would see. For a classifier the head is swapped for the
   pass-through for the call and put back (BatchNorm statistics advance in train mode as
   in a normal forward pass)."""
-  if hasattr(model, 'features'):
+  if isinstance(model, SSLModel):
     return model.features(x, train)
   head = model.head
   model.head = PassThrough()

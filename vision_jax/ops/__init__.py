@@ -99,15 +99,26 @@ _YNN_OPTION = 'xla_cpu_experimental_ynn_fusion_type'
 _YNN_WITHOUT_CONVOLUTIONS = 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'
 
 
-def compiler_options() -> dict[str, str] | None:
+# XLA:CPU removes jax.checkpoint's optimisation barriers before layout assignment, and a
+# later CSE pass folds the recomputation back into the forward pass: remat would silently
+# do nothing. XLA:GPU and TPU keep the barriers until after scheduling.
+_KEEP_REMAT_BARRIERS = {'xla_disable_hlo_passes': 'cse_barrier_expander'}
+
+
+def compiler_options(remat: bool = False) -> dict[str, str] | None:
   """Compiler options for every jitted step on the default backend (None: XLA's own).
 
   On the CPU backend: convolutions off YNNPACK (see above), unless XLA_FLAGS chooses the
-  YNNPACK fusions itself (the user's choice wins) or this jaxlib rejects the option.
+  YNNPACK fusions itself (the user's choice wins) or this jaxlib rejects the option; with
+  `remat` (the step recomputes activations), the barriers that keep it are kept.
   """
-  if jax.default_backend() != 'cpu' or _YNN_OPTION in os.environ.get('XLA_FLAGS', ''):
+  if jax.default_backend() != 'cpu':
     return None
-  return _cpu_options_if_supported()
+  options = {} if _YNN_OPTION in os.environ.get('XLA_FLAGS', '') else dict(
+      _cpu_options_if_supported() or {})
+  if remat:
+    options |= _KEEP_REMAT_BARRIERS
+  return options or None
 
 
 @functools.cache
