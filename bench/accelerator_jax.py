@@ -155,12 +155,11 @@ def compiled_memory(figure: dict[str, Any], remat: str, base=None):
 
   Returns (figures, base); pass `base` back to skip the initialisation next time (the
   state, optimiser and shardings depend neither on remat nor on the batch). On the CPU
-  backend the step is compiled with `remat.CPU_KEEP_BARRIERS`, without which XLA:CPU
-  undoes remat (models/remat.py).
+  backend the step is compiled with `ops.compiler_options(remat=True)`, without which
+  XLA:CPU undoes remat (models/remat.py).
   """
   # pylint: disable=g-import-not-at-top
   from vision_jax import ops, parallel, steps, train_state
-  from vision_jax.models import remat as remat_lib
   config = make_config(figure, remat)
   mesh = parallel.make_mesh(config, jax.devices()[:1])
   size, batch, classes = figure['image_size'], figure['batch'], figure['num_classes']
@@ -178,9 +177,7 @@ def compiled_memory(figure: dict[str, Any], remat: str, base=None):
   batch_spec = {'image': jax.ShapeDtypeStruct((batch, size, size, 3), np.uint8,
                                               sharding=sharding),
                 'label': jax.ShapeDtypeStruct((batch,), np.int32, sharding=sharding)}
-  options = ops.compiler_options()
-  if jax.default_backend() == 'cpu':
-    options = {**(options or {}), **remat_lib.CPU_KEEP_BARRIERS}
+  options = ops.compiler_options(remat=remat not in ('none', ''))
   lowered = step.lower(abstract_state, batch_spec)
   compiled = lowered.compile(options)
   flops, _ = flops_of(compiled, lowered)

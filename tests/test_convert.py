@@ -13,7 +13,7 @@ from safetensors.numpy import save_file
 
 from conftest import REPO, run_cli
 import torch_reference
-from vision_jax import checkpoint, convert, inference, models, optim
+from vision_jax import checkpoint, convert, inference, models, optim, pretrained_weights
 from vision_jax.errors import UserError
 
 FIXTURE = os.path.join(os.path.dirname(__file__), 'fixtures', 'torchvision_resnet_logits.npz')
@@ -28,8 +28,8 @@ def _our_arrays(model: str, num_classes: int) -> dict[str, tuple]:
 def _state_dict(arch: str, num_classes: int = 1000, seed: int = 0) -> dict[str, np.ndarray]:
   """Random torchvision-named arrays for `arch` (names checked against torchvision itself
   by the fixture tests below), with the num_batches_tracked counters torch saves."""
-  shapes = convert.our_shapes(arch, num_classes)
-  names = [(t, convert._torch_layout(o, shapes[o]))  # pylint: disable=protected-access
+  shapes = pretrained_weights.our_shapes(arch, num_classes)
+  names = [(t, pretrained_weights._torch_layout(o, shapes[o]))  # pylint: disable=protected-access
            for o, t in convert.torchvision_names(arch).items()]
   names += [(t.rsplit('.', 1)[0] + '.num_batches_tracked', ()) for t, _ in names
             if t.endswith('.running_var')]

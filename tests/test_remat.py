@@ -2,7 +2,7 @@
 really recomputed (more FLOPs, less temporary memory in the compiled step), and a clear
 error for a setting it does not know.
 
-Steps are compiled with `remat.CPU_KEEP_BARRIERS`: without it XLA:CPU merges the
+Steps are compiled with `ops.compiler_options(remat=True)`: without it XLA:CPU merges the
 recomputation back into the forward pass (models/remat.py), and equality would hold
 trivially.
 """
@@ -21,7 +21,6 @@ from vision_jax import ops
 from vision_jax import train_state
 from vision_jax.errors import ConfigError
 from vision_jax.models import bit, resnet
-from vision_jax.models import remat as remat_lib
 
 
 class TwoStageBasic(resnet.ResNet):
@@ -66,7 +65,7 @@ def _step(graphdef: nnx.GraphDef, compile_for_cpu: bool = True):
     return loss, nnx.to_pure_dict(grads), nnx.to_pure_dict(nnx.split(model, nnx.Param, ...)[2])
   if not compile_for_cpu:
     return step
-  return jax.jit(step, compiler_options=remat_lib.CPU_KEEP_BARRIERS)
+  return jax.jit(step, compiler_options=ops.compiler_options(remat=True))
 
 
 @functools.cache

@@ -60,10 +60,24 @@ def _workers() -> set[int]:
   return found
 
 
+def _mapped_shm() -> set[str]:
+  """/dev/shm names some live process has mapped (its own, or a concurrent test's)."""
+  names = set()
+  for pid in filter(str.isdigit, os.listdir('/proc')):
+    try:
+      with open(f'/proc/{pid}/maps') as f:
+        names |= {line.split('/dev/shm/')[1].split()[0] for line in f if '/dev/shm/' in line}
+    except OSError:
+      continue
+  return names
+
+
 def _shm() -> set[str]:
-  """What Python's multiprocessing puts in /dev/shm: shared memory (psm_*), semaphores
-  (sem.mp-*); other names belong to other programs on this shared machine."""
-  return {n for n in os.listdir('/dev/shm') if n.startswith(('psm_', 'sem.mp-'))}
+  """What Python's multiprocessing puts in /dev/shm (shared memory psm_*, semaphores
+  sem.mp-*) and no live process maps: a leak. Other names belong to other programs, and
+  segments in use belong to tests running alongside (pytest-xdist workers)."""
+  found = {n for n in os.listdir('/dev/shm') if n.startswith(('psm_', 'sem.mp-'))}
+  return found - _mapped_shm() if found else found
 
 
 def _wait_until(condition, timeout=10.0) -> bool:

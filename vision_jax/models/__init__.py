@@ -49,6 +49,16 @@ _REGISTRY: dict[str, Callable[..., nnx.Module]] = {
 }
 
 
+def register(name: str, constructor: Callable[..., nnx.Module]) -> None:
+  """Adds a model family under `name` (config.model.name), e.g. from a research fork's own
+  module; `constructor(num_classes, *, rngs, kernels, **config.model)` builds it. A name
+  already taken is an error: models are not replaced silently."""
+  if name in _REGISTRY:
+    raise ValueError(f'A model named {name!r} is already registered '
+                     f'({_REGISTRY[name].__module__}.{_REGISTRY[name].__name__}).')
+  _REGISTRY[name] = constructor
+
+
 def list_models() -> list[str]:
   """The names `create_model` accepts."""
   return sorted(_REGISTRY)

@@ -19,7 +19,8 @@ mask in the recomputation: its key is part of the block's input state.
 
 XLA:CPU removes jax.checkpoint's optimisation barriers early (before layout assignment)
 and a later CSE pass then merges the recomputation back into the forward pass: on the CPU
-backend remat changes nothing unless the step is compiled with `CPU_KEEP_BARRIERS`. XLA:GPU
+backend remat changes nothing unless the step is compiled with
+`ops.compiler_options(remat=True)`, which keeps them (steps.jit_train_step does). XLA:GPU
 removes them only after scheduling, so there remat works as written.
 """
 from __future__ import annotations
@@ -36,11 +37,6 @@ from vision_jax.errors import ConfigError
 _POLICY_NAMES = ('nothing_saveable', 'everything_saveable', 'dots_saveable',
                  'checkpoint_dots', 'dots_with_no_batch_dims_saveable',
                  'checkpoint_dots_with_no_batch_dims')
-
-
-# Compiler options under which XLA:CPU honours remat (see above); what the tests and
-# `bench/accelerator.py --remat_memory` compile with on the CPU.
-CPU_KEEP_BARRIERS = {'xla_disable_hlo_passes': 'cse_barrier_expander'}
 
 
 def allowed() -> tuple[str, ...]:
