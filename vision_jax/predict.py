@@ -1,4 +1,5 @@
-"""--mode=predict: class probabilities for image files, with the run's own eval preprocessing.
+"""--mode=predict: class probabilities for image files, with the run's own eval preprocessing
+(a segmentation run writes masks instead: tasks/segmentation_predict.py).
 
   python -m vision_jax.main --mode=predict --workdir W --images a.png b.jpg DIR [--top_k 3]
       [--output preds.json]
@@ -204,7 +205,16 @@ def run(config: ml_collections.ConfigDict, workdir: str, inputs: Sequence[str], 
   from vision_jax import inference  # pylint: disable=g-import-not-at-top
   if not inputs:
     raise UserError('--mode=predict needs images: pass --images a.png b.jpg DIR ...')
+  from vision_jax import tasks  # pylint: disable=g-import-not-at-top
   loaded = inference.load(workdir, config)
+  task = tasks.get(loaded.config)
+  if task.name == 'segmentation':
+    from vision_jax.tasks import segmentation_predict  # pylint: disable=g-import-not-at-top
+    return segmentation_predict.run(loaded, inputs, output=output)
+  if task.name != 'classification':
+    raise UserError(f'--mode=predict writes class probabilities or masks; the run in '
+                    f'{workdir} is a {task.name} run (its model gives features). Train a '
+                    'linear probe or fine-tune it (init_from) and predict with that run.')
   results = predict(loaded, inputs, top_k)
   for r in results:
     if 'error' in r:
