@@ -37,7 +37,8 @@ def _config(path: str, **overrides) -> config_lib.ml_collections.ConfigDict:
 def _two_steps(config, workdir: str, **overrides) -> dict:
   """Validates `config` with small overrides and trains it for 2 steps in-process."""
   base = {'train.steps': 2, 'train.eval_every': 0, 'checkpoint.every_steps': 2,
-          'train.log_every': 1, 'init_from.checkpoint': ''}
+          'train.log_every': 1, 'init_from.checkpoint': '', 'optim.warmup_steps': 0,
+          'optim.warmup_epochs': 0.0}
   for dotted, value in (base | overrides).items():
     section, key = dotted.split('.')
     config[section][key] = value
@@ -111,7 +112,8 @@ def test_digits_segmentation_train_eval_predict_export(tmp_path, data_dir):
   from vision_jax.data import digits_segmentation  # pylint: disable=g-import-not-at-top
   work = str(tmp_path / 'seg')
   small = ['--config.train.steps=2', '--config.train.batch_size=8', '--config.model.width=8',
-           '--config.checkpoint.every_steps=2', "--config.init_from.checkpoint=''"]
+           '--config.checkpoint.every_steps=2', '--config.init_from.checkpoint=',
+           '--config.optim.warmup_steps=0']
   proc = run_cli(['--config=configs/digits_segmentation.py', f'--workdir={work}', *small],
                  data_dir)
   assert proc.returncode == 0, proc.stderr[-3000:]

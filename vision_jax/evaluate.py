@@ -20,6 +20,7 @@ from jax.sharding import Mesh
 
 from vision_jax import parallel
 from vision_jax import steps
+from vision_jax.tasks.classification import confusion_matrix, summarize  # pylint: disable=unused-import  # Re-exported: classification's split summary.
 
 
 def collect(eval_step: Callable, state, batches: Iterable, mesh: Mesh) -> dict[str, np.ndarray]:
@@ -53,28 +54,6 @@ def collect(eval_step: Callable, state, batches: Iterable, mesh: Mesh) -> dict[s
   return {k: np.concatenate(v) for k, v in parts.items()} | sums
 
 
-def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
-  """counts[true, predicted]."""
-  counts = np.zeros((num_classes, num_classes), np.int64)
-  np.add.at(counts, (labels, preds), 1)
-  return counts
-
-
-def summarize(arrays: dict[str, np.ndarray], num_classes: int) -> dict:
-  """Top-1, top-5, mean loss, per-class accuracy and confusion matrix of one split."""
-  labels, top_k = arrays['label'], arrays['top_k']
-  confusion = confusion_matrix(labels, top_k[:, 0], num_classes)
-  per_class = np.diag(confusion) / np.maximum(confusion.sum(1), 1)
-  return {
-      'accuracy': float(np.mean(top_k[:, 0] == labels)),
-      'top5': float(np.mean(np.any(top_k[:, :5] == labels[:, None], axis=1))),
-      'loss': float(np.mean(arrays['loss'])),
-      'num_examples': int(labels.shape[0]),
-      'per_class_accuracy': [float(a) for a in per_class],
-      'confusion_matrix': confusion.tolist(),
-  }
-
-
 def evaluate_splits(eval_step: Callable, state, data, mesh: Mesh, task=None
                     ) -> dict[str, dict]:
   """The task's summary of collect(...) for every eval split of `data` (an
@@ -82,7 +61,7 @@ def evaluate_splits(eval_step: Callable, state, data, mesh: Mesh, task=None
   if task is None:
     from vision_jax.tasks.classification import Classification  # pylint: disable=g-import-not-at-top
     task = Classification()
-  context = task.eval_context(eval_step, state, data, mesh)
+  context = task.eval_context(data, lambda batches: collect(eval_step, state, batches, mesh))
   results = {}
   for split in data.evals:
     with data.eval_batches(split) as batches:

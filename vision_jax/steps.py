@@ -36,14 +36,6 @@ def _is_float(x) -> bool:
   return jnp.issubdtype(x.dtype, jnp.floating)
 
 
-def classification_loss(logits: jax.Array, labels: jax.Array,
-                        label_smoothing: float = 0.0) -> jax.Array:
-  """Per-example loss of classification logits [B, K] against integer or soft labels:
-  the one place that decides it (training takes its mean, evaluation keeps it per
-  example, without smoothing)."""
-  return optim.cross_entropy(logits, labels, logits.shape[-1], label_smoothing)
-
-
 def _task_or_classification(task, label_smoothing: float = 0.0):
   if task is not None:
     return task

@@ -60,7 +60,8 @@ def build_model(config: ml_collections.ConfigDict, *, num_classes: int, image_si
   try:
     return tasks.get(config).create_model(
         config, num_classes, rngs=nnx.Rngs(config.seed if seed is None else seed),
-        image_size=image_size, in_channels=in_channels, kernels=kernels)
+        image_size=image_size, in_channels=in_channels, kernels=kernels,
+        **config_lib.model_kwargs(config))
   except (ValueError, TypeError) as e:  # An option or image size the model cannot take.
     raise config_lib.ConfigError(
         f'config.model.name={config.model.name!r} cannot be built for {image_size}x'

@@ -20,12 +20,13 @@ for every task; a `Task` is what differs, and only that:
   eval_outputs(out, batch)    per-batch eval arrays: keys 'sum_*' are summed over the split
                               on the host (int64 / float64), the others are per-example rows
                               whose padding (batch['mask'] == 0) evaluate.collect drops
-  eval_context(...)           what a split's summary needs besides its own rows (the k-NN
+  eval_context(data, collect) what a split's summary needs besides its own rows (the k-NN
                               bank); None for most tasks
   summarize(arrays, ...)      one split's results (results.json's eval/<split>)
   eval_metrics                the scalar names summarize produces (checkpoint.keep_best)
 
-Predict and export go through `apply` and, for what they write, their task's own writer.
+Predict and export go through `apply` (predict.py writes class probabilities or masks).
+Tasks import no loop module (steps, evaluate, train, predict, config): those import them.
 """
 from __future__ import annotations
 
@@ -54,10 +55,9 @@ class Task:
 
   def create_model(self, config: ml_collections.ConfigDict, num_classes: int, *,
                    rngs: nnx.Rngs, **kwargs: Any) -> nnx.Module:
-    from vision_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+    """kwargs: image_size, in_channels, kernels and config.model's options."""
     from vision_jax import models  # pylint: disable=g-import-not-at-top
-    return models.create_model(config.model.name, num_classes, rngs=rngs, **kwargs,
-                               **config_lib.model_kwargs(config))
+    return models.create_model(config.model.name, num_classes, rngs=rngs, **kwargs)
 
   def build_data(self, config: ml_collections.ConfigDict, shard, *,
                  augment_on_device: bool = False):
@@ -81,7 +81,8 @@ class Task:
   def eval_outputs(self, outputs: jax.Array, batch: Batch) -> dict:
     raise NotImplementedError
 
-  def eval_context(self, eval_step: Callable, state, data, mesh) -> Any:
+  def eval_context(self, data, collect: Callable) -> Any:
+    """`collect(batches)` is evaluate.collect with the eval step, state and mesh bound."""
     return None
 
   def summarize(self, arrays: dict, *, num_classes: int, class_names, context=None) -> dict:
@@ -89,12 +90,9 @@ class Task:
 
 
 def task_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """config.task, or its defaults for a config.json written before tasks existed."""
-  from vision_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  """config.task; a config.json written before tasks existed is a classification run."""
   given = config.get('task')
-  if given is None:
-    return config_lib.base_config().task
-  return given
+  return ml_collections.ConfigDict({'name': 'classification'}) if given is None else given
 
 
 def get(config: ml_collections.ConfigDict) -> Task:

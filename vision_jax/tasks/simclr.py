@@ -91,15 +91,13 @@ class SimCLR(tasks.Task):
 
   def create_model(self, config: ml_collections.ConfigDict, num_classes: int, *,
                    rngs: nnx.Rngs, **kwargs) -> nnx.Module:
-    # pylint: disable=g-import-not-at-top
-    from vision_jax import config as config_lib
-    from vision_jax.models import ssl
+    from vision_jax.models import ssl  # pylint: disable=g-import-not-at-top
     del num_classes  # The projector's width is the output; labels are for k-NN only.
     t = config.task
     return ssl.create_ssl_model(
         config.model.name, rngs=rngs, projector_hidden_dim=t.projector_hidden_dim,
         projector_output_dim=t.projector_output_dim, projector_layers=t.projector_layers,
-        **kwargs, **config_lib.model_kwargs(config))
+        **kwargs)
 
   def build_data(self, config: ml_collections.ConfigDict, shard, *,
                  augment_on_device: bool = False):
@@ -175,10 +173,9 @@ class SimCLR(tasks.Task):
   def eval_outputs(self, outputs: jax.Array, batch: tasks.Batch) -> dict:
     return {'features': outputs, 'label': batch['label'], 'mask': batch['mask']}
 
-  def eval_context(self, eval_step: Callable, state, data, mesh) -> dict:
-    from vision_jax import evaluate  # pylint: disable=g-import-not-at-top
+  def eval_context(self, data, collect: Callable) -> dict:
     with data.bank_batches() as batches:
-      return evaluate.collect(eval_step, state, batches, mesh)
+      return collect(batches)
 
   def summarize(self, arrays: dict, *, num_classes: int, class_names, context=None) -> dict:
     from vision_jax import knn  # pylint: disable=g-import-not-at-top
