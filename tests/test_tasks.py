@@ -108,7 +108,8 @@ def _canvas_png(path: str, image: np.ndarray) -> None:
 
 
 def test_digits_segmentation_train_eval_predict_export(tmp_path, data_dir):
-  from vision_jax import export, inference  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from vision_jax import export, inference, predict
   from vision_jax.data import digits_segmentation  # pylint: disable=g-import-not-at-top
   work = str(tmp_path / 'seg')
   small = ['--config.train.steps=2', '--config.train.batch_size=8', '--config.model.width=8',
@@ -118,8 +119,8 @@ def test_digits_segmentation_train_eval_predict_export(tmp_path, data_dir):
                  data_dir)
   assert proc.returncode == 0, proc.stderr[-3000:]
   os.remove(os.path.join(work, 'results.json'))
-  proc = run_cli(['--mode=eval', f'--workdir={work}'], data_dir)
-  assert proc.returncode == 0, proc.stderr[-3000:]
+  config = inference.read_config(work)
+  evaluate.run(config, work)  # --mode=eval
   with open(os.path.join(work, 'results.json')) as f:
     test = json.load(f)['eval']['test']
   assert test['num_examples'] == 500 and 0 <= test['mean_iou'] <= 1
@@ -132,10 +133,9 @@ def test_digits_segmentation_train_eval_predict_export(tmp_path, data_dir):
   big = np.asarray(Image.fromarray(canvases[0][..., 0]).resize((50, 40)))[..., None]
   _canvas_png(str(tmp_path / 'big.png'), big)
   out = str(tmp_path / 'masks')
-  proc = run_cli(['--mode=predict', f'--workdir={work}', f'--output={out}', '--images',
-                  str(tmp_path / 'canvas.png'), '--images', str(tmp_path / 'big.png')],
-                 data_dir)
-  assert proc.returncode == 0, proc.stderr[-3000:]
+  loaded = inference.load(work, config)
+  predict.write_masks(loaded, [str(tmp_path / 'canvas.png'), str(tmp_path / 'big.png')],
+                      output=out)  # --mode=predict of a segmentation run
   with open(os.path.join(out, 'predictions.json')) as f:
     predictions = json.load(f)
   for entry, (h, w) in zip(predictions, [(32, 32), (40, 50)]):
@@ -143,8 +143,6 @@ def test_digits_segmentation_train_eval_predict_export(tmp_path, data_dir):
       assert mask.mode == 'P' and mask.size == (w, h)
     assert sum(entry['histogram'].values()) == h * w
 
-  config = inference.read_config(work)
-  loaded = inference.load(work, config)
   metadata = export.export(loaded, str(tmp_path / 'export'), saved_model=False)
   assert metadata['output']['logits'] == [None, 32, 32, 11]
   served = export.load(str(tmp_path / 'export'))
