@@ -232,3 +232,18 @@ def test_simclr_train_step_is_the_same_on_1_and_8_devices():
   assert out['8']['loss'] == pytest.approx(out['1']['loss'], rel=1e-5)
   np.testing.assert_allclose(out['8']['fc1'], out['1']['fc1'], rtol=1e-4, atol=1e-6)
   assert out['1']['loss'] > np.log(2 * 16 - 1) * 0.5  # A real contrastive loss, not 0.
+
+
+def test_simclr_resume_is_bit_identical(tmp_path, data_dir):
+  from vision_jax.checkpoint import read_state  # pylint: disable=g-import-not-at-top
+  del data_dir
+  small = {'train.batch_size': 16, 'train.log_every': 2}
+  _two_steps(_config('digits_simclr.py'), str(tmp_path / 'a'), **small, **{'train.steps': 4})
+  _two_steps(_config('digits_simclr.py'), str(tmp_path / 'b'), **small)
+  _two_steps(_config('digits_simclr.py'), str(tmp_path / 'b'), **small, **{'train.steps': 4})
+  (step_a, a), (step_b, b) = read_state(str(tmp_path / 'a')), read_state(str(tmp_path / 'b'))
+  assert step_a == step_b == 4
+  leaves_a, leaves_b = jax.tree.leaves(a['params']), jax.tree.leaves(b['params'])
+  assert len(leaves_a) == len(leaves_b) > 0
+  for x, y in zip(leaves_a, leaves_b):
+    np.testing.assert_array_equal(x, y)

@@ -128,6 +128,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.task = ml_collections.ConfigDict()
   c.task.name = 'classification'
   c.task.ignore_label = 255         # segmentation: label-map value that is no class.
+  c.task.num_classes = 0            # segmentation folder without classes.txt: its classes.
   c.task.scale_range = (0.5, 2.0)   # segmentation: random scale of the training crop.
   c.task.flip = True                # segmentation: random horizontal flip.
   c.task.pets_border = 'ignore'     # oxford_iiit_pet trimap border: 'ignore' | 'class'.

@@ -50,7 +50,7 @@ class Segmentation(tasks.Task):
     if not isinstance(t.ignore_label, int) or not 0 <= t.ignore_label <= 255:
       raise ConfigError(f'config.task.ignore_label={t.ignore_label!r} must be a label-map '
                         'value 0..255 that is no class (255 by convention).')
-    low, high = (tuple(t.scale_range) + (0, 0))[:2] if len(t.scale_range) == 2 else (0, 0)
+    low, high = tuple(t.scale_range) if len(t.scale_range) == 2 else (0, 0)
     if not 0 < low <= high:
       raise ConfigError(f'config.task.scale_range={tuple(t.scale_range)} must be (low, high) '
                         'with 0 < low <= high, e.g. (0.5, 2.0).')
@@ -72,7 +72,7 @@ class Segmentation(tasks.Task):
     from vision_jax.data import segmentation_sources
     ds, t = config.dataset, config.task
     opts = dict(data_dir=ds.data_dir, download=ds.download, ignore_label=t.ignore_label,
-                pets_border=t.pets_border, channels=ds.channels,
+                pets_border=t.pets_border, num_classes=t.num_classes, channels=ds.channels,
                 folder_test_fraction=ds.folder_test_fraction,
                 folder_split_seed=ds.folder_split_seed)
     train_src, info = segmentation_sources.open_split(ds.name, ds.train_split, **opts)
