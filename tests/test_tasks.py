@@ -235,15 +235,20 @@ def test_simclr_train_step_is_the_same_on_1_and_8_devices():
 
 
 def test_simclr_resume_is_bit_identical(tmp_path, data_dir):
+  """4 steps straight == the same run resumed from its step-2 checkpoint."""
+  import shutil  # pylint: disable=g-import-not-at-top
   from vision_jax.checkpoint import read_state  # pylint: disable=g-import-not-at-top
   del data_dir
-  small = {'train.batch_size': 16, 'train.log_every': 2}
-  _two_steps(_config('digits_simclr.py'), str(tmp_path / 'a'), **small, **{'train.steps': 4})
-  _two_steps(_config('digits_simclr.py'), str(tmp_path / 'b'), **small)
-  _two_steps(_config('digits_simclr.py'), str(tmp_path / 'b'), **small, **{'train.steps': 4})
-  (step_a, a), (step_b, b) = read_state(str(tmp_path / 'a')), read_state(str(tmp_path / 'b'))
+  small = {'train.batch_size': 16, 'train.log_every': 2, 'train.steps': 4}
+  a, b = str(tmp_path / 'a'), str(tmp_path / 'b')
+  _two_steps(_config('digits_simclr.py'), a, **small)
+  shutil.copytree(a, b)
+  shutil.rmtree(os.path.join(b, 'checkpoints', '4'))  # As if killed after step 2's save.
+  assert read_state(b)[0] == 2
+  _two_steps(_config('digits_simclr.py'), b, **small)
+  (step_a, state_a), (step_b, state_b) = read_state(a), read_state(b)
   assert step_a == step_b == 4
-  leaves_a, leaves_b = jax.tree.leaves(a['params']), jax.tree.leaves(b['params'])
+  leaves_a, leaves_b = jax.tree.leaves(state_a['params']), jax.tree.leaves(state_b['params'])
   assert len(leaves_a) == len(leaves_b) > 0
   for x, y in zip(leaves_a, leaves_b):
     np.testing.assert_array_equal(x, y)
