@@ -1,8 +1,11 @@
 """Evaluation over a whole split: every example counted once, metrics computed on the host.
 
-The eval step returns per-example losses and top-k predictions (replicated on every host),
-so the masked padding rows of the last batch are dropped here and any metric, top-1, top-5,
-per-class accuracy or a confusion matrix, comes from the same arrays. `write_results` is
+The one eval driver of every task (vision_jax/tasks). A classification eval step returns
+per-example losses and top-k predictions (replicated on every host), so the masked padding
+rows of the last batch are dropped here and any metric, top-1, top-5, per-class accuracy
+or a confusion matrix, comes from the same arrays; a segmentation step returns sums over
+its batch (a confusion matrix counted on device, padding excluded there), added up here;
+the task summarises a split (SimCLR: k-NN against the train split's features). `write_results` is
 the one place that writes results.json and the confusion files, for training and for
 `run` (--mode=eval: the same evaluation on a saved checkpoint, without training).
 """
