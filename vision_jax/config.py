@@ -123,10 +123,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh.fsdp = 1                   # Devices each large state array is split over; 1 = off.
   c.mesh.fsdp_min_mib = 4.0         # Arrays smaller than this stay replicated under FSDP.
   c.mesh.slices = 1                 # Multi-slice TPU: the data axis over this many slices.
-
-  # What is trained (vision_jax/tasks): 'classification' | 'segmentation' | 'simclr'.
-  c.task = ml_collections.ConfigDict()
-  c.task.name = 'classification'
+  c.task = ml_collections.ConfigDict()  # What is trained: vision_jax/tasks.
+  c.task.name = 'classification'    # 'classification' | 'segmentation' | 'simclr'.
   c.task.ignore_label = 255         # segmentation: label-map value that is no class.
   c.task.num_classes = 0            # segmentation folder without classes.txt: its classes.
   c.task.scale_range = (0.5, 2.0)   # segmentation: random scale of the training crop.
