@@ -189,7 +189,7 @@ def test_folder_split_subfolders(tmp_path):
     ('size', r'Mask .*/masks/b0.png is 12x10 \(WxH\) but its image .*/images/b0.jpg is 14x10'),
     ('class', r'Mask .*/masks/b0.png has class indices \[3, 7\].*3 classes'),
     ('rgb', r'Mask .*/masks/b0.png is a RGB image'),
-    ('no_classes', r'no classes.txt and config.dataset.num_classes'),
+    ('no_classes', r'no classes.txt and config.task.num_classes'),
 ])
 def test_folder_errors_name_the_file(tmp_path, case, message):
   root = tmp_path / case

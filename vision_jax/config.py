@@ -21,7 +21,8 @@ from vision_jax.errors import ConfigError
 
 # Sections whose keys are checked against base_config(); config.model is checked against
 # the chosen model's constructor instead.
-_CHECKED_SECTIONS = ('dataset', 'optim', 'train', 'eval', 'checkpoint', 'mesh', 'init_from')
+_CHECKED_SECTIONS = ('dataset', 'optim', 'train', 'eval', 'checkpoint', 'mesh', 'init_from',
+                     'task')
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -122,6 +123,23 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh.fsdp = 1                   # Devices each large state array is split over; 1 = off.
   c.mesh.fsdp_min_mib = 4.0         # Arrays smaller than this stay replicated under FSDP.
   c.mesh.slices = 1                 # Multi-slice TPU: the data axis over this many slices.
+  c.task = ml_collections.ConfigDict()  # What is trained: vision_jax/tasks.
+  c.task.name = 'classification'    # 'classification' | 'segmentation' | 'simclr'.
+  c.task.ignore_label = 255         # segmentation: label-map value that is no class.
+  c.task.num_classes = 0            # segmentation folder without classes.txt: its classes.
+  c.task.scale_range = (0.5, 2.0)   # segmentation: random scale of the training crop.
+  c.task.flip = True                # segmentation: random horizontal flip.
+  c.task.pets_border = 'ignore'     # oxford_iiit_pet trimap border: 'ignore' | 'class'.
+  c.task.views = 'simclr'           # simclr: two-view recipe (data/two_views.py), or 'byol'.
+  c.task.crop_min_scale = 0.08      # simclr: smallest random-resized-crop area.
+  c.task.color_jitter_strength = 1.0  # simclr: SimCLR's s (0.5 on CIFAR).
+  c.task.blur = 'auto'              # simclr: 'auto' (from 64 px) | 'on' | 'off'.
+  c.task.temperature = 0.1          # simclr: NT-Xent temperature.
+  c.task.projector_hidden_dim = 2048
+  c.task.projector_output_dim = 128
+  c.task.projector_layers = 2
+  c.task.knn_k = 200                # simclr eval: neighbours voting ...
+  c.task.knn_temperature = 0.1      # ... with weight exp(cosine / this).
   return c
 
 
@@ -308,12 +326,14 @@ def model_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return {k: v for k, v in config.model.items() if k not in ('name', 'fast_cpu_ops')}
 
 
-EVAL_METRICS = ('accuracy', 'top5', 'loss')  # What evaluation writes per split (scalars).
+EVAL_METRICS = ('accuracy', 'top5', 'loss')  # What classification writes per split.
 
 
 def eval_metric_names(config: ml_collections.ConfigDict) -> list[str]:
   """'split/metric' for every scalar an evaluation of this config produces."""
-  return [f'{split}/{m}' for split in config.dataset.eval_splits for m in EVAL_METRICS]
+  from vision_jax import tasks  # pylint: disable=g-import-not-at-top
+  metrics = tasks.get(config).eval_metrics
+  return [f'{split}/{m}' for split in config.dataset.eval_splits for m in metrics]
 
 
 def _choice(config, dotted: str, allowed: tuple) -> None:
@@ -334,6 +354,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   if not isinstance(size, int) or isinstance(size, bool) or size < 0:
     raise ConfigError(f'config.dataset.image_size must be a whole number of pixels >= 0 '
                       f'(0 = the dataset\'s own size), got {size!r}.')
+  from vision_jax import tasks  # pylint: disable=g-import-not-at-top
+  _choice(config, 'task.name', tasks.NAMES)
   _choice(config, 'checkpoint.keep_best_mode', ('max', 'min'))
   _choice(config, 'checkpoint.on_corrupt', ('error', 'previous'))
   best = config.checkpoint.keep_best
@@ -345,6 +367,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     raise ConfigError(f'Unknown model config.model.name={config.model.name!r}.'
                       f'{_close(config.model.name, models.list_models())} Known models: '
                       f'{", ".join(models.list_models())}.')
+  tasks.get(config).validate(config)
   accepted = inspect.signature(models.model_class(config.model.name).__init__).parameters
   options = [p for p in accepted if p not in ('self', 'num_classes', 'rngs', 'kernels')]
   for key in model_kwargs(config):

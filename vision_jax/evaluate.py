@@ -1,8 +1,11 @@
 """Evaluation over a whole split: every example counted once, metrics computed on the host.
 
-The eval step returns per-example losses and top-k predictions (replicated on every host),
-so the masked padding rows of the last batch are dropped here and any metric, top-1, top-5,
-per-class accuracy or a confusion matrix, comes from the same arrays. `write_results` is
+The one eval driver of every task (vision_jax/tasks). A classification eval step returns
+per-example losses and top-k predictions (replicated on every host), so the masked padding
+rows of the last batch are dropped here and any metric, top-1, top-5, per-class accuracy
+or a confusion matrix, comes from the same arrays; a segmentation step returns sums over
+its batch (a confusion matrix counted on device, padding excluded there), added up here;
+the task summarises a split (SimCLR: k-NN against the train split's features). `write_results` is
 the one place that writes results.json and the confusion files, for training and for
 `run` (--mode=eval: the same evaluation on a saved checkpoint, without training).
 """
@@ -20,21 +23,30 @@ from jax.sharding import Mesh
 
 from vision_jax import parallel
 from vision_jax import steps
+from vision_jax.tasks.classification import confusion_matrix, summarize  # pylint: disable=unused-import  # Re-exported: classification's split summary.
 
 
 def collect(eval_step: Callable, state, batches: Iterable, mesh: Mesh) -> dict[str, np.ndarray]:
-  """Runs eval_step over `batches`; returns the unpadded per-example arrays.
+  """Runs eval_step over `batches`; returns the unpadded per-example arrays, and the sums
+  over the split of the outputs named 'sum_*' (int64 / float64; e.g. a confusion matrix
+  counted on device, padding already excluded there).
 
   Batch k+1 is dispatched before batch k's outputs are read (`parallel.steps_ahead`).
   """
   parts: dict[str, list[np.ndarray]] = {}
+  sums: dict[str, np.ndarray] = {}
   pending: list = []
 
   def read_oldest():
     out = parallel.fetch(pending.pop(0))
-    keep = out.pop('mask') > 0
+    mask = out.pop('mask', None)
     for key, value in out.items():
-      parts.setdefault(key, []).append(value[keep])
+      if key.startswith('sum_'):
+        value = np.asarray(value, np.float64 if np.issubdtype(value.dtype, np.floating)
+                           else np.int64)
+        sums[key] = sums[key] + value if key in sums else value
+      else:
+        parts.setdefault(key, []).append(value[mask > 0])
 
   for batch in batches:
     pending.append(eval_step(state, parallel.to_global(batch, mesh)))
@@ -42,37 +54,23 @@ def collect(eval_step: Callable, state, batches: Iterable, mesh: Mesh) -> dict[s
       read_oldest()
   while pending:
     read_oldest()
-  return {k: np.concatenate(v) for k, v in parts.items()}
+  return {k: np.concatenate(v) for k, v in parts.items()} | sums
 
 
-def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
-  """counts[true, predicted]."""
-  counts = np.zeros((num_classes, num_classes), np.int64)
-  np.add.at(counts, (labels, preds), 1)
-  return counts
-
-
-def summarize(arrays: dict[str, np.ndarray], num_classes: int) -> dict:
-  """Top-1, top-5, mean loss, per-class accuracy and confusion matrix of one split."""
-  labels, top_k = arrays['label'], arrays['top_k']
-  confusion = confusion_matrix(labels, top_k[:, 0], num_classes)
-  per_class = np.diag(confusion) / np.maximum(confusion.sum(1), 1)
-  return {
-      'accuracy': float(np.mean(top_k[:, 0] == labels)),
-      'top5': float(np.mean(np.any(top_k[:, :5] == labels[:, None], axis=1))),
-      'loss': float(np.mean(arrays['loss'])),
-      'num_examples': int(labels.shape[0]),
-      'per_class_accuracy': [float(a) for a in per_class],
-      'confusion_matrix': confusion.tolist(),
-  }
-
-
-def evaluate_splits(eval_step: Callable, state, data, mesh: Mesh) -> dict[str, dict]:
-  """summarize(collect(...)) for every eval split of `data` (an input_pipeline.Data)."""
+def evaluate_splits(eval_step: Callable, state, data, mesh: Mesh, task=None
+                    ) -> dict[str, dict]:
+  """The task's summary of collect(...) for every eval split of `data` (an
+  input_pipeline.Data); `task` (vision_jax.tasks) defaults to classification."""
+  if task is None:
+    from vision_jax.tasks.classification import Classification  # pylint: disable=g-import-not-at-top
+    task = Classification()
+  context = task.eval_context(data, lambda batches: collect(eval_step, state, batches, mesh))
   results = {}
   for split in data.evals:
     with data.eval_batches(split) as batches:
-      results[split] = summarize(collect(eval_step, state, batches, mesh), data.num_classes)
+      results[split] = task.summarize(collect(eval_step, state, batches, mesh),
+                                      num_classes=data.num_classes,
+                                      class_names=data.class_names, context=context)
   return results
 
 
@@ -111,7 +109,8 @@ def write_results(workdir: str, step: int, results: dict[str, dict],
   """
   from vision_jax import visualize  # pylint: disable=g-import-not-at-top
   results = {split: dict(r) for split, r in results.items()}
-  confusions = {split: r.pop('confusion_matrix') for split, r in results.items()}
+  confusions = {split: r.pop('confusion_matrix') for split, r in results.items()
+                if 'confusion_matrix' in r}
   path = os.path.join(workdir, 'results.json')
   old = {}
   if os.path.exists(path):
@@ -146,8 +145,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, output: str | None = No
   """
   from vision_jax import inference  # pylint: disable=g-import-not-at-top
   from vision_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  from vision_jax import tasks  # pylint: disable=g-import-not-at-top
   loaded = inference.load(workdir, config, portable=False)
-  data = input_pipeline.build(
+  task = tasks.get(config)
+  data = task.build_data(
       config, input_pipeline.HostShard(jax.process_index(), jax.process_count()))
   if (data.num_classes, data.channels) != (loaded.num_classes, loaded.image_shape[2]):
     raise inference.WorkdirError(
@@ -157,9 +158,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, output: str | None = No
         'trained on.')
   eval_step = steps.jit_eval_step(loaded.graphdef, mean=loaded.mean, std=loaded.std,
                             mesh=loaded.mesh,
-                            state_shardings=jax.tree.map(lambda x: x.sharding, loaded.state))
+                            state_shardings=jax.tree.map(lambda x: x.sharding, loaded.state),
+                            task=task)
   logging.info('Evaluating checkpoint %d of %s on %s.', loaded.step, workdir, list(data.evals))
-  results = evaluate_splits(eval_step, loaded.state, data, loaded.mesh)
+  results = evaluate_splits(eval_step, loaded.state, data, loaded.mesh, task)
   if output:
     os.makedirs(output, exist_ok=True)
   return write_results(output or workdir, loaded.step, results, loaded.class_names)

@@ -4,7 +4,8 @@
 
 writes W/export/:
 
-  model.stablehlo      jax.export of serve(weights, images) -> logits: the run's
+  model.stablehlo      jax.export of serve(weights, images) -> logits ([N, K]; per pixel
+                       [N, H, W, K] for segmentation, features [N, F] for SimCLR): the run's
                        normalisation + the model in eval mode, for uint8 NHWC images of any
                        batch size (a symbolic batch dimension), lowered for CPU, CUDA and TPU
   weights.npz          the arrays `weights` stands for (w0000, w0001, ...), in order
@@ -59,6 +60,12 @@ class Served:
     preprocessing (metadata['input']['preprocessing'])."""
     from vision_jax.data import preprocess  # pylint: disable=g-import-not-at-top
     spec = self.metadata['input']['preprocessing']
+    if spec['recipe'] == 'fit_and_pad':  # Segmentation: shrink if larger, pad.
+      from vision_jax.data import segmentation_preprocess  # pylint: disable=g-import-not-at-top
+      image = np.asarray(image, np.uint8)
+      return segmentation_preprocess.fit_and_pad(
+          image, np.zeros(image.shape[:2], np.uint8), self.input_shape[0],
+          fill=tuple(spec['fill']))[0]
     fn = preprocess.make_preprocess(spec['recipe'], self.input_shape[0], train=False,
                                     crop_fraction=spec['crop_fraction'],
                                     channels=spec.get('convert_channels', 0))
@@ -137,19 +144,27 @@ def eval_preprocessing(dataset: dict, size: int, convert_channels: int = 0) -> d
   run's config.dataset.channels (0: images are used with the channels they have)."""
   recipe = dataset.get('eval_preprocess', 'resize')
   fraction = float(dataset.get('crop_fraction', 0.875))
-  if recipe == 'center_crop':
+  extra = {}
+  if recipe == 'fit_and_pad':
+    extra['fill'] = [int(round(255 * m)) for m in dataset['mean']]
+    text = (f'an image larger than {size}x{size} is shrunk (aspect kept, bilinear) until '
+            f'its longer side is {size}; then it is padded at the bottom and right to '
+            f'{size}x{size} with {extra["fill"]} (the per-pixel logits of the padding are '
+            'not part of the image)')
+  elif recipe == 'center_crop':
     text = (f'scale the shorter side to {size / fraction:g} px ({size} / {fraction:g}) and '
             f'take the central {size}x{size}, in one bilinear resample of that region')
   else:
     text = f'resize to {size}x{size} (bilinear)'
   return {'recipe': recipe, 'crop_fraction': fraction, 'interpolation': 'bilinear',
           'convert_channels': int(convert_channels),
-          'description': text + '; values 0..255 (Served.prepare does it)'}
+          'description': text + '; values 0..255 (Served.prepare does it)', **extra}
 
 
 def export(loaded, export_dir: str, *, saved_model: bool = True) -> dict:
   """Writes the artefact of `loaded` (an inference.Loaded) into export_dir; its metadata."""
   import jax  # pylint: disable=g-import-not-at-top
+  from vision_jax import tasks  # pylint: disable=g-import-not-at-top
   serve, weights = _serve_fn(loaded)
   height, width, channels = loaded.image_shape
   batch = jax.export.symbolic_shape(f'b, {height}, {width}, {channels}')
@@ -170,7 +185,9 @@ def export(loaded, export_dir: str, *, saved_model: bool = True) -> dict:
                     loaded.dataset, height, loaded.config.dataset.get('channels', 0))},
       'normalization': {'mean': list(loaded.mean), 'std': list(loaded.std),
                         'formula': '(x / 255 - mean) / std, inside the function'},
-      'output': {'logits': [None, loaded.num_classes], 'dtype': 'float32'},
+      'output': {'logits': [None] + list(jax.eval_shape(
+          serve, specs[0], jax.ShapeDtypeStruct((1, height, width, channels), np.uint8)
+      ).shape[1:]), 'dtype': 'float32', 'task': tasks.get(loaded.config).name},
       'num_classes': loaded.num_classes,
       'class_names': loaded.class_names,
       'num_weights': len(weights),

@@ -77,9 +77,11 @@ class Loaded:
                              self.serving_state.rest)
 
   def apply(self, state: train_state.TrainState, images: jax.Array) -> jax.Array:
-    """Pure `(state, NHWC images in 0..255, uint8 or float) -> float32 logits`."""
+    """Pure `(state, NHWC images in 0..255, uint8 or float) -> float32 logits` (the task's
+    eval output: [N, K], per-pixel [N, H, W, K], or SimCLR's features [N, F])."""
+    from vision_jax import tasks  # pylint: disable=g-import-not-at-top
     model = train_state.merge(self.graphdef, state.params, state.rest)
-    return model(normalize(images, self.mean, self.std), train=False)
+    return tasks.get(self.config).apply(model, normalize(images, self.mean, self.std))
 
   @functools.cached_property
   def _jitted_logits(self):

@@ -18,6 +18,7 @@ from jax.sharding import Mesh
 from vision_jax import ops
 from vision_jax import optim
 from vision_jax import parallel
+from vision_jax import tasks
 from vision_jax import train_state as ts
 from vision_jax.data import device_augment
 from vision_jax.data import mixing
@@ -35,12 +36,22 @@ def _is_float(x) -> bool:
   return jnp.issubdtype(x.dtype, jnp.floating)
 
 
+def _task_or_classification(task, label_smoothing: float = 0.0):
+  if task is not None:
+    return task
+  from vision_jax.tasks.classification import Classification  # pylint: disable=g-import-not-at-top
+  return Classification(label_smoothing=label_smoothing)
+
+
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                     schedule: Callable, *, mean: Sequence[float], std: Sequence[float],
                     label_smoothing: float = 0.0, accum_steps: int = 1,
                     augment: Callable | None = None, mix: Callable | None = None,
-                    ema_decay: float = 0.0):
+                    ema_decay: float = 0.0, task=None):
   """Returns train_step(state, batch) -> (state, metrics); jit it with shardings.
+
+  `task` (vision_jax.tasks; default: classification with `label_smoothing`) says what the
+  batch holds and computes the loss and train metrics of each micro-batch.
 
   With accum_steps=k the batch is split into k micro-batches whose gradients are averaged
   before one update. BatchNorm's running statistics then also advance once per update:
@@ -53,6 +64,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
   step); accuracy is then against the larger share. `ema_decay` > 0 updates `state.ema`
   (train_state.update_ema).
   """
+  task = _task_or_classification(task, label_smoothing)
 
   def micro_step(micro: Batch, carry):
     """Loss, gradients, metrics and updated BatchNorm statistics of one micro-batch.
@@ -64,26 +76,20 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
     params, rest = carry
     model = ts.merge(graphdef, params, rest)
 
-    def loss_fn(model):
-      logits = model(micro['image'], train=True)
-      loss = optim.cross_entropy(logits, micro['label'], logits.shape[-1],
-                                 label_smoothing).mean()
-      return loss, logits
-
-    (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+    (loss, aux), grads = nnx.value_and_grad(
+        lambda model: task.loss(model, micro), has_aux=True)(model)
     grads = nnx.to_pure_dict(grads)  # The same nested dicts as state.params.
-    labels = micro['label']
-    hard = labels if labels.ndim == 1 else jnp.argmax(labels, -1)
-    accuracy = jnp.mean(jnp.argmax(logits, -1) == hard)
+    metrics = task.train_metrics(loss, aux, micro)
     new_rest = ts.split(model)[2]
     stats = jax.tree.map(lambda x: x if _is_float(x) else jnp.zeros((), jnp.float32),
                          new_rest)
     rngs = jax.tree.map(lambda new, old: old if _is_float(old) else new, new_rest, rest)
-    return (grads, {'loss': loss, 'accuracy': accuracy}, stats), (params, rngs)
+    return (grads, metrics, stats), (params, rngs)
 
   def train_step(state: ts.TrainState, batch: Batch):
-    images = batch['image'] if augment is None else augment(batch['image'], state.step)
-    inputs = {'image': normalize(images, mean, std), 'label': batch['label']}
+    if augment is not None:
+      batch = {**batch, 'image': augment(batch['image'], state.step)}
+    inputs = task.train_inputs(batch, lambda x: normalize(x, mean, std))
     if mix is not None:
       inputs['image'], inputs['label'] = mix(inputs['image'], inputs['label'], state.step)
     (grads, metrics, stats), (_, rngs) = optim.accumulate_gradients(
@@ -109,23 +115,20 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
 
 
 def make_eval_step(graphdef: nnx.GraphDef, *, mean: Sequence[float], std: Sequence[float],
-                   top_k: int = 5):
-  """Returns eval_step(state, batch) -> per-example loss, top-k predictions, label, mask.
+                   top_k: int = 5, task=None):
+  """Returns eval_step(state, batch) -> the task's per-batch eval arrays (classification:
+  per-example loss, top-k predictions, label, mask).
 
   It evaluates `state.eval_variables()`: the EMA of the weights and statistics when the
   run keeps one.
   """
+  if task is None:
+    from vision_jax.tasks.classification import Classification  # pylint: disable=g-import-not-at-top
+    task = Classification(top_k=top_k)
 
   def eval_step(state: ts.TrainState, batch: Batch):
     model = ts.merge(graphdef, *state.eval_variables())
-    logits = model(normalize(batch['image'], mean, std), train=False)
-    k = min(top_k, logits.shape[-1])
-    return {
-        'loss': optim.cross_entropy(logits, batch['label'], logits.shape[-1]),
-        'top_k': jax.lax.top_k(logits, k)[1],
-        'label': batch['label'],
-        'mask': batch['mask'],
-    }
+    return task.eval_outputs(task.apply(model, normalize(batch['image'], mean, std)), batch)
 
   return eval_step
 
@@ -144,7 +147,7 @@ def jit_train_step(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef,
       label_smoothing=config.optim.label_smoothing, accum_steps=config.optim.accum_steps,
       augment=device_augment.make_device_augment(device_recipe, config.seed, image_size),
       mix=mixing.from_config(config.dataset, num_classes, config.seed),
-      ema_decay=config.optim.ema_decay)
+      ema_decay=config.optim.ema_decay, task=tasks.get(config))
   remat = config.model.get('remat', 'none') not in ('none', '')
   return jax.jit(step, in_shardings=(state_shardings, parallel.batch_sharding(mesh)),
                  out_shardings=(state_shardings, parallel.replicated(mesh)),
@@ -152,10 +155,10 @@ def jit_train_step(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef,
 
 
 def jit_eval_step(graphdef: nnx.GraphDef, *, mean: Sequence[float], std: Sequence[float],
-                  mesh: Mesh, state_shardings: Any) -> Callable:
+                  mesh: Mesh, state_shardings: Any, task=None) -> Callable:
   """The eval step jitted over `mesh`: the batch split over every device, as in training
-  (for the loop's evaluations and for --mode=eval alike)."""
-  return jax.jit(make_eval_step(graphdef, mean=mean, std=std),
+  (for the loop's evaluations and for --mode=eval alike); `task` as in make_eval_step."""
+  return jax.jit(make_eval_step(graphdef, mean=mean, std=std, task=task),
                  in_shardings=(state_shardings, parallel.batch_sharding(mesh)),
                  out_shardings=parallel.replicated(mesh),
                  compiler_options=ops.compiler_options())

@@ -25,6 +25,7 @@ from vision_jax import evaluate
 from vision_jax import finetune
 from vision_jax import parallel
 from vision_jax import steps
+from vision_jax import tasks
 from vision_jax import train_state
 from vision_jax import visualize
 from vision_jax import workdir as workdir_lib
@@ -136,9 +137,7 @@ def _compile_checked(train_step, state, data: input_pipeline.Data,
   """The train step compiled ahead of its first batch, refused if XLA's estimate of its
   memory exceeds a device's: before anything of that size is allocated."""
   batch = config.train.batch_size
-  spec = {'image': jax.ShapeDtypeStruct(
-              (batch, data.image_size, data.image_size, data.channels), np.uint8),
-          'label': jax.ShapeDtypeStruct((batch,), np.int32)}
+  spec = tasks.get(config).batch_spec(config, data)
   compiled = train_step.lower(state, spec).compile()
   memory = device_memory.of_compiled(compiled)
   available = device_memory.available_bytes()
@@ -243,7 +242,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains (or resumes) the configured run in `workdir`; returns the final results."""
   mesh = parallel.make_mesh(config)
   shard = input_pipeline.HostShard(jax.process_index(), jax.process_count())
-  data = input_pipeline.build(config, shard, augment_on_device=True)
+  task = tasks.get(config)
+  data = task.build_data(config, shard, augment_on_device=True)
   logging.info('Dataset %s: %d train examples, eval %s, %d classes, %dx%dx%d images.',
                config.dataset.name, data.num_train, data.eval_sizes, data.num_classes,
                data.image_size, data.image_size, data.channels)
@@ -268,8 +268,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     logging.info('Initialised from %s: %s', config.init_from.checkpoint, report['counts'])
 
   eval_step = steps.jit_eval_step(graphdef, mean=data.mean, std=data.std, mesh=mesh,
-                                  state_shardings=shardings)
-  run_evals = lambda state: evaluate.evaluate_splits(eval_step, state, data, mesh)
+                                  state_shardings=shardings, task=task)
+  run_evals = lambda state: evaluate.evaluate_splits(eval_step, state, data, mesh, task)
   total = config.train.steps
   t0 = time.perf_counter()  # The loop's clock: compilation included, start-up not.
   if start < total:

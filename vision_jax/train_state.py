@@ -18,7 +18,7 @@ import ml_collections
 from flax import nnx
 
 from vision_jax import config as config_lib
-from vision_jax import models
+from vision_jax import tasks
 from vision_jax import ops
 from vision_jax import optim
 from vision_jax import parallel
@@ -58,8 +58,8 @@ def build_model(config: ml_collections.ConfigDict, *, num_classes: int, image_si
     except ValueError as e:
       raise config_lib.ConfigError(str(e)) from e
   try:
-    return models.create_model(
-        config.model.name, num_classes, rngs=nnx.Rngs(config.seed if seed is None else seed),
+    return tasks.get(config).create_model(
+        config, num_classes, rngs=nnx.Rngs(config.seed if seed is None else seed),
         image_size=image_size, in_channels=in_channels, kernels=kernels,
         **config_lib.model_kwargs(config))
   except (ValueError, TypeError) as e:  # An option or image size the model cannot take.

@@ -57,7 +57,8 @@ def curves_figure(series: Series) -> plt.Figure:
   fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
   for ax, (metric, title) in zip(axes, panels):
     for key in sorted(series):
-      if key.split('/')[-1] == metric:
+      name = key.split('/')[-1]  # The accuracy panel also shows knn_accuracy, mean_iou.
+      if name == metric or (metric == 'accuracy' and name.endswith(('_accuracy', '_iou'))):
         steps, values = series[key]
         style = '-' if key.startswith('train/') else 'o--'
         ax.plot(steps, values, style, label=key.rsplit('/', 1)[0], markersize=4)

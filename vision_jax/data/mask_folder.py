@@ -174,7 +174,7 @@ class MaskFolderSource:
           f'Mask {mask_path} has class indices {values}, but the dataset has '
           f'{self.num_classes} classes (0..{self.num_classes - 1}) and ignore label '
           f'{self.ignore_label}. List every class in classes.txt (or raise '
-          'config.dataset.num_classes), or set those pixels to the ignore label.')
+          'config.task.num_classes), or set those pixels to the ignore label.')
     return {'image': image, 'mask': mask}
 
 
@@ -190,16 +190,16 @@ def open_split(root: str, split: str, *, num_classes: int = 0, ignore_label: int
   if class_names is None:
     if num_classes < 1:
       raise MaskFolderError(
-          f'Segmentation folder {root} has no classes.txt and config.dataset.num_classes is '
+          f'Segmentation folder {root} has no classes.txt and config.task.num_classes is '
           f'not set: write {root}/classes.txt (one class name per line, in class-index '
-          'order) or set config.dataset.num_classes.')
+          'order) or set config.task.num_classes.')
     class_names = [str(c) for c in range(num_classes)]
   elif num_classes and num_classes != len(class_names):
     raise MaskFolderError(
-        f'{root}/classes.txt lists {len(class_names)} classes but config.dataset.num_classes='
+        f'{root}/classes.txt lists {len(class_names)} classes but config.task.num_classes='
         f'{num_classes}; make them agree (or leave num_classes unset).')
   if ignore_label < len(class_names):
-    raise MaskFolderError(f'config.dataset.ignore_label={ignore_label} is one of the '
+    raise MaskFolderError(f'config.task.ignore_label={ignore_label} is one of the '
                           f'{len(class_names)} class indices of {root}; use 255.')
   if not channels:
     with Image.open(pairs[0][0]) as first:

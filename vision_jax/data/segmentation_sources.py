@@ -141,7 +141,7 @@ def open_split(name: str, split: str, *, data_dir: str = '', download: bool = Fa
     lookup = _lookup({c: c for c in range(len(class_names))})
   if ignore_label < len(class_names):
     raise SegmentationDataError(
-        f'config.dataset.ignore_label={ignore_label} is a class of {name!r} (its classes: '
+        f'config.task.ignore_label={ignore_label} is a class of {name!r} (its classes: '
         f'{", ".join(class_names)}); use 255.')
   try:
     source = builder.as_data_source(split=split)

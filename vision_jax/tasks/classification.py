@@ -1,0 +1,102 @@
+"""The classification task: one integer label (or a soft label, under mixup) per image.
+
+Batches hold {'image': uint8 NHWC, 'label': int32 [B]}; the loss is `classification_loss`
+(softmax cross-entropy with label smoothing: the one place that decides the classification
+loss), the train metric top-1 accuracy against the larger share of a mixed label;
+evaluation keeps per-example losses and top-k predictions and `summarize`s them (top-1,
+top-5, loss, per-class accuracy, confusion matrix; evaluate.py re-exports it). This is what the loop did before tasks existed,
+unchanged op for op.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from vision_jax import optim
+from vision_jax import tasks
+
+
+def classification_loss(logits: jax.Array, labels: jax.Array,
+                        label_smoothing: float = 0.0) -> jax.Array:
+  """Per-example loss of classification logits [B, K] against integer or soft labels:
+  the one place that decides it (training takes its mean, evaluation keeps it per
+  example, without smoothing)."""
+  return optim.cross_entropy(logits, labels, logits.shape[-1], label_smoothing)
+
+
+def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
+  """counts[true, predicted]."""
+  counts = np.zeros((num_classes, num_classes), np.int64)
+  np.add.at(counts, (labels, preds), 1)
+  return counts
+
+
+def summarize(arrays: dict[str, np.ndarray], num_classes: int) -> dict:
+  """Top-1, top-5, mean loss, per-class accuracy and confusion matrix of one split."""
+  labels, top_k = arrays['label'], arrays['top_k']
+  confusion = confusion_matrix(labels, top_k[:, 0], num_classes)
+  per_class = np.diag(confusion) / np.maximum(confusion.sum(1), 1)
+  return {
+      'accuracy': float(np.mean(top_k[:, 0] == labels)),
+      'top5': float(np.mean(np.any(top_k[:, :5] == labels[:, None], axis=1))),
+      'loss': float(np.mean(arrays['loss'])),
+      'num_examples': int(labels.shape[0]),
+      'per_class_accuracy': [float(a) for a in per_class],
+      'confusion_matrix': confusion.tolist(),
+  }
+
+
+class Classification(tasks.Task):
+  name = 'classification'
+  eval_metrics = ('accuracy', 'top5', 'loss')
+
+  def __init__(self, config: ml_collections.ConfigDict | None = None, *,
+               label_smoothing: float | None = None, top_k: int = 5):
+    super().__init__(config)
+    if label_smoothing is None:
+      label_smoothing = config.optim.label_smoothing if config is not None else 0.0
+    self.label_smoothing, self.top_k = label_smoothing, top_k
+
+  def validate(self, config: ml_collections.ConfigDict) -> None:
+    from vision_jax import models  # pylint: disable=g-import-not-at-top
+    models.check_model_task(config.model.name, 'classification')
+
+  def build_data(self, config: ml_collections.ConfigDict, shard, *,
+                 augment_on_device: bool = False):
+    from vision_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+    return input_pipeline.build(config, shard, augment_on_device=augment_on_device)
+
+  def batch_spec(self, config: ml_collections.ConfigDict, data) -> dict:
+    batch = config.train.batch_size
+    return {'image': jax.ShapeDtypeStruct(
+                (batch, data.image_size, data.image_size, data.channels), np.uint8),
+            'label': jax.ShapeDtypeStruct((batch,), np.int32)}
+
+  def train_inputs(self, batch: tasks.Batch, normalize: Callable) -> tasks.Batch:
+    return {'image': normalize(batch['image']), 'label': batch['label']}
+
+  def loss(self, model: nnx.Module, inputs: tasks.Batch):
+    logits = model(inputs['image'], train=True)
+    return classification_loss(logits, inputs['label'], self.label_smoothing).mean(), logits
+
+  def train_metrics(self, loss: jax.Array, aux: jax.Array, inputs: tasks.Batch) -> dict:
+    labels = inputs['label']
+    hard = labels if labels.ndim == 1 else jnp.argmax(labels, -1)
+    return {'loss': loss, 'accuracy': jnp.mean(jnp.argmax(aux, -1) == hard)}
+
+  def eval_outputs(self, outputs: jax.Array, batch: tasks.Batch) -> dict:
+    k = min(self.top_k, outputs.shape[-1])
+    return {
+        'loss': classification_loss(outputs, batch['label']),
+        'top_k': jax.lax.top_k(outputs, k)[1],
+        'label': batch['label'],
+        'mask': batch['mask'],
+    }
+
+  def summarize(self, arrays: dict, *, num_classes: int, class_names, context=None) -> dict:
+    return summarize(arrays, num_classes)

@@ -1,0 +1,158 @@
+"""The semantic segmentation task: one label per pixel.
+
+Batches hold {'image': uint8 NHWC, 'label': uint8 [B, H, W]} (the label map; pixels equal
+to `config.task.ignore_label` are no class). Sources (data/segmentation_sources.py):
+tfds oxford_iiit_pet, the offline digits_segmentation canvases, or 'folder:/root' with
+images/ and masks/. Training uses the joint random scale + crop (+ flip) transform,
+evaluation the fit-and-pad one (data/segmentation_preprocess.py), both on the host, in
+reader threads (config.dataset.num_threads; the transforms are closures, so not sent to
+worker processes).
+
+Loss: the mean per-pixel cross-entropy over every counted pixel of the micro-batch
+(losses.mean_pixel_cross_entropy, with config.optim.label_smoothing); train metric: pixel
+accuracy. Evaluation counts a confusion matrix on device per batch (padding rows and
+ignored pixels excluded, segmentation_metrics.confusion_matrix), which evaluate.collect sums
+over the split in int64; a split's results are mean_iou, per_class_iou, pixel_accuracy,
+loss (per counted pixel), num_examples, num_pixels and the confusion matrix (written to
+confusion_<split>.json by evaluate.write_results).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from vision_jax import losses
+from vision_jax import segmentation_metrics
+from vision_jax import tasks
+from vision_jax.errors import ConfigError
+
+
+class Segmentation(tasks.Task):
+  name = 'segmentation'
+  eval_metrics = ('mean_iou', 'pixel_accuracy', 'loss')
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    super().__init__(config)
+    t = tasks.task_config(config)
+    self.ignore_label = int(t.ignore_label)
+    self.label_smoothing = config.optim.label_smoothing
+
+  def validate(self, config: ml_collections.ConfigDict) -> None:
+    from vision_jax import models  # pylint: disable=g-import-not-at-top
+    from vision_jax.data import segmentation_sources  # pylint: disable=g-import-not-at-top
+    models.check_model_task(config.model.name, 'segmentation')
+    t = config.task
+    if not isinstance(t.ignore_label, int) or not 0 <= t.ignore_label <= 255:
+      raise ConfigError(f'config.task.ignore_label={t.ignore_label!r} must be a label-map '
+                        'value 0..255 that is no class (255 by convention).')
+    low, high = tuple(t.scale_range) if len(t.scale_range) == 2 else (0, 0)
+    if not 0 < low <= high:
+      raise ConfigError(f'config.task.scale_range={tuple(t.scale_range)} must be (low, high) '
+                        'with 0 < low <= high, e.g. (0.5, 2.0).')
+    if t.pets_border not in segmentation_sources.PETS_BORDER:
+      raise ConfigError(f'config.task.pets_border={t.pets_border!r}; use one of '
+                        f'{", ".join(map(repr, segmentation_sources.PETS_BORDER))}.')
+    for key in ('mixup_alpha', 'cutmix_alpha'):
+      if config.dataset[key]:
+        raise ConfigError(f'config.dataset.{key}={config.dataset[key]} mixes images and '
+                          'their labels, which segmentation does not do. Set it to 0.')
+
+  def build_data(self, config: ml_collections.ConfigDict, shard, *,
+                 augment_on_device: bool = False):
+    del augment_on_device  # The joint transform runs on the host.
+    # pylint: disable=g-import-not-at-top
+    from vision_jax.data import input_pipeline
+    from vision_jax.data import preprocess
+    from vision_jax.data import segmentation_preprocess as seg_pre
+    from vision_jax.data import segmentation_sources
+    ds, t = config.dataset, config.task
+    opts = dict(data_dir=ds.data_dir, download=ds.download, ignore_label=t.ignore_label,
+                pets_border=t.pets_border, num_classes=t.num_classes, channels=ds.channels,
+                folder_test_fraction=ds.folder_test_fraction,
+                folder_split_seed=ds.folder_split_seed)
+    train_src, info = segmentation_sources.open_split(ds.name, ds.train_split, **opts)
+    size = ds.image_size or info.image_size
+    channels = ds.channels or info.channels
+    mean, std = preprocess.mean_std(ds.mean, ds.std, ds.normalization, channels)
+    fill = tuple(int(round(255 * m)) for m in mean)  # Padding normalises to zero.
+    common = dict(fill=fill, ignore_label=t.ignore_label)
+    train_fn = _with_channels(seg_pre.make_transform(
+        size, train=True, scale_range=tuple(t.scale_range), flip=t.flip, **common), channels)
+    eval_fn = _with_channels(seg_pre.make_transform(size, train=False, **common), channels)
+    evals, eval_sizes = {}, {}
+    for split in ds.eval_splits:
+      src, _ = segmentation_sources.open_split(ds.name, split, **opts)
+      evals[split] = input_pipeline.eval_dataset(src, eval_fn, global_batch=config.eval.batch_size,
+                                                 shard=shard)
+      eval_sizes[split] = len(src)
+    return input_pipeline.Data(
+        train=input_pipeline.train_dataset(train_src, train_fn,
+                                           global_batch=config.train.batch_size,
+                                           seed=config.seed, shard=shard),
+        evals=evals, eval_sizes=eval_sizes, num_train=len(train_src),
+        num_classes=info.num_classes, image_size=size, channels=channels,
+        class_names=list(info.class_names), mean=mean, std=std,
+        eval_preprocess='fit_and_pad', train_preprocess='scale_crop_flip',
+        num_threads=4 if ds.num_threads < 0 else ds.num_threads,
+        num_workers=0, eval_workers=0)
+
+  def batch_spec(self, config: ml_collections.ConfigDict, data) -> dict:
+    b, s = config.train.batch_size, data.image_size
+    return {'image': jax.ShapeDtypeStruct((b, s, s, data.channels), np.uint8),
+            'label': jax.ShapeDtypeStruct((b, s, s), np.uint8)}
+
+  def train_inputs(self, batch: tasks.Batch, normalize: Callable) -> tasks.Batch:
+    return {'image': normalize(batch['image']), 'label': batch['label']}
+
+  def loss(self, model: nnx.Module, inputs: tasks.Batch):
+    logits = model(inputs['image'], train=True)
+    loss = losses.mean_pixel_cross_entropy(logits, inputs['label'],
+                                           ignore_label=self.ignore_label,
+                                           label_smoothing=self.label_smoothing)
+    return loss, logits
+
+  def _counted(self, labels: jax.Array, num_classes: int) -> jax.Array:
+    labels = labels.astype(jnp.int32)
+    return (labels != self.ignore_label) & (labels < num_classes)
+
+  def train_metrics(self, loss: jax.Array, aux: jax.Array, inputs: tasks.Batch) -> dict:
+    counted = self._counted(inputs['label'], aux.shape[-1])
+    hits = (jnp.argmax(aux, -1) == inputs['label'].astype(jnp.int32)) & counted
+    return {'loss': loss,
+            'pixel_accuracy': hits.sum() / jnp.maximum(counted.sum(), 1).astype(jnp.float32)}
+
+  def eval_outputs(self, outputs: jax.Array, batch: tasks.Batch) -> dict:
+    mask, labels = batch['mask'], batch['label']
+    total, count = losses.pixel_cross_entropy(outputs, labels, ignore_label=self.ignore_label,
+                                              example_mask=mask)
+    return {'sum_confusion': segmentation_metrics.confusion_matrix(
+                outputs, labels, outputs.shape[-1], ignore_label=self.ignore_label,
+                example_mask=mask),
+            'sum_loss': total.sum(), 'sum_pixels': count.sum(),
+            'sum_examples': jnp.sum(mask > 0).astype(jnp.int32)}
+
+  def summarize(self, arrays: dict, *, num_classes: int, class_names, context=None) -> dict:
+    confusion = arrays['sum_confusion']
+    names = list(class_names) if len(class_names) == num_classes else None
+    out = segmentation_metrics.summarize(confusion, names)
+    out['loss'] = float(arrays['sum_loss'] / max(float(arrays['sum_pixels']), 1.0))
+    out['num_examples'] = int(arrays['sum_examples'])
+    out['confusion_matrix'] = confusion.tolist()
+    return out
+
+
+def _with_channels(fn: Callable, channels: int) -> Callable:
+  """The transform with images given `channels` channels first (grey <-> RGB)."""
+  from vision_jax.data import preprocess  # pylint: disable=g-import-not-at-top
+
+  def wrapped(example: dict, rng) -> dict:
+    image = preprocess.to_channels(np.asarray(example['image']), channels)
+    return fn({'image': image, 'mask': example['mask']}, rng)
+
+  wrapped.random = fn.random
+  return wrapped

@@ -1,0 +1,186 @@
+"""The SimCLR task: self-supervised pretraining of a classifier's backbone (Chen et al. 2020).
+
+Batches hold {'view1', 'view2': uint8 NHWC, 'label'}: two augmented views of each image
+(data/two_views.py, SimCLR's recipe by default; `config.task.views`, `crop_min_scale`,
+`color_jitter_strength`, `blur`). The label travels with the batch but the loss never
+reads it. The model is the configured classifier's backbone with a projection MLP in
+place of its head (models/ssl.py; `config.task.projector_*`); both views go through it as
+one batch of 2N, so BatchNorm statistics are those of every view of the global batch.
+Loss: NT-Xent (losses.nt_xent, `config.task.temperature`) over the projections of the
+micro-batch. Under jit over the mesh the projections are one global array, so every
+device's and host's views are negatives of every anchor: global-batch negatives follow
+from the sharding (tests/test_tasks.py runs it on 8 simulated devices).
+
+Evaluation: weighted k-NN accuracy (knn.py; `config.task.knn_k`, `knn_temperature`) of
+the backbone's pooled features in eval mode: the bank is the labelled train split with the
+eval preprocessing, read once per evaluation (`eval_context`), the queries each eval split;
+results.json eval/<split>/knn_accuracy. --mode=export serves the features [N, F].
+After pretraining, a classifier initialised from this workdir (`init_from`, its head
+skipped) is the linear probe or the fine-tune (configs/digits_simclr_linear_probe.py).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import grain
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from vision_jax import losses
+from vision_jax import tasks
+from vision_jax.errors import ConfigError
+
+_BLUR = {'auto': 'auto', 'on': True, 'off': False}
+
+
+def _data_class():
+  from vision_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+
+  @dataclasses.dataclass
+  class SSLData(input_pipeline.Data):
+    """input_pipeline.Data plus the k-NN bank: the train split, eval-preprocessed."""
+    bank: grain.MapDataset | None = None
+
+    def bank_batches(self):
+      return input_pipeline.iterate(self.bank, 0, self.num_threads, self.eval_workers)
+
+  return SSLData
+
+
+class SimCLR(tasks.Task):
+  name = 'simclr'
+  eval_metrics = ('knn_accuracy',)
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    super().__init__(config)
+    t = tasks.task_config(config)
+    self.temperature = float(t.temperature)
+    self.knn_k, self.knn_temperature = int(t.knn_k), float(t.knn_temperature)
+
+  def validate(self, config: ml_collections.ConfigDict) -> None:
+    from vision_jax import models  # pylint: disable=g-import-not-at-top
+    from vision_jax.data import two_views  # pylint: disable=g-import-not-at-top
+    t, name = config.task, config.model.name
+    if models.model_task(name) != 'classification':
+      backbones = ', '.join(n for n in models.list_models()
+                            if models.model_task(n) == 'classification')
+      raise ConfigError(f'config.model.name={name!r} is a {models.model_task(name)} model, '
+                        'but config.task.name=\'simclr\' pretrains the backbone of a '
+                        f'classifier. Use one of: {backbones}.')
+    for key in ('temperature', 'knn_temperature'):
+      if not isinstance(t[key], (int, float)) or t[key] <= 0:
+        raise ConfigError(f'config.task.{key}={t[key]!r} must be > 0 (e.g. 0.1).')
+    for key in ('knn_k', 'projector_hidden_dim', 'projector_output_dim', 'projector_layers'):
+      if not isinstance(t[key], int) or t[key] < 1:
+        raise ConfigError(f'config.task.{key}={t[key]!r} must be a positive integer.')
+    if t.views not in two_views.RECIPES:
+      raise ConfigError(f'config.task.views={t.views!r}; use one of '
+                        f'{", ".join(map(repr, two_views.RECIPES))}.')
+    if t.blur not in _BLUR:
+      raise ConfigError(f'config.task.blur={t.blur!r}; use one of '
+                        f'{", ".join(map(repr, _BLUR))} (auto: from '
+                        f'{two_views.BLUR_MIN_SIZE} px, as SimCLR at ImageNet size).')
+    for key in ('mixup_alpha', 'cutmix_alpha'):
+      if config.dataset[key]:
+        raise ConfigError(f'config.dataset.{key}={config.dataset[key]}: SimCLR trains on '
+                          'pairs of views, which mixing would break. Set it to 0.')
+
+  def create_model(self, config: ml_collections.ConfigDict, num_classes: int, *,
+                   rngs: nnx.Rngs, **kwargs) -> nnx.Module:
+    from vision_jax.models import ssl  # pylint: disable=g-import-not-at-top
+    del num_classes  # The projector's width is the output; labels are for k-NN only.
+    t = config.task
+    return ssl.create_ssl_model(
+        config.model.name, rngs=rngs, projector_hidden_dim=t.projector_hidden_dim,
+        projector_output_dim=t.projector_output_dim, projector_layers=t.projector_layers,
+        **kwargs)
+
+  def build_data(self, config: ml_collections.ConfigDict, shard, *,
+                 augment_on_device: bool = False):
+    del augment_on_device  # The two views are drawn on the host.
+    # pylint: disable=g-import-not-at-top
+    from vision_jax.data import input_pipeline
+    from vision_jax.data import preprocess
+    from vision_jax.data import sources
+    from vision_jax.data import two_views
+    ds, t = config.dataset, config.task
+    train_src, info = sources.open_split(ds, ds.train_split)
+    size = ds.image_size or info.image_size
+    if not size:
+      raise sources.DatasetConfigError(f'The images of {ds.name!r} {info.size_note}: set '
+                                       'config.dataset.image_size (e.g. 224).')
+    channels = ds.channels or info.channels
+    try:
+      views = two_views.make_two_views(
+          t.views, size, crop_min_scale=t.crop_min_scale,
+          color_jitter_strength=t.color_jitter_strength, blur=_BLUR[t.blur])
+    except two_views.TwoViewsError as e:
+      raise ConfigError(str(e).replace('config.dataset.ssl_', 'config.task.')) from e
+    train_fn = two_views.make_two_view_preprocess(views, channels=channels)
+    eval_recipe = ds.eval_preprocess or preprocess.EVAL_RECIPE.get(ds.preprocess, '')
+    eval_fn = preprocess.make_preprocess(eval_recipe, size, train=False, channels=channels,
+                                         crop_fraction=ds.crop_fraction)
+    batch = config.eval.batch_size
+    evals, eval_sizes = {}, {}
+    for split in ds.eval_splits:
+      src, _ = sources.open_split(ds, split)
+      sources.check_disjoint(ds, ds.train_split, split)
+      evals[split] = input_pipeline.eval_dataset(src, eval_fn, global_batch=batch, shard=shard)
+      eval_sizes[split] = len(src)
+    mean, std = preprocess.mean_std(ds.mean, ds.std, ds.normalization, channels)
+    return _data_class()(
+        train=input_pipeline.train_dataset(train_src, train_fn,
+                                           global_batch=config.train.batch_size,
+                                           seed=config.seed, shard=shard),
+        evals=evals, eval_sizes=eval_sizes, num_train=len(train_src),
+        num_classes=info.num_classes, image_size=size, channels=channels,
+        class_names=list(info.class_names), mean=mean, std=std, eval_preprocess=eval_recipe,
+        crop_fraction=ds.crop_fraction, train_preprocess=f'two_views:{t.views}',
+        num_threads=4 if ds.num_threads < 0 else ds.num_threads, num_workers=0,
+        eval_workers=0,
+        bank=input_pipeline.eval_dataset(train_src, eval_fn, global_batch=batch, shard=shard))
+
+  def batch_spec(self, config: ml_collections.ConfigDict, data) -> dict:
+    b, s = config.train.batch_size, data.image_size
+    view = jax.ShapeDtypeStruct((b, s, s, data.channels), np.uint8)
+    return {'view1': view, 'view2': view, 'label': jax.ShapeDtypeStruct((b,), np.int32)}
+
+  def train_inputs(self, batch: tasks.Batch, normalize: Callable) -> tasks.Batch:
+    return {'view1': normalize(batch['view1']), 'view2': normalize(batch['view2'])}
+
+  def loss(self, model: nnx.Module, inputs: tasks.Batch):
+    n = inputs['view1'].shape[0]
+    z = model(jnp.concatenate([inputs['view1'], inputs['view2']]), train=True)
+    z1, z2 = z[:n], z[n:]
+    return losses.nt_xent(z1, z2, self.temperature), (z1, z2)
+
+  def train_metrics(self, loss: jax.Array, aux, inputs: tasks.Batch) -> dict:
+    """The loss and the fraction of views whose most similar other view is their pair."""
+    z1, z2 = aux
+    n = z1.shape[0]
+    u = losses.l2_normalize(jnp.concatenate([z1, z2]))
+    sim = jnp.where(jnp.eye(2 * n, dtype=bool), -jnp.inf, u @ u.T)
+    pair = jnp.concatenate([jnp.arange(n, 2 * n), jnp.arange(n)])
+    return {'loss': loss, 'pair_accuracy': jnp.mean(jnp.argmax(sim, -1) == pair)}
+
+  def apply(self, model: nnx.Module, images: jax.Array) -> jax.Array:
+    return model.features(images, train=False)
+
+  def eval_outputs(self, outputs: jax.Array, batch: tasks.Batch) -> dict:
+    return {'features': outputs, 'label': batch['label'], 'mask': batch['mask']}
+
+  def eval_context(self, data, collect: Callable) -> dict:
+    with data.bank_batches() as batches:
+      return collect(batches)
+
+  def summarize(self, arrays: dict, *, num_classes: int, class_names, context=None) -> dict:
+    from vision_jax import knn  # pylint: disable=g-import-not-at-top
+    accuracy = jax.jit(knn.knn_accuracy, static_argnames=('num_classes', 'k', 'temperature'))(
+        context['features'], context['label'], arrays['features'], arrays['label'],
+        num_classes=num_classes, k=self.knn_k, temperature=self.knn_temperature)
+    return {'knn_accuracy': float(accuracy), 'num_examples': int(arrays['label'].shape[0]),
+            'bank_size': int(context['label'].shape[0])}
