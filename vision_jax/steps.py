@@ -15,6 +15,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
+from vision_jax import losses
 from vision_jax import ops
 from vision_jax import optim
 from vision_jax import parallel
@@ -39,7 +40,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                     schedule: Callable, *, mean: Sequence[float], std: Sequence[float],
                     label_smoothing: float = 0.0, accum_steps: int = 1,
                     augment: Callable | None = None, mix: Callable | None = None,
-                    ema_decay: float = 0.0):
+                    ema_decay: float = 0.0, example_loss: Callable | None = None):
   """Returns train_step(state, batch) -> (state, metrics); jit it with shardings.
 
   With accum_steps=k the batch is split into k micro-batches whose gradients are averaged
@@ -51,8 +52,11 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
   (data/mixing.py: mixup / cutmix) turns
   the normalised batch and its labels into mixed images and soft labels, keyed by (seed,
   step); accuracy is then against the larger share. `ema_decay` > 0 updates `state.ema`
-  (train_state.update_ema).
+  (train_state.update_ema). `example_loss(logits, labels) -> [B]`
+  (losses.classification_loss) defaults to the softmax cross-entropy with `label_smoothing`.
   """
+  if example_loss is None:
+    example_loss = losses.classification_loss('softmax_xent', label_smoothing=label_smoothing)
 
   def micro_step(micro: Batch, carry):
     """Loss, gradients, metrics and updated BatchNorm statistics of one micro-batch.
@@ -66,8 +70,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
 
     def loss_fn(model):
       logits = model(micro['image'], train=True)
-      loss = optim.cross_entropy(logits, micro['label'], logits.shape[-1],
-                                 label_smoothing).mean()
+      loss = example_loss(logits, micro['label']).mean()
       return loss, logits
 
     (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
@@ -144,7 +147,9 @@ def jit_train_step(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef,
       label_smoothing=config.optim.label_smoothing, accum_steps=config.optim.accum_steps,
       augment=device_augment.make_device_augment(device_recipe, config.seed, image_size),
       mix=mixing.from_config(config.dataset, num_classes, config.seed),
-      ema_decay=config.optim.ema_decay)
+      ema_decay=config.optim.ema_decay, example_loss=losses.classification_loss(
+          config.optim.loss, label_smoothing=config.optim.label_smoothing,
+          threshold=config.optim.bce_target_threshold))
   remat = config.model.get('remat', 'none') not in ('none', '')
   return jax.jit(step, in_shardings=(state_shardings, parallel.batch_sharding(mesh)),
                  out_shardings=(state_shardings, parallel.replicated(mesh)),
