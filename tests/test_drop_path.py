@@ -35,10 +35,11 @@ def test_rate_zero_is_the_model_without_it_and_the_rate_leaves_the_initialisatio
   np.testing.assert_array_equal(plain(x, train=True), zero(x, train=True))
   first, second = dropped(x, train=True), dropped(x, train=True)  # The stream advances.
   assert not np.allclose(first, second)
+  again = resnet.CifarResNet18(10, width=4, drop_path_rate=0.5, rngs=nnx.Rngs(0))
   other = resnet.CifarResNet18(10, width=4, drop_path_rate=0.5, rngs=nnx.Rngs(1))
-  nnx.update(other, nnx.state(dropped, nnx.Param))  # Same weights, another dropout key.
-  assert not np.allclose(resnet.CifarResNet18(10, width=4, drop_path_rate=0.5,
-                                              rngs=nnx.Rngs(0))(x, train=True), other(x, train=True))
+  nnx.update(other, nnx.state(again, nnx.Param))  # Same weights, another dropout key.
+  np.testing.assert_array_equal(again(x, train=True), first)  # Same key: same draws.
+  assert not np.allclose(again(x, train=True), other(x, train=True))
 
 
 @pytest.mark.parametrize('block_cls', [resnet.BasicBlock, resnet.Bottleneck])

@@ -2,7 +2,9 @@
 
 `classification_loss(config.optim.loss, ...)` is the one place a classifier's training
 loss is chosen: softmax cross-entropy or binary cross-entropy, both with label smoothing
-and soft (mixup / cutmix) targets.
+and soft (mixup / cutmix) targets. Evaluation reports the softmax cross-entropy whichever
+loss trained the model (steps.make_eval_step), as timm's validation does, so that the
+eval loss of runs with either loss compares.
 
 `binary_cross_entropy`: over the classes, as timm's `BinaryCrossEntropy` (ResNet strikes
 back). Each class is its own sigmoid problem: for logit x and target t in [0, 1],

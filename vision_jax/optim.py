@@ -3,8 +3,9 @@
 `make_optimizer(config, params)` returns an optax transformation and the schedule (to log).
 For the trainable parameters the chain is always, in this order:
 
-  clip global norm -> adaptive clipping -> the optimiser's own scaling (momentum, Adam moments, ...) ->
-  decoupled weight decay (+ wd * mult * param) -> lr multipliers -> -schedule(step)
+  clip global norm -> adaptive clipping -> the optimiser's own scaling (momentum, Adam
+  moments, ...) -> decoupled weight decay (+ wd * mult * param) -> lr multipliers ->
+  -schedule(step)
 
 so weight decay is multiplied by the learning rate and its schedule, as in AdamW, and never
 enters the gradient moments. For 'sgd' it is added after momentum, so it acts ~1/(1 - momentum)

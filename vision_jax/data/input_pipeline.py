@@ -11,9 +11,10 @@ k, so the input state saved with a checkpoint is that one integer. Who computes 
 (workers.py): for a split held in memory, a numpy gather or per-example work in threads;
 for images read from files or tfds records, worker processes that decode each image once,
 at the scale its crop needs. The CIFAR recipe's pad-crop-flip of an in-memory split runs on
-the device (`Data.device_augment`, device_augment.py), unless host augmentations
-(config.dataset.randaugment, random_erasing, ...: augment.py) follow it. Evaluation reads every example once,
-padding the last global batch with masked copies.
+the device (`Data.device_augment`, device_augment.py), unless host augmentations follow it
+(config.dataset.randaugment, random_erasing, ...: augment.py, applied by the train recipe
+in the same threads or worker processes). Evaluation reads every example once, padding the
+last global batch with masked copies.
 """
 from __future__ import annotations
 

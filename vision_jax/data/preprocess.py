@@ -204,8 +204,8 @@ class Recipe:
   def identity_for(self, shape: Sequence[int]) -> bool:
     """Whether an in-memory image of this HWC shape comes out unchanged (bar the label's
     dtype): then a batch of them is one numpy gather (input_pipeline.train_dataset)."""
-    return (self.name == 'resize' and self.augment is None and tuple(shape[:2]) == (self.image_size,) * 2
-            and self.channels in (0, shape[-1]))
+    return (self.name == 'resize' and self.augment is None
+            and tuple(shape[:2]) == (self.image_size,) * 2 and self.channels in (0, shape[-1]))
 
 
 def make_preprocess(recipe: str, image_size: int, *, train: bool, channels: int = 0,
