@@ -5,15 +5,19 @@
 Expect ~79.8% top-1 on the 50,000 validation images (224 px train and test, crop ratio
 0.95). Source: Wightman, Touvron & Jegou 2021, "ResNet strikes back: an improved training
 procedure in timm" (arXiv:2110.00476): its Table 1 of the three procedures' hyper-parameters
-and their ResNet-50 top-1 at 224 px test (A1 80.4, A2 79.8, A3 78.1). Procedure A2: 300 epochs at batch 2048 (187,500
-steps), LAMB lr 5e-3 with 5 warmup epochs then cosine, weight decay 0.02 (not on biases or
-BatchNorm), binary cross-entropy with targets binarised at 0.2, no label smoothing,
-stochastic depth 0.05, repeated augmentation x3, random-resized crop + flip + RandAugment
-rand-m7-mstd0.5-inc1, mixup 0.1 / cutmix 1.0 (one of them per batch, evenly), mixed precision.
+and their ResNet-50 top-1 at 224 px test (A1 80.4, A2 79.8, A3 78.1). Procedure A2: 300
+epochs at batch 2048 (187,500 steps), LAMB lr 5e-3 with 5 warmup epochs then cosine, weight
+decay 0.02 (not on biases or BatchNorm), binary cross-entropy with targets binarised at 0.2,
+no label smoothing, stochastic depth 0.05, repeated augmentation x3, random-resized crop +
+flip + RandAugment rand-m7-mstd0.5-inc1, mixup 0.1 / cutmix 1.0 (one of them per batch,
+evenly), mixed precision.
+
 timm's Lamb clips the global gradient norm at 1.0 and uses eps 1e-6; its ResNet starts each
-block's last BatchNorm scale at zero; both are kept here. Differences: timm warms up from
-1e-4 x lr (here from 0) and trains with per-GPU BatchNorm (here global-batch statistics).
-An epoch here, as in timm, is 1,281,167 images seen (with repeated augmentation: a third as many distinct ones, each three times; vision_jax/data/stream.py).
+block's last BatchNorm scale at zero; both are kept here. Differences: timm's warmup starts
+from a small non-zero lr (here from 0), and its BatchNorm statistics are per GPU (here of
+the global batch). An epoch here, as in timm, is 1,281,167 images seen: with repeated
+augmentation, a third as many distinct ones, each three times (vision_jax/data/stream.py,
+RepeatedOrder).
 """
 import ml_collections
 
