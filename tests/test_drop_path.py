@@ -23,23 +23,16 @@ def test_rates_rise_linearly_over_the_blocks_as_timm():
 
 def test_rate_zero_is_the_model_without_it_and_the_rate_leaves_the_initialisation():
   x = jax.random.normal(jax.random.key(0), (4, 8, 8, 3))
-  plain = resnet.CifarResNet18(10, width=4, rngs=nnx.Rngs(0))
-  zero = resnet.CifarResNet18(10, width=4, drop_path_rate=0.0, rngs=nnx.Rngs(0))
+  plain = resnet.CifarResNet18(10, width=4, rngs=nnx.Rngs(0))  # drop_path_rate=0.0.
   dropped = resnet.CifarResNet18(10, width=4, drop_path_rate=0.5, rngs=nnx.Rngs(0))
-  assert len(_leaves(nnx.state(zero))) == len(_leaves(nnx.state(plain)))
-  for a, b, c in zip(_leaves(nnx.state(plain, nnx.Param)), _leaves(nnx.state(zero, nnx.Param)),
-                     _leaves(nnx.state(dropped, nnx.Param))):
-    np.testing.assert_array_equal(a, b)
-    np.testing.assert_array_equal(a, c)
+  assert all(b.drop_path is None for b in plain.blocks)  # No module, no RNG state.
+  for a, c in zip(_leaves(nnx.state(plain, nnx.Param)), _leaves(nnx.state(dropped, nnx.Param))):
+    np.testing.assert_array_equal(a, c)  # The rate leaves the initialisation alone.
   np.testing.assert_array_equal(plain(x), dropped(x))  # Eval: identity, whatever the rate.
-  np.testing.assert_array_equal(plain(x, train=True), zero(x, train=True))
   first, second = dropped(x, train=True), dropped(x, train=True)  # The stream advances.
-  assert not np.allclose(first, second)
+  assert not np.allclose(first, second) and not np.allclose(first, plain(x, train=True))
   again = resnet.CifarResNet18(10, width=4, drop_path_rate=0.5, rngs=nnx.Rngs(0))
-  other = resnet.CifarResNet18(10, width=4, drop_path_rate=0.5, rngs=nnx.Rngs(1))
-  nnx.update(other, nnx.state(again, nnx.Param))  # Same weights, another dropout key.
-  np.testing.assert_array_equal(again(x, train=True), first)  # Same key: same draws.
-  assert not np.allclose(again(x, train=True), other(x, train=True))
+  np.testing.assert_array_equal(again(x, train=True), first)  # Same seed: same draws.
 
 
 @pytest.mark.parametrize('block_cls', [resnet.BasicBlock, resnet.Bottleneck])
