@@ -57,6 +57,20 @@ def base_config() -> ml_collections.ConfigDict:
   c.dataset.skip_corrupt = False    # folder: skip unreadable images (logged) instead of failing.
   c.dataset.num_threads = -1        # Reader threads if no workers; -1 = 0 if a gather, else 4.
   c.dataset.num_workers = -1        # Decoding processes; -1 = auto (input_pipeline.auto_workers).
+  c.dataset.eval_image_size = 0     # 0 = image_size; else eval at this size (RSB A3: 224).
+  # Host-side train augmentations after the recipe's crop / flip (data/augment.py), drawn
+  # per example from (seed, position) in the input workers. All off by default.
+  c.dataset.randaugment = ''        # timm string, e.g. 'rand-m9-mstd0.5-inc1'; '' = off.
+  c.dataset.autoaugment = ''        # ImageNet policy: original | originalr | v0 | v0r | 3a.
+  c.dataset.trivialaugment = False  # TrivialAugmentWide (one of these three policies at most).
+  c.dataset.augment_interpolation = ''  # '' = the policy's own | random | nearest | bilinear...
+  c.dataset.augment_fill = ''       # '' = the policy's own | mean | black.
+  c.dataset.color_jitter = 0.0      # Brightness, contrast and saturation strength; 0 = off.
+  c.dataset.color_jitter_hue = 0.0  # Hue shift strength in [0, 0.5]; 0 = off.
+  c.dataset.random_erasing = 0.0    # Probability (timm --reprob); 0 = off.
+  c.dataset.random_erasing_mode = 'pixel'  # pixel | rand | const (timm --remode).
+  c.dataset.random_erasing_count = 1  # Up to this many boxes (timm --recount).
+  c.dataset.repeated_aug = 1        # k: each example k times in a row (stream.py).
 
   c.model = ml_collections.ConfigDict()
   c.model.name = 'convnet'          # vision_jax.models.list_models()
@@ -90,6 +104,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.grad_clip_norm = 0.0      # 0 = off.
   c.optim.ema_decay = 0.0           # > 0: evaluate an EMA of the weights and BN statistics.
   c.optim.label_smoothing = 0.0
+  c.optim.loss = 'softmax_xent'     # 'softmax_xent' | 'bce' (losses.classification_loss).
+  c.optim.bce_target_threshold = 0.0  # bce: targets > this become 1, else 0; 0 = off.
+  c.optim.agc_clip = 0.0            # Adaptive gradient clipping (NFNets) ratio; 0 = off.
   c.optim.accum_steps = 1           # Gradient accumulation over this many micro-batches.
 
   c.train = ml_collections.ConfigDict()
@@ -394,6 +411,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
           f'devices. Use a multiple of {num_devices}, e.g. '
           f'{max(1, round(config[section][key] / num_devices)) * num_devices} (every device '
           f'takes an equal share of the batch; {mesh}), or a device count that divides it.')
+  _check_recipe(config, accepted)
   accum = config.optim.get('accum_steps', 1)
   if isinstance(accum, int) and accum > 1 and config.train.batch_size % (num_devices * accum):
     raise ConfigError(
@@ -401,3 +419,30 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
         f'{accum} does not split evenly over the {num_devices} devices: each micro-batch '
         f'must. Use a batch size that is a multiple of {num_devices * accum} '
         f'({num_devices} devices x {accum} micro-batches), or fewer accum_steps.')
+
+
+def _check_recipe(config: ml_collections.ConfigDict, model_options) -> None:
+  """The training-recipe keys: augmentations, the eval size, the loss, stochastic depth
+  (config.optim.agc_clip is checked with the other optimiser keys, in optim.py)."""
+  from vision_jax import losses  # pylint: disable=g-import-not-at-top
+  from vision_jax.data import augment  # pylint: disable=g-import-not-at-top
+  ds, o = config.dataset, config.optim
+  try:
+    augment.from_config(ds, (0.5,) * 3, (0.5,) * 3)  # Every augmentation key.
+    losses.classification_loss(o.loss, label_smoothing=o.label_smoothing,
+                               threshold=o.bce_target_threshold)
+  except ValueError as e:  # AugmentError, or a loss option named in the message.
+    raise ConfigError(str(e)) from e
+  size, rate = ds.eval_image_size, config.model.get('drop_path_rate', 0.0)
+  if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+    raise ConfigError(f'config.dataset.eval_image_size={size!r}: use a size in pixels, or 0 '
+                      'for config.dataset.image_size.')
+  if size and size != ds.image_size and 'image_size' in model_options:
+    raise ConfigError(
+        f'config.dataset.eval_image_size={size} differs from image_size={ds.image_size}, '
+        f'but model {config.model.name!r} has dense layers sized for one input size. Set '
+        'eval_image_size=0, or use a model that pools globally (e.g. a ResNet).')
+  if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not 0 <= rate < 1:
+    raise ConfigError(f'config.model.drop_path_rate={rate!r}: use the last residual block\'s '
+                      'probability of skipping its branch, in [0, 1) (RSB A1/A2: 0.05), or 0 '
+                      'for off.')

@@ -1,5 +1,11 @@
 """Losses beyond the softmax cross-entropy of `optim.cross_entropy`.
 
+`classification_loss(config.optim.loss, ...)` is the one place a classifier's training
+loss is chosen: softmax cross-entropy or binary cross-entropy, both with label smoothing
+and soft (mixup / cutmix) targets. Evaluation reports the softmax cross-entropy whichever
+loss trained the model (steps.make_eval_step), as timm's validation does, so that the
+eval loss of runs with either loss compares.
+
 `binary_cross_entropy`: over the classes, as timm's `BinaryCrossEntropy` (ResNet strikes
 back). Each class is its own sigmoid problem: for logit x and target t in [0, 1],
   loss = -(pos_weight * t * log(sigmoid(x)) + (1 - t) * log(1 - sigmoid(x))).
@@ -28,8 +34,41 @@ different numbers of labelled pixels. Label smoothing as `optim.cross_entropy`: 
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
+
+from vision_jax import optim
+
+CLASSIFICATION_LOSSES = ('softmax_xent', 'bce')
+
+
+def classification_loss(name: str, *, label_smoothing: float = 0.0, threshold: float = 0.0
+                        ) -> Callable[[jax.Array, jax.Array], jax.Array]:
+  """`loss(logits [B, K], labels [B] or soft [B, K]) -> per-example loss [B]` for
+  config.optim.loss: 'softmax_xent' (optim.cross_entropy) or 'bce' (binary_cross_entropy,
+  timm's BinaryCrossEntropy; `threshold` > 0 binarises the smoothed / mixed targets at it,
+  RSB's 0.2). Both smooth by `label_smoothing`. Raises ValueError naming the config key."""
+  if name not in CLASSIFICATION_LOSSES:
+    raise ValueError(f'config.optim.loss={name!r} is not a classification loss; use '
+                     "'softmax_xent' (softmax cross-entropy) or 'bce' (a sigmoid per class, "
+                     'as ResNet strikes back).')
+  if not isinstance(label_smoothing, (int, float)) or not 0 <= label_smoothing < 1:
+    raise ValueError(f'config.optim.label_smoothing={label_smoothing!r}: use [0, 1).')
+  if not isinstance(threshold, (int, float)) or not 0 <= threshold < 1:
+    raise ValueError(f'config.optim.bce_target_threshold={threshold!r}: use a target value '
+                     'in [0, 1) (RSB: 0.2), or 0 for off.')
+  if threshold and name != 'bce':
+    raise ValueError(f'config.optim.bce_target_threshold={threshold} applies to '
+                     f"config.optim.loss='bce' only, but the loss is {name!r}. Set it to 0 or "
+                     "the loss to 'bce'.")
+  if name == 'softmax_xent':
+    return lambda logits, labels: optim.cross_entropy(logits, labels, logits.shape[-1],
+                                                      label_smoothing)
+  return lambda logits, labels: binary_cross_entropy(
+      logits, labels, logits.shape[-1], label_smoothing=label_smoothing,
+      target_threshold=threshold or None)
 
 
 def binary_cross_entropy(logits: jax.Array, labels: jax.Array, num_classes: int, *,

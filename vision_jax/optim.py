@@ -3,14 +3,19 @@
 `make_optimizer(config, params)` returns an optax transformation and the schedule (to log).
 For the trainable parameters the chain is always, in this order:
 
-  clip global norm -> the optimiser's own scaling (momentum, Adam moments, ...) ->
-  decoupled weight decay (+ wd * mult * param) -> lr multipliers -> -schedule(step)
+  clip global norm -> adaptive clipping -> the optimiser's own scaling (momentum, Adam
+  moments, ...) -> decoupled weight decay (+ wd * mult * param) -> lr multipliers ->
+  -schedule(step)
 
 so weight decay is multiplied by the learning rate and its schedule, as in AdamW, and never
 enters the gradient moments. For 'sgd' it is added after momentum, so it acts ~1/(1 - momentum)
 times weaker than PyTorch's coupled `weight_decay` (SGD wd 5e-4 at momentum 0.9 ~ decoupled
 5e-3 here). 'lamb' and 'lars' are defined with the decay inside their trust ratio, so they add
 it before the trust ratio (LARS also before its momentum), as in their papers and in optax.
+`agc_clip` > 0 is NFNets' adaptive gradient clipping (optax.adaptive_grad_clip, eps 1e-3):
+each output unit's gradient (a conv kernel's output channel, a dense layer's column, a bias
+element) is scaled down to at most agc_clip x its weights' norm. Every parameter is
+clipped, as timm's `--clip-mode agc` does (the NFNet paper exempts the final linear layer).
 The EMA of the weights (ema_decay > 0) is not an optimiser transform: it lives in the
 training state (train_state.update_ema), since it averages BatchNorm statistics too.
 
@@ -19,7 +24,10 @@ Per-parameter rules are tuples of (regex, value) matched with `re.fullmatch` aga
 parameter no rule matches gets the default. A rule matching no parameter is an error (typo).
   wd_rules  weight-decay multiplier; default 1.0 for params with ndim > 1 and 0.0 for
             biases and norm scales (ndim <= 1). E.g. (('head/.*', 0.0),) or (('.*', 1.0),).
-  lr_rules  learning-rate multiplier; default 1.0.
+  lr_rules  learning-rate multiplier; default 1.0. Layer-wise lr decay is a rule per depth,
+            deepest first, e.g. for a ResNet-50 (blocks 0..15) with decay 0.7 per stage:
+            (('head/.*', 1.0), ('blocks/1[3-5]/.*', 1.0), ('blocks/([7-9]|1[0-2])/.*', 0.7),
+             ('blocks/[3-6]/.*', 0.49), ('.*', 0.343)).
   freeze    regexes; matching parameters get zero updates and no optimiser state at all
             (optax.multi_transform with optax.set_to_zero).
 """
@@ -224,7 +232,7 @@ def make_optimizer(config: ml_collections.ConfigDict, params: PyTree, *,
     raise ValueError(f'config.optim.learning_rate must be a finite number >= 0, got {lr!r}. '
                      'It is the peak rate of config.optim.schedule, e.g. 1e-3 for adamw or '
                      '0.1 for sgd at batch 256.')
-  for key in ('weight_decay', 'grad_clip_norm', 'ema_decay'):
+  for key in ('weight_decay', 'grad_clip_norm', 'ema_decay', 'agc_clip'):
     if o[key] < 0:
       raise ValueError(f'config.optim.{key} must be >= 0, got {o[key]}.')
   if o.ema_decay >= 1:
@@ -251,6 +259,8 @@ def make_optimizer(config: ml_collections.ConfigDict, params: PyTree, *,
   steps = []
   if o.grad_clip_norm:
     steps.append(optax.clip_by_global_norm(o.grad_clip_norm))
+  if o.agc_clip:
+    steps.append(optax.adaptive_grad_clip(o.agc_clip, eps=1e-3))
   if o.name == 'sgd':
     if o.momentum:
       steps.append(optax.trace(decay=o.momentum, nesterov=o.nesterov))

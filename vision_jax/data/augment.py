@@ -25,6 +25,8 @@ Keys (config.dataset.*; CONFIG_DEFAULTS holds the defaults):
   random_erasing         probability (timm --reprob), 0 = off
   random_erasing_mode    pixel | rand | const (timm --remode; default 'pixel' as timm's train.py)
   random_erasing_count   up to this many boxes per erased image (timm --recount)
+  repeated_aug           k >= 1 copies of each example in the stream, augmented apart (not
+                         part of the Augment: stream.RepeatedOrder; checked here)
 Unlike timm's train.py, colour jitter is not dropped when a policy is on: both run if set.
 """
 from __future__ import annotations
@@ -52,6 +54,7 @@ CONFIG_DEFAULTS = {
     'random_erasing': 0.0,
     'random_erasing_mode': 'pixel',
     'random_erasing_count': 1,
+    'repeated_aug': 1,
 }
 INTERPOLATIONS = ('random', 'nearest', 'bilinear', 'bicubic')
 FILLS = ('mean', 'black')
@@ -182,8 +185,13 @@ def make_augment(*, mean: Sequence[float], std: Sequence[float], randaugment: st
 
 
 def from_config(ds_cfg, mean: Sequence[float], std: Sequence[float]) -> Augment | None:
-  """make_augment from config.dataset (keys missing there take CONFIG_DEFAULTS)."""
+  """make_augment from config.dataset (keys missing there take CONFIG_DEFAULTS); also
+  checks config.dataset.repeated_aug."""
   get = lambda key: ds_cfg.get(key, CONFIG_DEFAULTS[key])
+  k = get('repeated_aug')
+  if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+    raise _fail('repeated_aug', k, 'use a whole number k >= 1, the copies of each example '
+                'in the stream, each augmented apart (1 = off; RSB uses 3).')
   return make_augment(
       mean=mean, std=std, randaugment=get('randaugment'), autoaugment=get('autoaugment'),
       trivialaugment=get('trivialaugment'), interpolation=get('augment_interpolation'),

@@ -11,8 +11,10 @@ k, so the input state saved with a checkpoint is that one integer. Who computes 
 (workers.py): for a split held in memory, a numpy gather or per-example work in threads;
 for images read from files or tfds records, worker processes that decode each image once,
 at the scale its crop needs. The CIFAR recipe's pad-crop-flip of an in-memory split runs on
-the device (`Data.device_augment`, device_augment.py). Evaluation reads every example once,
-padding the last global batch with masked copies.
+the device (`Data.device_augment`, device_augment.py), unless host augmentations follow it
+(config.dataset.randaugment, random_erasing, ...: augment.py, applied by the train recipe
+in the same threads or worker processes). Evaluation reads every example once, padding the
+last global batch with masked copies.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ import grain
 import ml_collections
 import numpy as np
 
+from vision_jax.data import augment as augment_lib
 from vision_jax.data import preprocess
 from vision_jax.data import sources
 from vision_jax.data import stream
@@ -38,11 +41,15 @@ def _gatherable(source, fn: preprocess.Preprocess) -> bool:
 
 
 def train_dataset(source, fn: preprocess.Preprocess, *, global_batch: int, seed: int,
-                  shard: HostShard = HostShard(), skip_corrupt: bool = False
-                  ) -> grain.MapDataset:
-  """An infinite MapDataset of host-local batches; element k is the batch of step k."""
+                  shard: HostShard = HostShard(), skip_corrupt: bool = False,
+                  repeated_aug: int = 1) -> grain.MapDataset:
+  """An infinite MapDataset of host-local batches; element k is the batch of step k.
+  `repeated_aug` k > 1: each example k times in a row, augmented apart
+  (stream.RepeatedOrder)."""
   stream.rows(global_batch, shard)
   order = EpochOrder(len(source), seed)
+  if repeated_aug > 1:
+    order = stream.RepeatedOrder(order, repeated_aug)
   if _gatherable(source, fn):  # Same batches, without a Python call per example.
     batch = stream.GatheredBatch(source.images, source.labels, order, global_batch, shard)
   else:
@@ -79,7 +86,7 @@ class Data:
   eval_sizes: dict[str, int]
   num_train: int
   num_classes: int
-  image_size: int
+  image_size: int  # Of the training images; evaluation's is eval_image_size.
   channels: int
   class_names: list[str]
   mean: tuple[float, ...]
@@ -91,6 +98,7 @@ class Data:
   eval_workers: int = 0  # Same for the eval splits (0 when they are all in memory).
   train_preprocess: str = 'resize'
   device_augment: str = ''  # Recipe the train step applies on device (device_augment.py).
+  eval_image_size: int = 0  # 0: image_size.
 
   def train_batches(self, start: int = 0) -> Batches:
     """The training batches of steps start, start + 1, ...; close() (or `with`) at the end."""
@@ -102,12 +110,13 @@ class Data:
 
   def describe(self) -> dict:
     """What inference needs without the dataset: written to the workdir as dataset.json."""
-    return {'num_classes': self.num_classes, 'image_size': self.image_size,
+    return {'num_classes': self.num_classes,
+            'image_size': self.eval_image_size or self.image_size,  # What inference feeds.
             'channels': self.channels, 'class_names': self.class_names,
             'mean': list(self.mean), 'std': list(self.std), 'num_train': self.num_train,
             'eval_sizes': self.eval_sizes, 'eval_preprocess': self.eval_preprocess,
             'crop_fraction': self.crop_fraction, 'train_preprocess': self.train_preprocess,
-            'device_augment': self.device_augment}
+            'device_augment': self.device_augment, 'train_image_size': self.image_size}
 
 
 def _check(ds_cfg: ml_collections.ConfigDict) -> None:
@@ -137,7 +146,8 @@ def build(config: ml_collections.ConfigDict, shard: HostShard = HostShard(), *,
 
   With `augment_on_device`, a caller whose train step applies `device_augment.
   make_device_augment(data.device_augment, ...)` lets the device do the CIFAR recipe's
-  pad-crop-flip of a split held in memory; otherwise the host does the whole recipe.
+  pad-crop-flip of a split held in memory; otherwise the host does the whole recipe (also
+  when host augmentations follow it: they must see the cropped, flipped image).
   """
   ds_cfg = config.dataset
   _check(ds_cfg)
@@ -156,14 +166,16 @@ def build(config: ml_collections.ConfigDict, shard: HostShard = HostShard(), *,
   recipe = dict(channels=channels, crop_fraction=ds_cfg.crop_fraction,
                 min_crop_area=ds_cfg.min_crop_area)
   in_memory = isinstance(train_src, sources.ArraySource)
+  mean, std = preprocess.mean_std(ds_cfg.mean, ds_cfg.std, ds_cfg.normalization, channels)
+  augment = augment_lib.from_config(ds_cfg, mean, std)
   device_augment = ('cifar' if augment_on_device and ds_cfg.preprocess == 'cifar'
-                    and in_memory else '')
+                    and in_memory and augment is None else '')
   train_fn = preprocess.make_preprocess('resize' if device_augment else ds_cfg.preprocess,
-                                        size, train=True, **recipe)
+                                        size, train=True, augment=augment, **recipe)
   gathered = _gatherable(train_src, train_fn)
   eval_recipe = ds_cfg.eval_preprocess or preprocess.EVAL_RECIPE.get(ds_cfg.preprocess, '')
-  eval_fn = preprocess.make_preprocess(eval_recipe, size, train=False, **recipe)
-  mean, std = preprocess.mean_std(ds_cfg.mean, ds_cfg.std, ds_cfg.normalization, channels)
+  eval_size = ds_cfg.get('eval_image_size', 0) or size
+  eval_fn = preprocess.make_preprocess(eval_recipe, eval_size, train=False, **recipe)
   evals, eval_sizes, evals_in_memory = {}, {}, True
   for split in ds_cfg.eval_splits:
     src, _ = sources.open_split(ds_cfg, split)
@@ -175,14 +187,16 @@ def build(config: ml_collections.ConfigDict, shard: HostShard = HostShard(), *,
   workers = ds_cfg.get('num_workers', -1)
   return Data(
       train=train_dataset(train_src, train_fn, global_batch=config.train.batch_size,
-                          seed=config.seed, shard=shard, skip_corrupt=ds_cfg.skip_corrupt),
+                          seed=config.seed, shard=shard, skip_corrupt=ds_cfg.skip_corrupt,
+                          repeated_aug=ds_cfg.get('repeated_aug', 1)),
       evals=evals, eval_sizes=eval_sizes, num_train=len(train_src),
       num_classes=info.num_classes, image_size=size, channels=channels,
       class_names=info.class_names, mean=mean, std=std, eval_preprocess=eval_recipe,
       crop_fraction=ds_cfg.crop_fraction, num_threads=_reader_threads(ds_cfg, gathered),
       num_workers=auto_workers(in_memory) if workers == -1 else workers,
       eval_workers=auto_workers(evals_in_memory) if workers == -1 else workers,
-      train_preprocess=ds_cfg.preprocess, device_augment=device_augment)
+      train_preprocess=ds_cfg.preprocess, device_augment=device_augment,
+      eval_image_size=eval_size)
 
 
 def auto_workers(in_memory: bool, cores: int | None = None,

@@ -16,6 +16,9 @@ Recipes (`config.dataset.preprocess`; evaluation uses the recipe's deterministic
                eval: `center_crop`.
   center_crop  the central square of side crop_fraction x the shorter side (224 / 0.875 =
                256: "resize to 256, crop 224"), resized to image_size.
+Train recipes may end with `augment` (augment.py: RandAugment / AutoAugment /
+TrivialAugment, colour jitter, random erasing), run on the recipe's output with the same
+generator, so it too is a function of (seed, example position).
 An example's image is an array or still encoded (decode.Encoded): the crop is chosen from
 the header's size, and the image decoded only at the scale the crop needs (JPEG DCT
 scaling by 2, 4 or 8 while the crop keeps >= image_size pixels per side).
@@ -170,8 +173,8 @@ def center_box(height: int, width: int, crop_fraction: float = 0.875) -> Box:
 class Recipe:
   """The per-example function of a recipe: `recipe(example, rng) -> example`.
 
-  `rng` is used only when `random` (train-time cifar and inception); picklable, so worker
-  processes get it whole.
+  `rng` is used only when `random` (train-time cifar and inception, or any train recipe
+  with an `augment`); picklable, so worker processes get it whole.
   """
   name: str
   image_size: int
@@ -179,6 +182,7 @@ class Recipe:
   crop_fraction: float = 0.875
   min_crop_area: float = 0.08
   random: bool = False
+  augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None
 
   def __call__(self, example: Example, rng: np.random.Generator | None) -> Example:
     image, size = example['image'], self.image_size
@@ -192,21 +196,27 @@ class Recipe:
       image = crop_resize(image, (0, 0, width, height), size)
       if self.name == 'cifar' and self.random:
         image = random_crop_flip(image, rng, pad=4)
-    return {'image': to_channels(image, self.channels),
-            'label': np.asarray(example['label'], np.int32)}
+    image = to_channels(image, self.channels)
+    if self.augment is not None:
+      image = self.augment(image, rng)
+    return {'image': image, 'label': np.asarray(example['label'], np.int32)}
 
   def identity_for(self, shape: Sequence[int]) -> bool:
     """Whether an in-memory image of this HWC shape comes out unchanged (bar the label's
     dtype): then a batch of them is one numpy gather (input_pipeline.train_dataset)."""
-    return (self.name == 'resize' and tuple(shape[:2]) == (self.image_size,) * 2
-            and self.channels in (0, shape[-1]))
+    return (self.name == 'resize' and self.augment is None
+            and tuple(shape[:2]) == (self.image_size,) * 2 and self.channels in (0, shape[-1]))
 
 
 def make_preprocess(recipe: str, image_size: int, *, train: bool, channels: int = 0,
-                    crop_fraction: float = 0.875, min_crop_area: float = 0.08) -> Recipe:
-  """The per-example function of a recipe; with train=False, its deterministic twin."""
+                    crop_fraction: float = 0.875, min_crop_area: float = 0.08,
+                    augment: Callable | None = None) -> Recipe:
+  """The per-example function of a recipe; with train=False, its deterministic twin (which
+  drops `augment`)."""
   if recipe not in RECIPES:
     raise PreprocessError(f'Unknown config.dataset.preprocess={recipe!r}; known: {RECIPES}.')
   name = recipe if train else EVAL_RECIPE[recipe]
+  augment = augment if train else None
   return Recipe(name, image_size, channels=channels, crop_fraction=crop_fraction,
-                min_crop_area=min_crop_area, random=train and name in ('cifar', 'inception'))
+                min_crop_area=min_crop_area, augment=augment,
+                random=train and (name in ('cifar', 'inception') or augment is not None))

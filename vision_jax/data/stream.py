@@ -80,6 +80,29 @@ class EpochOrder:
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class RepeatedOrder:
+  """Repeated augmentation (Hoffer et al. 2020; DeiT's and timm's `aug_repeats`, RSB's
+  k = 3): position p reads slot p // k of `order`, so k consecutive positions hold one
+  example, each copy augmented apart (every position seeds its own draws).
+
+  Slots read the shuffled epochs of `order` as positions do without repetition, so every
+  k * N consecutive positions from 0 (N examples) hold each example exactly k times, and a
+  global batch divisible by k holds batch / k examples, k times each. When k does not divide
+  the batch (RSB: 2048 and 3), one example's copies may straddle two consecutive batches.
+  An "epoch" of N positions (timm's: as many images seen as the split has) thus sees N / k
+  distinct examples. Copies sit in adjacent rows, hence mostly on one device: BatchNorm here
+  uses global-batch statistics, so placement changes nothing (timm spreads copies over
+  its GPUs because its BatchNorm is per GPU). The stream stays a pure function of
+  (seed, step).
+  """
+  order: EpochOrder
+  repeats: int
+
+  def __call__(self, where: np.ndarray) -> np.ndarray:
+    return self.order(where // self.repeats)
+
+
 def _stack(examples: list[dict]) -> dict[str, np.ndarray]:
   return {k: np.stack([ex[k] for ex in examples]) for k in examples[0]}
 

@@ -17,7 +17,7 @@ from flax import nnx
 from vision_jax import ops
 from vision_jax.models import layers
 from vision_jax.models import remat as remat_lib
-from vision_jax.models.resnet import dilation_plan, stem_max_pool
+from vision_jax.models.resnet import add_drop_path, dilation_plan, stem_max_pool
 
 
 def standardize_kernel(kernel: jax.Array, eps: float = 1e-10) -> jax.Array:
@@ -75,13 +75,16 @@ class PreActBottleneck(nnx.Module):
     self.conv3 = std_conv(mid, cout, 1, rngs, dtype, kernels)
     project = strides != 1 or cin != cout
     self.proj = std_conv(cin, cout, 1, rngs, dtype, kernels, strides) if project else None
+    self.drop_path = nnx.data(None)  # resnet.add_drop_path.
 
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     y = nnx.relu(self.gn1(x))
     shortcut = x if self.proj is None else self.proj(y)
     y = self.conv1(y)
     y = self.conv2(nnx.relu(self.gn2(y)))
     y = self.conv3(nnx.relu(self.gn3(y)))
+    if self.drop_path is not None:
+      y = self.drop_path(y, train)
     return shortcut + y
 
 
@@ -89,7 +92,8 @@ class BiTResNet(nnx.Module):
   """BiT-R{depth}x{WIDTH_FACTOR}: stem 7x7/2 conv + zero-padded 3x3/2 max-pool, four stages
   of pre-activation bottlenecks (256, 512, 1024, 2048 channels times WIDTH_FACTOR), then
   GN-ReLU, global average pool and the head. GroupNorm has no train/eval difference, so
-  `train` is accepted for the common interface and ignored. Variants are subclasses.
+  `train` matters only with `drop_path_rate` > 0 (stochastic depth, as for ResNet).
+  Variants are subclasses.
   `remat` recomputes each block's activations in the backward pass (models/remat.py).
   `output_stride` 16 or 8 (None: the network's own 32) dilates the last stages instead of
   striding them (`resnet.dilation_plan`), for dense prediction.
@@ -99,7 +103,7 @@ class BiTResNet(nnx.Module):
 
   def __init__(self, num_classes: int, *, output_stride: int | None = None,
                in_channels: int = 3, dtype='float32', remat: str = 'none',
-               kernels: ops.Kernels = ops.XLA, rngs: nnx.Rngs):
+               drop_path_rate: float = 0.0, kernels: ops.Kernels = ops.XLA, rngs: nnx.Rngs):
     if not self.STAGES:
       raise TypeError('BiTResNet is a family: build a variant (BitR50x1, ...).')
     dtype = layers.as_dtype(dtype)
@@ -121,14 +125,14 @@ class BiTResNet(nnx.Module):
     self.final_gn = _gn(cin, rngs, dtype)
     self.head = nnx.Linear(cin, num_classes, dtype=dtype, kernel_init=nnx.initializers.zeros,
                            rngs=rngs)
+    add_drop_path(self.blocks, drop_path_rate, rngs)
 
   def features(self, x: jax.Array, train: bool = False) -> jax.Array:
     """The pre-activated last stage's map (after the final GN-ReLU), [B, H /
     output_stride, W / output_stride, num_features]."""
-    del train  # GroupNorm and no dropout: the same computation in both modes.
     # BiT pads with zeros before its stem pool (no ReLU precedes it, so this is not -inf).
     x = stem_max_pool(self.stem_conv(x), self.kernels, pad_value=0.0)
-    x = remat_lib.run_blocks(self.blocks, x, self.remat)
+    x = remat_lib.run_blocks(self.blocks, x, self.remat, train)
     return nnx.relu(self.final_gn(x))
 
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:

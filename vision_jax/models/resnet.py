@@ -46,6 +46,46 @@ def stem_max_pool(x: jax.Array, kernels: ops.Kernels, pad_value: float = -jnp.in
   return layers.max_pool(x, 3, 2, 'VALID', kernels=kernels)
 
 
+class DropPath(nnx.Module):
+  """Stochastic depth (Huang et al. 2016; timm's DropPath): in training, each example's
+  residual branch is zeroed with probability `rate` and otherwise scaled by 1 / (1 - rate),
+  one Bernoulli draw per example from the model's 'dropout' RNG stream; the identity at eval.
+  """
+
+  def __init__(self, rate: float, rngs: nnx.Rngs):
+    self.rate = rate
+    self.rngs = rngs['dropout'].fork()
+
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    if not train or self.rate == 0:
+      return x
+    keep = 1.0 - self.rate
+    kept = jax.random.bernoulli(self.rngs(), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+    return jnp.where(kept, x / jnp.asarray(keep, x.dtype), jnp.zeros((), x.dtype))
+
+
+def drop_path_rates(rate: float, num_blocks: int) -> list[float]:
+  """timm's linear rule: block i of n drops its branch with rate * i / (n - 1) (the first
+  block never, the last with `rate`)."""
+  return [rate * i / max(num_blocks - 1, 1) for i in range(num_blocks)]
+
+
+def add_drop_path(blocks, rate: float, rngs: nnx.Rngs) -> None:
+  """Gives each block with a non-zero rate (`drop_path_rates`) its DropPath. Called once
+  the parameters are initialised, so the rate leaves them as they were; raises ConfigError
+  for a rate outside [0, 1)."""
+  if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not 0 <= rate < 1:
+    raise ConfigError(f'config.model.drop_path_rate={rate!r}: use a probability in [0, 1) '
+                      '(the last block\'s; RSB A1/A2: 0.05), or 0 for off.')
+  for block, block_rate in zip(blocks, drop_path_rates(rate, len(blocks))):
+    if block_rate > 0:
+      block.drop_path = DropPath(block_rate, rngs)
+
+
+def _drop_path(block: nnx.Module, y: jax.Array, train: bool) -> jax.Array:
+  return y if block.drop_path is None else block.drop_path(y, train)
+
+
 class BasicBlock(nnx.Module):
   """Two 3x3 convs (ResNet-18/34). The stride sits on the first conv.
 
@@ -65,11 +105,12 @@ class BasicBlock(nnx.Module):
     project = strides != 1 or cin != cout  # Else the shortcut is the identity.
     self.proj = _conv(cin, cout, 1, rngs, dtype, kernels, strides) if project else None
     self.proj_bn = _norm(cout, rngs, dtype, kernels) if project else None
+    self.drop_path = nnx.data(None)  # add_drop_path.
 
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     ura = not train
     y = nnx.relu(self.bn1(self.conv1(x), use_running_average=ura))
-    y = self.bn2(self.conv2(y), use_running_average=ura)
+    y = _drop_path(self, self.bn2(self.conv2(y), use_running_average=ura), train)
     if self.proj is not None:
       x = self.proj_bn(self.proj(x), use_running_average=ura)
     return nnx.relu(x + y)
@@ -97,12 +138,13 @@ class Bottleneck(nnx.Module):
     project = strides != 1 or cin != cout  # Else the shortcut is the identity.
     self.proj = _conv(cin, cout, 1, rngs, dtype, kernels, strides) if project else None
     self.proj_bn = _norm(cout, rngs, dtype, kernels) if project else None
+    self.drop_path = nnx.data(None)  # add_drop_path.
 
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     ura = not train
     y = nnx.relu(self.bn1(self.conv1(x), use_running_average=ura))
     y = nnx.relu(self.bn2(self.conv2(y), use_running_average=ura))
-    y = self.bn3(self.conv3(y), use_running_average=ura)
+    y = _drop_path(self, self.bn3(self.conv3(y), use_running_average=ura), train)
     if self.proj is not None:
       x = self.proj_bn(self.proj(x), use_running_average=ura)
     return nnx.relu(x + y)
@@ -153,6 +195,9 @@ class ResNet(nnx.Module):
   `remat` recomputes each block's activations in the backward pass (models/remat.py).
   `output_stride` below the network's own (None: 32, or 8 with the CIFAR stem) dilates the
   last stages instead of striding them (`dilation_plan`), for dense prediction.
+  `drop_path_rate` > 0: stochastic depth on the residual branches, linear over the blocks
+  (`drop_path_rates`), keyed by the 'dropout' RNG stream; parameters are initialised as
+  without it.
   """
   STAGES: tuple[int, ...] = ()
   BLOCK = 'basic'
@@ -160,7 +205,7 @@ class ResNet(nnx.Module):
 
   def __init__(self, num_classes: int, *, width: int = 64, zero_init_residual: bool = False,
                output_stride: int | None = None, in_channels: int = 3, dtype='float32',
-               remat: str = 'none',
+               remat: str = 'none', drop_path_rate: float = 0.0,
                kernels: ops.Kernels = ops.XLA, rngs: nnx.Rngs):
     if not self.STAGES:
       raise TypeError('ResNet is a family: build a variant (ResNet18, ..., CifarResNet50).')
@@ -187,6 +232,7 @@ class ResNet(nnx.Module):
     self.blocks = nnx.List(blocks)
     self.num_features = cin  # Channels of `features`.
     self.head = nnx.Linear(cin, num_classes, dtype=dtype, rngs=rngs)
+    add_drop_path(self.blocks, drop_path_rate, rngs)
 
   def features(self, x: jax.Array, train: bool = False) -> jax.Array:
     """The last stage's map [B, H / output_stride, W / output_stride, num_features]."""

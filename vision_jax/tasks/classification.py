@@ -1,8 +1,8 @@
 """The classification task: one integer label (or a soft label, under mixup) per image.
 
-Batches hold {'image': uint8 NHWC, 'label': int32 [B]}; the loss is `classification_loss`
-(softmax cross-entropy with label smoothing: the one place that decides the classification
-loss), the train metric top-1 accuracy against the larger share of a mixed label;
+Batches hold {'image': uint8 NHWC, 'label': int32 [B]}; the training loss is
+`losses.classification_loss` of config.optim.loss (softmax cross-entropy or BCE, with label
+smoothing: the one place that decides it), the train metric top-1 accuracy against the larger share of a mixed label;
 evaluation keeps per-example losses and top-k predictions and `summarize`s them (top-1,
 top-5, loss, per-class accuracy, confusion matrix; evaluate.py re-exports it). This is what the loop did before tasks existed,
 unchanged op for op.
@@ -17,16 +17,8 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from vision_jax import optim
+from vision_jax import losses
 from vision_jax import tasks
-
-
-def classification_loss(logits: jax.Array, labels: jax.Array,
-                        label_smoothing: float = 0.0) -> jax.Array:
-  """Per-example loss of classification logits [B, K] against integer or soft labels:
-  the one place that decides it (training takes its mean, evaluation keeps it per
-  example, without smoothing)."""
-  return optim.cross_entropy(logits, labels, logits.shape[-1], label_smoothing)
 
 
 def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
@@ -61,6 +53,14 @@ class Classification(tasks.Task):
     if label_smoothing is None:
       label_smoothing = config.optim.label_smoothing if config is not None else 0.0
     self.label_smoothing, self.top_k = label_smoothing, top_k
+    optim_config = config.optim if config is not None else {}
+    # The training loss (config.optim.loss: softmax cross-entropy or BCE); evaluation
+    # reports the softmax cross-entropy without smoothing whatever the training loss, as
+    # timm's validation does, so losses compare across recipes.
+    self.train_loss = losses.classification_loss(
+        optim_config.get('loss', 'softmax_xent'), label_smoothing=label_smoothing,
+        threshold=optim_config.get('bce_target_threshold', 0.0))
+    self.eval_loss = losses.classification_loss('softmax_xent')
 
   def validate(self, config: ml_collections.ConfigDict) -> None:
     from vision_jax import models  # pylint: disable=g-import-not-at-top
@@ -82,7 +82,7 @@ class Classification(tasks.Task):
 
   def loss(self, model: nnx.Module, inputs: tasks.Batch):
     logits = model(inputs['image'], train=True)
-    return classification_loss(logits, inputs['label'], self.label_smoothing).mean(), logits
+    return self.train_loss(logits, inputs['label']).mean(), logits
 
   def train_metrics(self, loss: jax.Array, aux: jax.Array, inputs: tasks.Batch) -> dict:
     labels = inputs['label']
@@ -92,7 +92,7 @@ class Classification(tasks.Task):
   def eval_outputs(self, outputs: jax.Array, batch: tasks.Batch) -> dict:
     k = min(self.top_k, outputs.shape[-1])
     return {
-        'loss': classification_loss(outputs, batch['label']),
+        'loss': self.eval_loss(outputs, batch['label']),
         'top_k': jax.lax.top_k(outputs, k)[1],
         'label': batch['label'],
         'mask': batch['mask'],
