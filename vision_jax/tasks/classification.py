@@ -19,6 +19,7 @@ from flax import nnx
 
 from vision_jax import losses
 from vision_jax import tasks
+from vision_jax.errors import ConfigError
 
 
 def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
@@ -57,9 +58,12 @@ class Classification(tasks.Task):
     # The training loss (config.optim.loss: softmax cross-entropy or BCE); evaluation
     # reports the softmax cross-entropy without smoothing whatever the training loss, as
     # timm's validation does, so losses compare across recipes.
-    self.train_loss = losses.classification_loss(
-        optim_config.get('loss', 'softmax_xent'), label_smoothing=label_smoothing,
-        threshold=optim_config.get('bce_target_threshold', 0.0))
+    try:
+      self.train_loss = losses.classification_loss(
+          optim_config.get('loss', 'softmax_xent'), label_smoothing=label_smoothing,
+          threshold=optim_config.get('bce_target_threshold', 0.0))
+    except ValueError as e:
+      raise ConfigError(str(e)) from e
     self.eval_loss = losses.classification_loss('softmax_xent')
 
   def validate(self, config: ml_collections.ConfigDict) -> None:
