@@ -76,8 +76,8 @@ class Figure:
 
   def spec(self) -> dict[str, Any]:
     """What a worker needs, the recipe's normalisation included."""
-    from vision_jax import config as config_lib  # pylint: disable=g-import-not-at-top
-    dataset = config_lib.load_config_file(os.path.join(REPO, self.recipe)).dataset
+    from vision_jax import config_files  # pylint: disable=g-import-not-at-top
+    dataset = config_files.load_config_file(os.path.join(REPO, self.recipe)).dataset
     return {**dataclasses.asdict(self), 'name': self.name, 'mean': tuple(dataset.mean),
             'std': tuple(dataset.std)}
 

@@ -24,7 +24,8 @@ def make_config(figure: dict[str, Any], remat: str = 'none'):
   """The figure's recipe with its model, batch and bf16 compute (fp32 parameters)."""
   # pylint: disable=g-import-not-at-top
   from vision_jax import config as config_lib
-  config = config_lib.load_config_file(os.path.join(REPO, figure['recipe']))
+  from vision_jax import config_files
+  config = config_files.load_config_file(os.path.join(REPO, figure['recipe']))
   config.model.name = figure['model']
   config.model.dtype = 'bfloat16'
   if remat != 'none':

@@ -2,6 +2,7 @@
 import pytest
 
 from vision_jax import config as config_lib
+from vision_jax import config_files
 from vision_jax.config import ConfigError, base_config
 
 
@@ -51,7 +52,7 @@ def test_batch_must_divide_over_devices():
 
 def test_override_error_names_the_missing_level(tmp_path):
   argv = ['main', '--config', 'configs/default.py', '--config.train.stepz=3']
-  message = config_lib.explain_override_error(argv, AttributeError('stepz'))
+  message = config_files.explain_override_error(argv, AttributeError('stepz'))
   assert "config.train has no key 'stepz'" in message and "Did you mean 'steps'" in message
 
 
@@ -59,7 +60,7 @@ def test_differences_name_each_changed_leaf_with_both_values():
   old = {'seed': 0, 'train': {'steps': 30, 'batch_size': 128}, 'optim': {'wd_rules': [['a', 1]]}}
   new = {'seed': 0, 'train': {'steps': 40, 'batch_size': 128}, 'optim': {'wd_rules': [['a', 2]]},
          'sweep': {'n': 2}}
-  assert config_lib.differences(old, new) == [
+  assert config_files.differences(old, new) == [
       'optim.wd_rules: [["a", 1]] -> [["a", 2]]', 'sweep: <absent> -> {"n": 2}',
       'train.steps: 30 -> 40']
-  assert config_lib.differences(old, old) == []
+  assert config_files.differences(old, old) == []

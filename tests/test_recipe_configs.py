@@ -12,6 +12,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from vision_jax import config as config_lib
+from vision_jax import config_files
 from vision_jax import train
 from vision_jax.data import sources
 
@@ -27,7 +28,7 @@ def online(monkeypatch):
 @pytest.mark.parametrize('variant', sorted(RSB))
 def test_rsb_config_cites_its_source_and_validates(variant):
   path = f'configs/imagenet2012_resnet50_rsb_{variant}.py'
-  config = config_lib.load_config_file(os.path.join(REPO, path))
+  config = config_files.load_config_file(os.path.join(REPO, path))
   config_lib.validate(config, 8)
   with open(os.path.join(REPO, path)) as f:
     doc = f.read()
@@ -44,7 +45,7 @@ def test_rsb_config_cites_its_source_and_validates(variant):
 
 
 def test_rsb_a1_trains_two_steps_on_mock_imagenet(online, tmp_path):
-  config = config_lib.load_config_file(
+  config = config_files.load_config_file(
       os.path.join(REPO, 'configs/imagenet2012_resnet50_rsb_a1.py'))
   config.dataset.download = True  # mock_data's builders are never "prepared".
   config.dataset.image_size, config.dataset.eval_image_size = 32, 48  # A3: 160 / 224.

@@ -15,6 +15,7 @@ from sklearn.metrics import jaccard_score
 from conftest import REPO, run_cli
 from segmentation_mocks import mock_pets
 from vision_jax import config as config_lib
+from vision_jax import config_files
 from vision_jax import evaluate
 from vision_jax import parallel
 from vision_jax import tasks
@@ -24,7 +25,7 @@ from vision_jax.errors import ConfigError
 
 
 def _config(path: str, **overrides) -> config_lib.ml_collections.ConfigDict:
-  config = config_lib.load_config_file(os.path.join(REPO, 'configs', path))
+  config = config_files.load_config_file(os.path.join(REPO, 'configs', path))
   for dotted, value in overrides.items():
     node, keys = config, dotted.split('.')
     for key in keys[:-1]:

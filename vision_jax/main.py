@@ -61,7 +61,7 @@ _WORKDIR_OVERRIDES: list[str] = []
 def _load_config(workdir: str) -> ml_collections.ConfigDict:
   """--config if given; else, outside training, the config the workdir was trained with
   (with any --config.key=value overrides)."""
-  from vision_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from vision_jax import config_files  # pylint: disable=g-import-not-at-top
   from vision_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   if _CONFIG.value is not None:
     return _CONFIG.value
@@ -74,8 +74,8 @@ def _load_config(workdir: str) -> ml_collections.ConfigDict:
     raise UsageError(f'{workdir} has no config.json: it is not the workdir of a training '
                      'run (or the run never started). Pass the --workdir of a run, or '
                      '--config=configs/<name>.py for its config.')
-  config = config_lib.from_workdir_json(path)
-  config_lib.apply_overrides(config, _WORKDIR_OVERRIDES)
+  config = config_files.from_workdir_json(path)
+  config_files.apply_overrides(config, _WORKDIR_OVERRIDES)
   return config
 
 
@@ -204,12 +204,12 @@ def parse_flags(argv: list[str]) -> list[str]:
     return remaining
   except flags.Error as e:
     if 'Error whilst parsing config file' in str(e):  # Its message embeds a traceback.
-      from vision_jax import config as config_lib  # pylint: disable=g-import-not-at-top
-      _fail(config_lib.explain_override_error(argv, e))
+      from vision_jax import config_files  # pylint: disable=g-import-not-at-top
+      _fail(config_files.explain_override_error(argv, e))
     _fail(f'{str(e).rstrip(".")}. Run with --helpshort for the flags.')
   except Exception as e:  # pylint: disable=broad-except
-    from vision_jax import config as config_lib  # pylint: disable=g-import-not-at-top
-    _fail(config_lib.explain_override_error(argv, e))
+    from vision_jax import config_files  # pylint: disable=g-import-not-at-top
+    _fail(config_files.explain_override_error(argv, e))
 
 
 class _QuietOrbax(logging_std.Filter):

@@ -27,7 +27,6 @@ from vision_jax import parallel
 from vision_jax import steps
 from vision_jax import tasks
 from vision_jax import train_state
-from vision_jax import visualize
 from vision_jax import workdir as workdir_lib
 from vision_jax import writers
 from vision_jax.data import input_pipeline
@@ -171,6 +170,7 @@ def _warn_if_stream_changed(stream: dict, config: ml_collections.ConfigDict,
 def _finish(workdir: str, step: int, evals: dict, class_names: list[str]) -> dict:
   out = evaluate.write_results(workdir, step, evals, class_names)
   if jax.process_index() == 0:
+    from vision_jax import visualize  # pylint: disable=g-import-not-at-top  # (matplotlib)
     visualize.write_curves(workdir)
   return out
 

@@ -190,7 +190,7 @@ def write_metadata(workdir: str, config_json: str, dataset: dict) -> None:
   """config.json (the resolved config, as JSON text) and dataset.json of a run that is
   about to take its first step. A config.json that differs is kept beside it as
   config.<UTC time it was written>.json, and the differences are logged."""
-  from vision_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from vision_jax import config_files  # pylint: disable=g-import-not-at-top
   path = os.path.join(workdir, 'config.json')
   if os.path.exists(path):
     with open(path) as f:
@@ -202,7 +202,7 @@ def write_metadata(workdir: str, config_json: str, dataset: dict) -> None:
         kept, n = os.path.join(workdir, f'config.{written}-{n}.json'), n + 1
       os.replace(path, kept)
       try:
-        changes = config_lib.differences(json.loads(previous), json.loads(config_json))
+        changes = config_files.differences(json.loads(previous), json.loads(config_json))
       except json.JSONDecodeError:
         changes = ['the previous one is not valid JSON']
       logging.warning('The config differs from the one this workdir last ran with (kept as '
