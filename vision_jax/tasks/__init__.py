@@ -30,6 +30,7 @@ Tasks import no loop module (steps, evaluate, train, predict, config): those imp
 """
 from __future__ import annotations
 
+import abc
 from typing import Any, Callable
 
 import jax
@@ -42,16 +43,18 @@ NAMES = ('classification', 'segmentation', 'simclr')
 Batch = dict[str, jax.Array]
 
 
-class Task:
-  """The interface (module docstring); the defaults are the classification task's."""
+class Task(abc.ABC):
+  """The interface (module docstring). Subclasses implement every abstract method; the
+  others have the defaults most tasks want."""
   name = 'classification'
   eval_metrics: tuple[str, ...] = ('accuracy', 'top5', 'loss')
 
   def __init__(self, config: ml_collections.ConfigDict):
     self.config = config
 
+  @abc.abstractmethod
   def validate(self, config: ml_collections.ConfigDict) -> None:
-    raise NotImplementedError
+    """See the module docstring."""
 
   def create_model(self, config: ml_collections.ConfigDict, num_classes: int, *,
                    rngs: nnx.Rngs, **kwargs: Any) -> nnx.Module:
@@ -59,34 +62,41 @@ class Task:
     from vision_jax import models  # pylint: disable=g-import-not-at-top
     return models.create_model(config.model.name, num_classes, rngs=rngs, **kwargs)
 
+  @abc.abstractmethod
   def build_data(self, config: ml_collections.ConfigDict, shard, *,
                  augment_on_device: bool = False):
-    raise NotImplementedError
+    """See the module docstring."""
 
+  @abc.abstractmethod
   def batch_spec(self, config: ml_collections.ConfigDict, data) -> dict:
-    raise NotImplementedError
+    """See the module docstring."""
 
+  @abc.abstractmethod
   def train_inputs(self, batch: Batch, normalize: Callable) -> Batch:
-    raise NotImplementedError
+    """See the module docstring."""
 
+  @abc.abstractmethod
   def loss(self, model: nnx.Module, inputs: Batch) -> tuple[jax.Array, Any]:
-    raise NotImplementedError
+    """See the module docstring."""
 
+  @abc.abstractmethod
   def train_metrics(self, loss: jax.Array, aux: Any, inputs: Batch) -> dict:
-    raise NotImplementedError
+    """See the module docstring."""
 
   def apply(self, model: nnx.Module, images: jax.Array) -> jax.Array:
     return model(images, train=False)
 
+  @abc.abstractmethod
   def eval_outputs(self, outputs: jax.Array, batch: Batch) -> dict:
-    raise NotImplementedError
+    """See the module docstring."""
 
   def eval_context(self, data, collect: Callable) -> Any:
     """`collect(batches)` is evaluate.collect with the eval step, state and mesh bound."""
     return None
 
+  @abc.abstractmethod
   def summarize(self, arrays: dict, *, num_classes: int, class_names, context=None) -> dict:
-    raise NotImplementedError
+    """See the module docstring."""
 
 
 def task_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
