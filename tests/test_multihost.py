@@ -135,3 +135,24 @@ def test_sigterm_to_one_host_stops_every_host_at_the_same_step(tmp_path, data_di
   saved = [int(log.split('Preempted: saved step ')[1].split()[0]) for log in logs]
   assert saved[0] == saved[1] and 50 <= saved[0] < 5000
   assert str(saved[0]) in os.listdir(workdir / 'checkpoints')
+
+
+def test_simclr_in_two_processes_equals_one_process_with_two_devices(tmp_path, data_dir):
+  """The SSL task's NT-Xent negatives span both processes' views: the same losses and k-NN
+  accuracy as one process whose two devices hold the same global batch."""
+  args = ['--config', 'configs/digits_simclr.py', '--config.train.steps=4',
+          '--config.train.batch_size=32', '--config.train.log_every=2',
+          '--config.train.eval_every=0', '--config.checkpoint.every_steps=4',
+          '--config.optim.warmup_steps=1']
+  two = tmp_path / 'two'
+  proc = _local(2, args + ['--workdir', str(two)], data_dir, str(tmp_path))
+  assert proc.returncode == 0, (proc.stderr[-2000:] +
+                                (two / 'logs' / 'process_1.log').read_text()[-2000:])
+  one = tmp_path / 'one'
+  proc = run_cli(args + ['--workdir', str(one)], data_dir,
+                 env={'XLA_FLAGS': '--xla_force_host_platform_device_count=2',
+                      'TMPDIR': str(tmp_path)})
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert abs(_last_train_loss(one) - _last_train_loss(two)) < 1e-5
+  knn = [_results(w)['eval']['test']['knn_accuracy'] for w in (one, two)]
+  assert knn[0] == knn[1], knn
