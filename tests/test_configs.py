@@ -17,7 +17,8 @@ from vision_jax import tasks
 from vision_jax import train_state
 
 _VARIANTS = {'digits_finetune_5to9.py': ('', ':scratch'),
-             'cifar10_simclr_resnet18.py': ('', ':probe')}
+             'cifar10_simclr_resnet18.py': ('', ':probe'),
+             'imagenet2012_resnet50_rsb.py': (':a1', ':a2', ':a3')}
 _CASES = [name + variant
           for name in sorted(f for f in os.listdir(os.path.join(REPO, 'configs'))
                              if f.endswith('.py'))
@@ -40,4 +41,4 @@ def test_recipe_validates_and_builds(case):
 @pytest.mark.parametrize('name', sorted({c.split(':')[0] for c in _CASES}))
 def test_docstring_opens_with_the_command(name):
   doc = ast.get_docstring(ast.parse(open(os.path.join(REPO, 'configs', name)).read()))
-  assert doc and 'python -m vision_jax.main' in doc and f'configs/{name}' in doc, name
+  assert doc and f'python -m vision_jax.main --config configs/{name}' in doc, name

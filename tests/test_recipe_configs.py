@@ -1,4 +1,4 @@
-"""The ResNet strikes back configs: each builds and validates for 8 devices with the
+"""The ResNet strikes back config's three procedures: each builds and validates for 8 devices with the
 hyper-parameters of its procedure, and A1 (the one with every part on: RandAugment,
 repeated augmentation, mixup / cutmix, stochastic depth, BCE with smoothing and threshold,
 LAMB), given A3's larger eval size, trains 2 steps on mocked ImageNet
@@ -27,14 +27,14 @@ def online(monkeypatch):
 
 @pytest.mark.parametrize('variant', sorted(RSB))
 def test_rsb_config_cites_its_source_and_validates(variant):
-  path = f'configs/imagenet2012_resnet50_rsb_{variant}.py'
-  config = config_files.load_config_file(os.path.join(REPO, path))
+  path = 'configs/imagenet2012_resnet50_rsb.py'
+  config = config_files.load_config_file(os.path.join(REPO, f'{path}:{variant}'))
   config_lib.validate(config, 8)
   with open(os.path.join(REPO, path)) as f:
     doc = f.read()
   top1, epochs = RSB[variant]
-  assert f'python -m vision_jax.main --config {path}' in doc
-  assert f'{top1}% top-1' in doc and 'ResNet strikes back' in doc and '2110.00476' in doc
+  assert 'python -m vision_jax.main --config configs/imagenet2012_resnet50_rsb.py:a' in doc
+  assert f'{top1}%' in doc and 'ResNet strikes back' in doc and '2110.00476' in doc
   assert config.train.steps == epochs * (1_281_167 // 2048)
   assert (config.optim.name, config.optim.loss, config.optim.bce_target_threshold) == (
       'lamb', 'bce', 0.2)
@@ -46,7 +46,7 @@ def test_rsb_config_cites_its_source_and_validates(variant):
 
 def test_rsb_a1_trains_two_steps_on_mock_imagenet(online, tmp_path):
   config = config_files.load_config_file(
-      os.path.join(REPO, 'configs/imagenet2012_resnet50_rsb_a1.py'))
+      os.path.join(REPO, 'configs/imagenet2012_resnet50_rsb.py:a1'))
   config.dataset.download = True  # mock_data's builders are never "prepared".
   config.dataset.image_size, config.dataset.eval_image_size = 32, 48  # A3: 160 / 224.
   config.dataset.num_workers = 0
