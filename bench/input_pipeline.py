@@ -4,6 +4,7 @@
   python bench/input_pipeline.py --cases imagenet decoders cifar digits --json
   python bench/input_pipeline.py --baseline /work/wt/base   # + an older checkout, same files
   python bench/input_pipeline.py --cases memory --duration 300   # resident memory over 5 min
+  python bench/input_pipeline.py --cases randaugment --cores 1   # the policy's cost per image
 
 Cases:
   imagenet  1,024 JPEGs made once (into --cache_dir) from scikit-learn's two real photos:
@@ -22,6 +23,8 @@ Cases:
             decode.py / preprocess.py (PIL with draft, simplejpeg, OpenCV).
   memory    resident memory (VmRSS, summed over the process and its workers) of our
             2-worker training stream, sampled through --duration seconds.
+  randaugment  the imagenet case's train stream with and without RandAugment m9 +
+            random erasing 0.25 (ours only, alternating): the policy's cost per image.
   cifar     10,000 in-memory 32x32 images: the host batch (a gather) and the pad-crop-flip
             on the CPU device (device_augment.py), batch 128.
   digits    the default dataset as the default run reads it.
@@ -135,7 +138,7 @@ def _tree(pid: int) -> list[int]:
   return out
 
 
-def _ours(root: str, recipe: str, workers: int, args) -> dict:
+def _ours(root: str, recipe: str, workers: int, args, policy: bool = False) -> dict:
   sys.path.insert(0, args.repo)
   # pylint: disable=g-import-not-at-top
   from vision_jax.config import base_config
@@ -144,7 +147,12 @@ def _ours(root: str, recipe: str, workers: int, args) -> dict:
   config.dataset.update(name=f'folder:{root}', cache='none', folder_test_fraction=0.0)
   source, _ = sources.open_split(config.dataset, 'train')
   train = recipe == 'inception'
-  fn = preprocess.make_preprocess(recipe, 224, train=train, channels=3)
+  augment = None
+  if policy:  # RSB-style: RandAugment m9 + random erasing 0.25 after the crop.
+    from vision_jax.data import augment as augment_lib
+    augment = augment_lib.make_augment(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+                                       randaugment='rand-m9-mstd0.5-inc1', random_erasing=0.25)
+  fn = preprocess.make_preprocess(recipe, 224, train=train, channels=3, augment=augment)
   if train:
     dataset = ip.train_dataset(source, fn, global_batch=args.batch, seed=0)
   else:  # The eval stream, repeated: every image once per pass.
@@ -212,7 +220,7 @@ def run_one(args) -> None:
   if kind.startswith('tfdata'):
     out = _tfdata(files, recipe, cores, args)
   else:
-    out = _ours(root, recipe, cores, args)
+    out = _ours(root, recipe, cores, args, policy=kind == 'ours_randaugment')
   out['cpu_ms'] = RATE_CPU[0]
   print(json.dumps(out), flush=True)
 
@@ -265,6 +273,27 @@ def case_imagenet(args, out: dict) -> None:
                                                     out['tfdata_train_img_s_2'])
     out['workers_2_over_1'] = out['train_img_s_2'] / out['train_img_s_1']
     print(f'2 workers / 1 worker: {out["workers_2_over_1"]:.2f}')
+
+
+def case_randaugment(args, out: dict) -> None:
+  """The inception recipe with and without RandAugment m9 + random erasing 0.25, in
+  worker processes on the same cores, alternating: what the policy costs per image."""
+  make_jpegs(os.path.join(args.cache_dir, 'bench_jpegs'))
+  for cores in args.cores:
+    rates = {'ours': [], 'ours_randaugment': []}
+    cpu = {'ours': [], 'ours_randaugment': []}
+    for _ in range(args.rounds):
+      for name in rates:
+        found = _spawn(name, cores, args)
+        rates[name].append(found['img_s'])
+        cpu[name].append(found['cpu_ms'])
+    plain, policy = statistics.median(rates['ours']), statistics.median(rates['ours_randaugment'])
+    cp, ca = statistics.median(cpu['ours']), statistics.median(cpu['ours_randaugment'])
+    out[f'randaugment_img_s_{cores}'], out[f'plain_img_s_{cores}'] = policy, plain
+    out[f'randaugment_cpu_ms_{cores}'], out[f'plain_cpu_ms_{cores}'] = ca, cp
+    print(f'randaugment {cores} worker(s): plain {plain:5.0f} img/s {cp:.2f} CPU-ms/img, '
+          f'+ RandAugment m9 + erasing {policy:5.0f} img/s {ca:.2f} CPU-ms/img: '
+          f'+{ca - cp:.2f} CPU-ms per image', flush=True)
 
 
 def case_memory(args, out: dict) -> None:
@@ -387,6 +416,7 @@ def main() -> None:
   print(f'{out["date"]}, {out["cpus"]} CPUs {" ".join(flags) or "(no AVX-512)"}, load '
         f'{out["load_start"][0]:.2f} (shared machine: other sessions use these cores)')
   cases = {'imagenet': case_imagenet, 'memory': case_memory, 'decoders': case_decoders,
+           'randaugment': case_randaugment,
            'cifar': case_cifar, 'digits': case_digits}
   for name in args.cases:
     cases[name](args, out)
