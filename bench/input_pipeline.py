@@ -19,8 +19,8 @@ Cases:
             bicubic costs more) and uint8 out (ours normalises on device). Each
             configuration runs in its own process pinned to N cores (sched_setaffinity,
             inherited by workers and threads), alternating ours / tf.data over --rounds.
-  decoders  per-image cost, one thread, of the decode + crop + resize alternatives behind
-            decode.py / preprocess.py (PIL with draft, simplejpeg, OpenCV).
+  decoders  (bench/jpeg_decoders.py) per-image cost, one thread, of the decode + crop +
+            resize alternatives behind decode.py / preprocess.py (PIL, simplejpeg, OpenCV).
   memory    resident memory (VmRSS, summed over the process and its workers) of our
             2-worker training stream, sampled through --duration seconds.
   randaugment  the imagenet case's train stream with and without RandAugment m9 +
@@ -307,63 +307,10 @@ def case_memory(args, out: dict) -> None:
 
 
 def case_decoders(args, out: dict) -> None:
-  # pylint: disable=g-import-not-at-top
-  import io
-  import cv2
-  import numpy as np
-  import simplejpeg
-  from PIL import Image
-  cv2.setNumThreads(1)
+  import jpeg_decoders  # pylint: disable=g-import-not-at-top  # bench/jpeg_decoders.py
   os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:1]))
-  data = [open(f, 'rb').read() for f in make_jpegs(os.path.join(args.cache_dir,
-                                                                'bench_jpegs'))[:400]]
-  sys.path.insert(0, REPO)
-  from vision_jax.data import preprocess
-
-  def box(height, width, i):
-    return preprocess.inception_box(height, width, np.random.default_rng(i))
-
-  def pil(d, i, draft):
-    with Image.open(io.BytesIO(d)) as im:
-      width, height = im.size
-      l, t, r, b = box(height, width, i)
-      reduction = 1
-      if draft:  # The largest power-of-2 reduction keeping the crop >= 224 pixels.
-        want = next(f for f in (8, 4, 2, 1) if min(r - l, b - t) / f >= 224 or f == 1)
-        im.draft('RGB', (width // want, height // want))
-        reduction = width / im.size[0]
-      crop = tuple(v / reduction for v in (l, t, r, b))
-      return np.asarray(im.resize((224, 224), Image.BILINEAR, box=crop))
-
-  def simple_cv2(d, i):
-    h, w = simplejpeg.decode_jpeg_header(d)[:2]
-    l, t, r, b = box(h, w, i)
-    return cv2.resize(simplejpeg.decode_jpeg(d)[t:b, l:r], (224, 224))
-
-  def opencv(d, i):
-    a = cv2.imdecode(np.frombuffer(d, np.uint8), cv2.IMREAD_COLOR)
-    l, t, r, b = box(*a.shape[:2], i)
-    return cv2.cvtColor(cv2.resize(a[t:b, l:r], (224, 224)), cv2.COLOR_BGR2RGB)
-
-  def ours(d, i):
-    return preprocess.Recipe('inception', 224, 3, random=True)(
-        {'image': preprocess.decode.Encoded(d, 'x'), 'label': 0},
-        np.random.default_rng(i))['image']
-
-  for name, fn in (('PIL decode + PIL bilinear resize (before)', lambda d, i: pil(d, i, 0)),
-                   ('PIL decode with draft + PIL resize', lambda d, i: pil(d, i, 1)),
-                   ('OpenCV imdecode + cv2.resize', opencv),
-                   ('simplejpeg + cv2.resize', simple_cv2),
-                   ('ours (preprocess.Recipe: simplejpeg, DCT scaling, cv2)', ours)):
-    times = []
-    for _ in range(3):
-      start = time.perf_counter()
-      for i, d in enumerate(data):
-        fn(d, i)
-      times.append((time.perf_counter() - start) / len(data))
-    ms = statistics.median(times) * 1e3
-    out[f'decoder_ms/{name}'] = ms
-    print(f'decoders, 1 core: {name:58s} {ms:.3f} ms/image ({1e3 / ms:.0f}/s)')
+  files = make_jpegs(os.path.join(args.cache_dir, 'bench_jpegs'))[:400]
+  jpeg_decoders.compare([open(f, 'rb').read() for f in files], out, REPO)
 
 
 def case_cifar(args, out: dict) -> None:

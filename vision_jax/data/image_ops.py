@@ -27,6 +27,7 @@ A grey ('L') image goes through every op; `color` and `adjust_hue` leave it unch
 """
 from __future__ import annotations
 
+import abc
 import math
 from typing import NamedTuple, Sequence
 
@@ -196,14 +197,14 @@ def choose_resample(interpolation: str, rng: np.random.Generator) -> int:
   return RESAMPLE[interpolation]
 
 
-class Policy:
+class Policy(abc.ABC):
   """Base of the augmentation policies: `plan` draws the steps for one image, `apply` runs
   them on a PIL image, and calling it maps an HWC uint8 array to one (one conversion)."""
   fill: tuple[int, ...] = (0,)
 
+  @abc.abstractmethod
   def plan(self, rng: np.random.Generator, size: tuple[int, int]) -> list[Step]:
     """The steps for one image of PIL size (width, height), drawn from rng."""
-    raise NotImplementedError
 
   def apply(self, img: Image.Image, rng: np.random.Generator) -> Image.Image:
     return run(img, self.plan(rng, img.size), self.fill)
