@@ -8,6 +8,7 @@ the TensorFlow-free core.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import statistics
 import time
@@ -40,20 +41,20 @@ def make_config(figure: dict[str, Any], remat: str = 'none'):
 def build(figure: dict[str, Any], remat: str = 'none'):
   """(jitted step, state, batch on device, config) for one figure on the first device."""
   # pylint: disable=g-import-not-at-top
-  from vision_jax import ops, parallel, steps, train_state
+  from vision_jax import ops, parallel, steps, tasks, train_state
   config = make_config(figure, remat)
   mesh = parallel.make_mesh(config, jax.devices()[:1])
   size, batch, classes = figure['image_size'], figure['batch'], figure['num_classes']
-  graphdef, state, tx, schedule, shardings = train_state.create(
-      config, mesh, num_classes=classes, image_size=size, in_channels=3,
+  task = tasks.build(config)
+  structure, state = train_state.create(
+      task, mesh, num_classes=classes, image_size=size, in_channels=3,
       steps_per_epoch=max(1, figure['train_images'] // batch), kernels=ops.XLA)
   mean, std = tuple(config.dataset.mean), tuple(config.dataset.std)
   if figure['task'] == 'train':
-    step = steps.jit_train_step(config, graphdef, tx, schedule, mean=mean, std=std,
-                                num_classes=classes, mesh=mesh, state_shardings=shardings)
+    step = steps.jit_train_step(task, structure, mean=mean, std=std, num_classes=classes,
+                                mesh=mesh)
   else:
-    step = steps.jit_eval_step(graphdef, mean=mean, std=std, mesh=mesh,
-                               state_shardings=shardings)
+    step = steps.jit_eval_step(task, structure, mean=mean, std=std, mesh=mesh)
   rng = np.random.default_rng(0)
   host = {'image': rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8),
           'label': rng.integers(0, classes, batch).astype(np.int32)}
@@ -160,20 +161,21 @@ def compiled_memory(figure: dict[str, Any], remat: str, base=None):
   XLA:CPU undoes remat (models/remat.py).
   """
   # pylint: disable=g-import-not-at-top
-  from vision_jax import ops, parallel, steps, train_state
+  from vision_jax import ops, parallel, steps, tasks, train_state
   config = make_config(figure, remat)
   mesh = parallel.make_mesh(config, jax.devices()[:1])
   size, batch, classes = figure['image_size'], figure['batch'], figure['num_classes']
   kwargs = dict(num_classes=classes, image_size=size, in_channels=3, kernels=ops.XLA)
+  task = tasks.build(config)
   if base is None:
-    _, state, tx, schedule, shardings = train_state.create(config, mesh, steps_per_epoch=1,
-                                                           **kwargs)
-    base = (train_state.abstract(state), tx, schedule, shardings)
-  abstract_state, tx, schedule, shardings = base
-  model = nnx.eval_shape(lambda: train_state.build_model(config, mesh=mesh, **kwargs))
-  step = steps.jit_train_step(config, train_state.split(model)[0], tx, schedule,
-                              mean=(0.5,) * 3, std=(0.5,) * 3, num_classes=classes,
-                              mesh=mesh, state_shardings=shardings)
+    structure, state = train_state.create(task, mesh, steps_per_epoch=1, **kwargs)
+    base = (train_state.abstract(state), structure)
+  abstract_state, structure = base
+  models = nnx.eval_shape(lambda: train_state.build_models(task, mesh=mesh, **kwargs))
+  structure = dataclasses.replace(structure, graphdefs={
+      name: train_state.split(model)[0] for name, model in models.items()})
+  step = steps.jit_train_step(task, structure, mean=(0.5,) * 3, std=(0.5,) * 3,
+                              num_classes=classes, mesh=mesh)
   sharding = parallel.batch_sharding(mesh)
   batch_spec = {'image': jax.ShapeDtypeStruct((batch, size, size, 3), np.uint8,
                                               sharding=sharding),

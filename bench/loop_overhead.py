@@ -44,7 +44,7 @@ import numpy as np
 from absl import logging
 
 from vision_jax import config as config_lib
-from vision_jax import parallel, steps, train, train_state
+from vision_jax import parallel, steps, tasks, train, train_state
 from vision_jax.data import input_pipeline
 
 
@@ -78,13 +78,13 @@ class BareLoop:
   def __init__(self, config):
     mesh = parallel.make_mesh(config)
     data = input_pipeline.build(config)
-    graphdef, state, tx, schedule, shardings = train_state.create(
-        config, mesh, num_classes=data.num_classes, image_size=data.image_size,
+    task = tasks.build(config)
+    structure, state = train_state.create(
+        task, mesh, num_classes=data.num_classes, image_size=data.image_size,
         in_channels=data.channels,
         steps_per_epoch=max(1, data.num_train // config.train.batch_size))
-    self.step = steps.jit_train_step(config, graphdef, tx, schedule, mean=data.mean, std=data.std,
-                                     num_classes=data.num_classes, mesh=mesh,
-                                     state_shardings=shardings)
+    self.step = steps.jit_train_step(task, structure, mean=data.mean, std=data.std,
+                                     num_classes=data.num_classes, mesh=mesh)
     self.state = state
     it = input_pipeline.iterate(data.train, 0, 0)
     self.batches = [parallel.to_global(next(it), mesh) for _ in range(8)]

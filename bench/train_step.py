@@ -41,7 +41,7 @@ import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,g-bad-import-orde
 import numpy as np  # pylint: disable=g-import-not-at-top,g-bad-import-order
 
 from vision_jax import config as config_lib  # pylint: disable=g-import-not-at-top
-from vision_jax import ops, parallel, steps, train_state  # pylint: disable=g-import-not-at-top
+from vision_jax import ops, parallel, steps, tasks, train_state  # pylint: disable=g-import-not-at-top
 from vision_jax.ops import conv  # pylint: disable=g-import-not-at-top
 
 import torch  # pylint: disable=g-import-not-at-top,g-bad-import-order
@@ -170,12 +170,12 @@ def ours_step(name: str, image_size: int, batch: int, contender: str, seed: int 
                       warmup_steps=0, weight_decay=0.0)
   config.train.batch_size = batch
   mesh = parallel.make_mesh(config)
-  graphdef, state, tx, schedule, shardings = train_state.create(
-      config, mesh, num_classes=NUM_CLASSES, image_size=image_size, in_channels=3,
+  task = tasks.build(config)
+  structure, state = train_state.create(
+      task, mesh, num_classes=NUM_CLASSES, image_size=image_size, in_channels=3,
       steps_per_epoch=1, kernels=_kernels(contender, mesh))
-  step = steps.jit_train_step(config, graphdef, tx, schedule, mean=(0.5,) * 3,
-                              std=(0.5,) * 3, num_classes=NUM_CLASSES, mesh=mesh,
-                              state_shardings=shardings)
+  step = steps.jit_train_step(task, structure, mean=(0.5,) * 3,
+                              std=(0.5,) * 3, num_classes=NUM_CLASSES, mesh=mesh)
   rng = np.random.default_rng(seed)
   host = {'image': rng.integers(0, 256, (batch, image_size, image_size, 3), dtype=np.uint8),
           'label': rng.integers(0, NUM_CLASSES, batch).astype(np.int32)}
@@ -184,7 +184,7 @@ def ours_step(name: str, image_size: int, batch: int, contender: str, seed: int 
   compiled = step.lower(state, images).compile()
   compile_s = time.perf_counter() - start
   held = [state]
-  num_params = sum(x.size for x in jax.tree.leaves(state.params))
+  num_params = sum(train_state.num_params(state).values())
 
   def run() -> None:
     held[0], metrics = compiled(held[0], images)

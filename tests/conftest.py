@@ -35,14 +35,14 @@ def loop_train_step(config, *, image_size: int, channels: int, num_classes: int 
   the model built on the kernels `platform` would use (default: this backend)."""
   # pylint: disable=g-import-not-at-top
   import jax
-  from vision_jax import parallel, steps, train_state
+  from vision_jax import parallel, steps, tasks, train_state
   mesh = parallel.make_mesh(config, jax.devices()[:1])
-  graphdef, state, tx, schedule, shardings = train_state.create(
-      config, mesh, num_classes=num_classes, image_size=image_size, in_channels=channels,
+  task = tasks.build(config)
+  structure, state = train_state.create(
+      task, mesh, num_classes=num_classes, image_size=image_size, in_channels=channels,
       steps_per_epoch=10, platform=platform)
-  step = steps.jit_train_step(config, graphdef, tx, schedule, mean=(0.5,) * channels,
-                              std=(0.5,) * channels, num_classes=num_classes, mesh=mesh,
-                              state_shardings=shardings)
+  step = steps.jit_train_step(task, structure, mean=(0.5,) * channels,
+                              std=(0.5,) * channels, num_classes=num_classes, mesh=mesh)
   return step, state
 
 

@@ -28,14 +28,14 @@ _CASES = [name + variant
 @pytest.mark.parametrize('case', _CASES)
 def test_recipe_validates_and_builds(case):
   config = config_files.load_config_file(os.path.join(REPO, 'configs', case))
-  config_lib.validate(config, num_devices=1)
-  task = tasks.get(config)
-  task.validate(config)
+  task = tasks.build(config)
+  config_lib.validate(config, num_devices=1, task=task)
   size = config.dataset.image_size or 32
-  model = nnx.eval_shape(lambda: train_state.build_model(
-      config, num_classes=10, image_size=size, in_channels=3, kernels=None,
+  models = nnx.eval_shape(lambda: train_state.build_models(
+      task, num_classes=10, image_size=size, in_channels=3, kernels=None,
       platform='cpu'))
-  assert jax.tree.leaves(nnx.state(model, nnx.Param))  # It has parameters.
+  for model in models.values():
+    assert jax.tree.leaves(nnx.state(model, nnx.Param))  # It has parameters.
 
 
 @pytest.mark.parametrize('name', sorted({c.split(':')[0] for c in _CASES}))

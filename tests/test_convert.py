@@ -300,7 +300,7 @@ def test_checkpoint_holds_the_converted_arrays(converted):
   assert step == 0
   flat = {}
   for part in ('params', 'rest'):
-    for path, leaf in jax.tree_util.tree_flatten_with_path(raw[part])[0]:
+    for path, leaf in jax.tree_util.tree_flatten_with_path(raw['parts']['model'][part])[0]:
       flat[optim.param_path(path).removesuffix('/value')] = np.asarray(leaf)
   np.testing.assert_array_equal(flat['stem_conv/kernel'],
                                 weights['conv1.weight'].transpose(2, 3, 1, 0))
@@ -350,20 +350,21 @@ def test_eval_mode_reads_the_workdir(monkeypatch, converted, tmp_path):
 
 def test_init_from_accepts_the_workdir(converted):
   """config.init_from.checkpoint=DIR: every array but the new 10-way head loads."""
-  from vision_jax import config as config_lib, finetune, parallel, train_state  # pylint: disable=g-import-not-at-top
+  from vision_jax import config as config_lib, finetune, parallel, tasks, train_state  # pylint: disable=g-import-not-at-top
   out, weights = converted
   config = config_lib.base_config()
   config.model.name, config.model.fast_cpu_ops = 'resnet18', 'off'
   config.init_from.checkpoint = out
   mesh = parallel.make_mesh(config, jax.devices()[:1])
-  _, state, tx, _, shardings = train_state.create(
-      config, mesh, num_classes=10, image_size=33, in_channels=3, steps_per_epoch=1)
-  state, report = finetune.init_from_checkpoint(config, state, tx, shardings)
+  structure, state = train_state.create(
+      tasks.build(config), mesh, num_classes=10, image_size=33, in_channels=3,
+      steps_per_epoch=1)
+  state, report = finetune.init_from_checkpoint(config, state, structure)
   assert report['reinitialized'] == ['head/bias', 'head/kernel']
   assert report['counts']['loaded'] == 100  # 60 parameters, 40 BatchNorm statistics.
   assert report['unused_from_checkpoint'] == ['head/bias', 'head/kernel']
   params = {optim.param_path(p): x
-            for p, x in jax.tree_util.tree_flatten_with_path(state.params)[0]}
+            for p, x in jax.tree_util.tree_flatten_with_path(state.parts['model'].params)[0]}
   np.testing.assert_array_equal(np.asarray(params['blocks/5/conv1/kernel']),
                                 weights['layer3.1.conv1.weight'].transpose(2, 3, 1, 0))
 
@@ -383,7 +384,7 @@ def test_bit_npz_round_trip_lands_each_tensor_where_it_belongs(tmp_path):
   convert.convert('bit', 'bit_r50x1', str(tmp_path / 'BiT-M-R50x1.npz'), out)
   step, restored = checkpoint.read_state(out)
   flat = {optim.param_path(p).removesuffix('/value'): np.asarray(x)
-          for p, x in jax.tree_util.tree_flatten_with_path(restored['params'])[0]}
+          for p, x in jax.tree_util.tree_flatten_with_path(restored['parts']['model']['params'])[0]}
   assert step == 0 and flat.keys() == expected.keys()
   for path, value in expected.items():
     np.testing.assert_array_equal(flat[path], value, err_msg=path)

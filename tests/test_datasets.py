@@ -215,16 +215,16 @@ def test_mixing_maths():
 
 
 def test_mix_in_the_train_step():
-  from vision_jax import parallel, steps, train_state  # pylint: disable=g-import-not-at-top
+  from vision_jax import parallel, steps, tasks, train_state  # pylint: disable=g-import-not-at-top
   config = base_config()
   config.train.batch_size = 8
   config.model.width, config.model.hidden = 4, 16  # A small ConvNet: quick to compile.
   mesh = parallel.make_mesh(config, jax.devices()[:1])
-  graphdef, state, tx, schedule, _ = train_state.create(
-      config, mesh, num_classes=10, image_size=8, in_channels=1, steps_per_epoch=10)
+  task = tasks.build(config)
+  structure, state = train_state.create(
+      task, mesh, num_classes=10, image_size=8, in_channels=1, steps_per_epoch=10)
   mix = mixing.make_mix(num_classes=10, seed=0, mixup_alpha=0.2)
-  step = jax.jit(steps.make_train_step(graphdef, tx, schedule, mean=(0.5,), std=(0.5,),
-                                       mix=mix))
+  step = jax.jit(steps.make_train_step(task, structure, mean=(0.5,), std=(0.5,), mix=mix))
   rng = np.random.default_rng(0)
   batch = {'image': rng.integers(0, 256, (8, 8, 8, 1), dtype=np.uint8),
            'label': rng.integers(0, 10, 8).astype(np.int32)}

@@ -137,10 +137,12 @@ def test_sigterm_to_one_host_stops_every_host_at_the_same_step(tmp_path, data_di
   assert str(saved[0]) in os.listdir(workdir / 'checkpoints')
 
 
-def test_simclr_in_two_processes_equals_one_process_with_two_devices(tmp_path, data_dir):
-  """The SSL task's NT-Xent negatives span both processes' views: the same losses and k-NN
+@pytest.mark.parametrize('config', ['digits_simclr.py', 'digits_byol.py'])
+def test_ssl_in_two_processes_equals_one_process_with_two_devices(tmp_path, data_dir, config):
+  """SimCLR's NT-Xent negatives span both processes' views, BYOL's two networks (online
+  and EMA target) and their BatchNorm statistics are global: the same losses and k-NN
   accuracy as one process whose two devices hold the same global batch."""
-  args = ['--config', 'configs/digits_simclr.py', '--config.train.steps=4',
+  args = ['--config', f'configs/{config}', '--config.train.steps=4',
           '--config.train.batch_size=32', '--config.train.log_every=2',
           '--config.train.eval_every=0', '--config.checkpoint.every_steps=4',
           '--config.optim.warmup_steps=1']

@@ -213,14 +213,12 @@ def test_wants_fast_path():
 @pytest.mark.parametrize('fast', [True, False])
 def test_train_step_uses_the_fast_pool_gradient_when_built_with_it(fast):
   """The real train step (steps.make_train_step) of a model built on the fast path."""
-  from vision_jax import steps, train_state
+  from vision_jax import config as config_lib, steps, tasks, train_state
   model = create_model('convnet', 10, image_size=8, in_channels=1,
                        kernels=FAST if fast else ops.XLA)
-  graphdef, params, rest = train_state.split(model)
-  tx = optax.sgd(0.1)
-  state = train_state.TrainState(step=jnp.zeros((), jnp.int32), params=params, rest=rest,
-                                 opt_state=tx.init(params))
-  step = steps.make_train_step(graphdef, tx, lambda s: 0.1, mean=(0.5,), std=(0.5,))
+  structure, state = train_state.from_model(model, optax.sgd(0.1))
+  step = steps.make_train_step(tasks.build(config_lib.base_config()), structure,
+                               mean=(0.5,), std=(0.5,))
   batch = {'image': jnp.zeros((4, 8, 8, 1), jnp.uint8), 'label': jnp.zeros((4,), jnp.int32)}
   jaxpr = str(jax.make_jaxpr(step)(state, batch))
   assert ('select_and_scatter_add' in jaxpr) != fast  # XLA's max-pool gradient.

@@ -324,7 +324,7 @@ def test_train_step_with_accumulation_equals_one_batch():
   equal up to float32 rounding). Before the fix it did not even trace: NNX refused to build
   the model inside the accumulation scan from the outer trace's parameters."""
   from vision_jax import config as config_lib  # pylint: disable=g-import-not-at-top
-  from vision_jax import parallel, steps, train_state  # pylint: disable=g-import-not-at-top
+  from vision_jax import parallel, steps, tasks, train_state  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   batch = {'image': rng.integers(0, 256, (16, 8, 8, 1), dtype=np.uint8),
            'label': rng.integers(0, 10, 16).astype(np.int32)}
@@ -335,12 +335,13 @@ def test_train_step_with_accumulation_equals_one_batch():
     config.optim.name, config.optim.schedule = 'sgd', 'constant'
     config.model.width, config.model.hidden = 4, 16
     mesh = parallel.make_mesh(config, jax.devices()[:1])
-    graphdef, state, tx, schedule, _ = train_state.create(
-        config, mesh, num_classes=10, image_size=8, in_channels=1, steps_per_epoch=10)
-    step = jax.jit(steps.make_train_step(graphdef, tx, schedule, mean=(0.5,), std=(0.5,),
+    task = tasks.build(config)
+    structure, state = train_state.create(
+        task, mesh, num_classes=10, image_size=8, in_channels=1, steps_per_epoch=10)
+    step = jax.jit(steps.make_train_step(task, structure, mean=(0.5,), std=(0.5,),
                                          accum_steps=accum))
     state, metrics = step(state, batch)
     assert np.isfinite(metrics['loss'])
-    params[accum] = jax.tree.leaves(state.params)
+    params[accum] = jax.tree.leaves(state.parts['model'].params)
   for a, b in zip(params[1], params[4]):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)

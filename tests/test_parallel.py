@@ -26,7 +26,7 @@ from vision_jax.errors import ConfigError
 _STEPS_SCRIPT = r'''
 import json, sys
 import jax, numpy as np
-from vision_jax import config as config_lib, models, parallel, steps, train_state
+from vision_jax import config as config_lib, models, parallel, steps, tasks, train_state
 from vision_jax.models import resnet
 
 class TinyResNet(resnet.ResNet):
@@ -44,9 +44,11 @@ def run(num_devices, data, fsdp, num_steps=3, batch=16, fast=False, accum=1):
   config.mesh.data, config.mesh.fsdp, config.mesh.fsdp_min_mib = data, fsdp, 0.0
   config.train.batch_size = batch
   mesh = parallel.make_mesh(config, jax.devices()[:num_devices])
-  graphdef, state, tx, schedule, shardings = train_state.create(
-      config, mesh, num_classes=10, image_size=8, in_channels=3, steps_per_epoch=10)
-  step = jax.jit(steps.make_train_step(graphdef, tx, schedule, mean=(0.5,) * 3,
+  task = tasks.build(config)
+  structure, state = train_state.create(
+      task, mesh, num_classes=10, image_size=8, in_channels=3, steps_per_epoch=10)
+  shardings = structure.shardings
+  step = jax.jit(steps.make_train_step(task, structure, mean=(0.5,) * 3,
                                        std=(0.5,) * 3, accum_steps=accum),
                  in_shardings=(shardings, parallel.batch_sharding(mesh)),
                  out_shardings=(shardings, parallel.replicated(mesh)), donate_argnums=0)
@@ -59,11 +61,11 @@ def run(num_devices, data, fsdp, num_steps=3, batch=16, fast=False, accum=1):
             'label': rng.integers(0, 10, batch).astype(np.int32)}
     state, metrics = step(state, parallel.to_global(host, mesh))
     losses.append(float(jax.block_until_ready(metrics)['loss']))
-  leaves = jax.tree_util.tree_leaves_with_path(state.params)
-  mu = jax.tree.leaves(state.opt_state)
+  leaves = jax.tree_util.tree_leaves_with_path(state.parts['model'].params)
+  mu = jax.tree.leaves(state.parts['model'].opt_state)
   # The eval step as training and --mode=eval jit it: every device gets its rows.
-  eval_step = steps.jit_eval_step(graphdef, mean=(0.5,) * 3, std=(0.5,) * 3, mesh=mesh,
-                                     state_shardings=shardings)
+  eval_step = steps.jit_eval_step(task, structure, mean=(0.5,) * 3, std=(0.5,) * 3,
+                                  mesh=mesh)
   eval_batch = {'image': spec, 'label': jax.ShapeDtypeStruct((batch,), np.int32),
                 'mask': jax.ShapeDtypeStruct((batch,), np.float32)}
   eval_rows = eval_step.lower(state, eval_batch).compile().input_shardings[0][1][
@@ -72,7 +74,8 @@ def run(num_devices, data, fsdp, num_steps=3, batch=16, fast=False, accum=1):
           'params': {jax.tree_util.keystr(p): np.asarray(x).ravel().tolist() for p, x in leaves},
           'sharded_params': sum('fsdp' in str(x.sharding.spec) for _, x in leaves),
           'sharded_opt': sum('fsdp' in str(getattr(x.sharding, 'spec', '')) for x in mu),
-          'batch_stats_shards': len(state.rest['stem_bn']['mean'].addressable_shards),
+          'batch_stats_shards': len(
+              state.parts['model'].rest['stem_bn']['mean'].addressable_shards),
           'per_device_ops': 'manual_computation' in hlo, 'eval_rows_per_device': eval_rows}
 
 print('RESULT ' + json.dumps({'one': run(1, -1, 1), 'data8': run(8, -1, 1),

@@ -128,7 +128,7 @@ def test_bce_loss_against_a_hand_computed_value():
 
 
 def test_the_train_step_minimises_the_configured_loss():
-  from vision_jax import parallel, steps, train_state  # pylint: disable=g-import-not-at-top
+  from vision_jax import parallel, steps, tasks, train_state  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   batch = {'image': rng.integers(0, 256, (8, 8, 8, 1), dtype=np.uint8),
            'label': rng.integers(0, 10, 8).astype(np.int32)}
@@ -138,14 +138,15 @@ def test_the_train_step_minimises_the_configured_loss():
   config.model.fast_cpu_ops = 'off'  # XLA's own ops: nothing to build.
   config.optim.loss, config.optim.bce_target_threshold = 'bce', 0.2
   mesh = parallel.make_mesh(config, jax.devices()[:1])
-  graphdef, state, tx, schedule, _ = train_state.create(
-      config, mesh, num_classes=10, image_size=8, in_channels=1, steps_per_epoch=10)
-  model = train_state.merge(graphdef, state.params, state.rest)
+  task = tasks.build(config)
+  structure, state = train_state.create(
+      task, mesh, num_classes=10, image_size=8, in_channels=1, steps_per_epoch=10)
+  model = structure.model(state, 'model')
   from vision_jax.data.normalize import normalize  # pylint: disable=g-import-not-at-top
   logits = model(normalize(jnp.asarray(batch['image']), (0.5,), (0.5,)), train=True)
   want = losses.binary_cross_entropy(logits, batch['label'], 10, target_threshold=0.2).mean()
-  step = steps.jit_train_step(config, graphdef, tx, schedule, mean=(0.5,), std=(0.5,),
-                              num_classes=10, mesh=mesh, state_shardings=None)
+  step = steps.jit_train_step(task, structure, mean=(0.5,), std=(0.5,),
+                              num_classes=10, mesh=mesh)
   _, metrics = step(state, batch)
   np.testing.assert_allclose(metrics['loss'], want, rtol=1e-5)
 

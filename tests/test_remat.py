@@ -18,6 +18,7 @@ from flax import nnx
 from vision_jax import config as config_lib
 from vision_jax import models
 from vision_jax import ops
+from vision_jax import tasks
 from vision_jax import train_state
 from vision_jax.errors import ConfigError
 from vision_jax.models import bit, resnet
@@ -148,12 +149,13 @@ def test_remat_is_a_config_option_of_the_residual_models_only():
   config = config_lib.base_config()
   config.model.name, config.model.remat = 'resnet50', 'blocks'
   config_lib.validate(config, num_devices=1)
-  model = nnx.eval_shape(lambda: train_state.build_model(
-      config, num_classes=10, image_size=32, in_channels=3))
+  build = lambda: train_state.build_models(tasks.build(config), num_classes=10,
+                                           image_size=32, in_channels=3)['model']
+  model = nnx.eval_shape(build)
   assert model.remat == 'blocks'
   config.model.remat = 'sometimes'
   with pytest.raises(ConfigError, match='remat'):
-    train_state.build_model(config, num_classes=10, image_size=32, in_channels=3)
+    build()
   config.model.name = 'convnet'
   with pytest.raises(ConfigError, match="config.model.remat is not an option of model "
                                         "'convnet'"):

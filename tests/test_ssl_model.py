@@ -14,6 +14,7 @@ from vision_jax import finetune
 from vision_jax import models
 from vision_jax import parallel
 from vision_jax import train_state
+from vision_jax import tasks
 from vision_jax.models import resnet
 from vision_jax.models import ssl
 
@@ -126,7 +127,7 @@ def test_init_from_an_ssl_checkpoint_loads_the_backbone_and_skips_the_projector(
   monkeypatch.setitem(models._REGISTRY, 'tiny_resnet', TinyResNet)
   _, params, rest = train_state.split(tiny[1])
   saver = checkpoint.Checkpointer(str(tmp_path), keep=1, async_save=False)
-  saver.save(7, {'step': np.int32(7), 'params': params, 'rest': rest, 'opt_state': {}},
+  saver.save(7, {'step': np.int32(7), 'parts': {'model': {'params': params, 'rest': rest}}},
              {'next_step': 7})
   saver.close()
 
@@ -134,9 +135,9 @@ def test_init_from_an_ssl_checkpoint_loads_the_backbone_and_skips_the_projector(
   config.model.name, config.model.width = 'tiny_resnet', 4
   config.init_from.checkpoint = str(tmp_path)
   mesh = parallel.make_mesh(config, jax.devices()[:1])
-  _, state, tx, _, shardings = train_state.create(config, mesh, num_classes=10, image_size=8,
-                                                  in_channels=1, steps_per_epoch=10)
-  state, report = finetune.init_from_checkpoint(config, state, tx, shardings)
+  structure, state = train_state.create(tasks.build(config), mesh, num_classes=10,
+                                        image_size=8, in_channels=1, steps_per_epoch=10)
+  state, report = finetune.init_from_checkpoint(config, state, structure)
   source = finetune.flat(params) | finetune.flat(rest)
   backbone = sorted(k for k in source if k.split('/')[0] not in SSL_ONLY)
   assert report['checkpoint_step'] == 7
@@ -144,6 +145,6 @@ def test_init_from_an_ssl_checkpoint_loads_the_backbone_and_skips_the_projector(
   assert sorted(report['reinitialized']) == ['head/bias', 'head/kernel']
   assert report['unused_from_checkpoint'] == sorted(
       k for k in source if k.split('/')[0] in SSL_ONLY)
-  loaded = finetune.flat(state.params) | finetune.flat(state.rest)
+  loaded = finetune.flat(state.parts['model'].params) | finetune.flat(state.parts['model'].rest)
   for path in backbone:
     np.testing.assert_array_equal(loaded[path], source[path], err_msg=path)

@@ -50,7 +50,7 @@ def _two_steps(config, workdir: str, **overrides) -> dict:
 def test_segmentation_eval_driver_miou_equals_sklearn_with_a_padded_last_batch():
   config = config_lib.base_config()
   config.task.name = 'segmentation'
-  task = tasks.get(config)
+  task = tasks.build(config)
   rng = np.random.default_rng(0)
   k, n, b = 4, 10, 4  # 3 batches; the last one holds 2 real rows and 2 padded copies.
   labels = rng.integers(0, k, (n, 6, 6)).astype(np.uint8)
@@ -110,7 +110,7 @@ def _canvas_png(path: str, image: np.ndarray) -> None:
 
 def test_digits_segmentation_train_eval_predict_export(tmp_path, data_dir):
   # pylint: disable=g-import-not-at-top
-  from vision_jax import export, inference, predict
+  from vision_jax import export, inference
   from vision_jax.data import digits_segmentation  # pylint: disable=g-import-not-at-top
   work = str(tmp_path / 'seg')
   small = ['--config.train.steps=2', '--config.train.batch_size=8', '--config.model.width=8',
@@ -135,8 +135,8 @@ def test_digits_segmentation_train_eval_predict_export(tmp_path, data_dir):
   _canvas_png(str(tmp_path / 'big.png'), big)
   out = str(tmp_path / 'masks')
   loaded = inference.load(work, config)
-  predict.write_masks(loaded, [str(tmp_path / 'canvas.png'), str(tmp_path / 'big.png')],
-                      output=out)  # --mode=predict of a segmentation run
+  loaded.task.predict(loaded, [str(tmp_path / 'canvas.png'), str(tmp_path / 'big.png')],
+                      output=out, top_k=1)  # --mode=predict of a segmentation run
   with open(os.path.join(out, 'predictions.json')) as f:
     predictions = json.load(f)
   for entry, (h, w) in zip(predictions, [(32, 32), (40, 50)]):
@@ -197,7 +197,7 @@ def test_cifar10_simclr_config_runs_two_steps_on_mock_data(tmp_path, monkeypatch
 _DEVICES_SCRIPT = r'''
 import json
 import jax, numpy as np
-from vision_jax import config as config_lib, parallel, steps, train_state
+from vision_jax import config as config_lib, parallel, steps, tasks, train_state
 config = config_lib.base_config()
 config.task.name = 'simclr'
 config.task.projector_hidden_dim, config.task.projector_output_dim = 32, 16
@@ -210,13 +210,14 @@ out = {}
 for n in (1, 8):
   config.mesh.data = n
   mesh = parallel.make_mesh(config, jax.devices()[:n])
-  graphdef, state, tx, schedule, shardings = train_state.create(
-      config, mesh, num_classes=10, image_size=8, in_channels=1, steps_per_epoch=10)
-  step = steps.jit_train_step(config, graphdef, tx, schedule, mean=(0.5,), std=(0.5,),
-                              num_classes=10, mesh=mesh, state_shardings=shardings)
+  task = tasks.build(config)
+  structure, state = train_state.create(
+      task, mesh, num_classes=10, image_size=8, in_channels=1, steps_per_epoch=10)
+  step = steps.jit_train_step(task, structure, mean=(0.5,), std=(0.5,),
+                              num_classes=10, mesh=mesh)
   state, metrics = step(state, parallel.to_global(batch, mesh))
   out[n] = {'loss': float(metrics['loss']),
-            'fc1': np.asarray(state.params['fc1']['kernel']).ravel()[:64].tolist()}
+            'fc1': np.asarray(state.parts['model'].params['fc1']['kernel']).ravel()[:64].tolist()}
 print(json.dumps(out))
 '''
 
@@ -249,7 +250,8 @@ def test_simclr_resume_is_bit_identical(tmp_path, data_dir):
   _two_steps(_config('digits_simclr.py'), b, **small)
   (step_a, state_a), (step_b, state_b) = read_state(a), read_state(b)
   assert step_a == step_b == 4
-  leaves_a, leaves_b = jax.tree.leaves(state_a['params']), jax.tree.leaves(state_b['params'])
+  leaves_a = jax.tree.leaves(state_a['parts'])
+  leaves_b = jax.tree.leaves(state_b['parts'])
   assert len(leaves_a) == len(leaves_b) > 0
   for x, y in zip(leaves_a, leaves_b):
     np.testing.assert_array_equal(x, y)

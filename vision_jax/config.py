@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from typing import Any
-
 import ml_collections
 
 from vision_jax.errors import ConfigError
@@ -25,6 +23,9 @@ def base_config() -> ml_collections.ConfigDict:
   """Every key a run understands, with its default (the digits default run)."""
   c = ml_collections.ConfigDict()
   c.seed = 0
+  # Modules imported before the task and model are built: a fork's own tasks and models
+  # (tasks.register / models.register at import) become reachable from the CLI.
+  c.imports = ()
 
   c.dataset = ml_collections.ConfigDict()
   c.dataset.name = 'digits'         # A tfds name, 'digits', or 'folder:/path/to/root'.
@@ -128,6 +129,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.init_from.skip = ('head/.*',)    # Regexes of variables re-initialised, not loaded.
   c.init_from.zero_init_skipped = True  # Re-initialise skipped variables to zeros.
   c.init_from.use_ema = False        # Start from the checkpoint's EMA weights (if it has).
+  c.init_from.parts = ()             # ((our part, its part), ...); () = same names.
 
   # The device mesh, axes ('data', 'fsdp'); the batch is split over both (every device
   # computes on its share of the global batch). data x fsdp must equal the device count.
@@ -137,13 +139,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh.fsdp_min_mib = 4.0         # Arrays smaller than this stay replicated under FSDP.
   c.mesh.slices = 1                 # Multi-slice TPU: the data axis over this many slices.
   c.task = ml_collections.ConfigDict()  # What is trained: vision_jax/tasks.
-  c.task.name = 'classification'    # 'classification' | 'segmentation' | 'simclr'.
+  c.task.name = 'classification'    # 'classification' | 'segmentation' | 'simclr' | 'byol'.
   c.task.ignore_label = 255         # segmentation: label-map value that is no class.
   c.task.num_classes = 0            # segmentation folder without classes.txt: its classes.
   c.task.scale_range = (0.5, 2.0)   # segmentation: random scale of the training crop.
   c.task.flip = True                # segmentation: random horizontal flip.
   c.task.pets_border = 'ignore'     # oxford_iiit_pet trimap border: 'ignore' | 'class'.
-  c.task.views = 'simclr'           # simclr: two-view recipe (data/two_views.py), or 'byol'.
+  c.task.views = 'simclr'           # simclr, byol: two-view recipe (data/two_views.py): simclr | byol.
   c.task.crop_min_scale = 0.08      # simclr: smallest random-resized-crop area.
   c.task.color_jitter_strength = 1.0  # simclr: SimCLR's s (0.5 on CIFAR).
   c.task.blur = 'auto'              # simclr: 'auto' (from 64 px) | 'on' | 'off'.
@@ -153,6 +155,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.task.projector_layers = 2
   c.task.knn_k = 200                # simclr eval: neighbours voting ...
   c.task.knn_temperature = 0.1      # ... with weight exp(cosine / this).
+  c.task.predictor_hidden_dim = 4096  # byol: the online predictor MLP's hidden width.
+  c.task.target_decay = 0.996       # byol: target EMA decay at step 0, cosine to 1 at the end.
   return c
 
 
@@ -160,6 +164,18 @@ def did_you_mean(name: str, options) -> str:
   """The sentence 'Did you mean X?' for the option closest to a misspelt `name`, or ''."""
   match = difflib.get_close_matches(name, list(options), n=1)
   return f' Did you mean {match[0]!r}?' if match else ''
+
+
+def import_extensions(config: ml_collections.ConfigDict) -> None:
+  """Imports the modules of `config.imports` (each registers its tasks or models)."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  for name in config.imports:
+    try:
+      importlib.import_module(name)
+    except ImportError as e:
+      raise ConfigError(f'config.imports names {name!r}, which cannot be imported ({e}). Name '
+                        'a module on the Python path (e.g. run from the directory that holds '
+                        'it, or pip install -e your fork).') from e
 
 
 def check_keys(config: ml_collections.ConfigDict) -> None:
@@ -186,18 +202,12 @@ def _positive(config, dotted: str) -> None:
     raise ConfigError(f'config.{dotted} must be a positive integer, got {value!r}.')
 
 
-def model_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """config.model minus name and fast_cpu_ops: the keyword arguments of its constructor."""
-  return {k: v for k, v in config.model.items() if k not in ('name', 'fast_cpu_ops')}
-
-
 EVAL_METRICS = ('accuracy', 'top5', 'loss')  # What classification writes per split.
 
 
-def eval_metric_names(config: ml_collections.ConfigDict) -> list[str]:
-  """'split/metric' for every scalar an evaluation of this config produces."""
-  from vision_jax import tasks  # pylint: disable=g-import-not-at-top
-  metrics = tasks.get(config).eval_metrics
+def eval_metric_names(config: ml_collections.ConfigDict, task) -> list[str]:
+  """'split/metric' for every scalar an evaluation of this config's task produces."""
+  metrics = task.eval_metrics
   return [f'{split}/{m}' for split in config.dataset.eval_splits for m in metrics]
 
 
@@ -208,9 +218,11 @@ def _choice(config, dotted: str, allowed: tuple) -> None:
                       f'{", ".join(map(repr, allowed))}.')
 
 
-def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
-  """Raises ConfigError naming the key, the bad value and what is allowed."""
+def validate(config: ml_collections.ConfigDict, num_devices: int, task=None) -> None:
+  """Raises ConfigError naming the key, the bad value and what is allowed. `task` is the
+  run's task (vision_jax.tasks.build(config)); built here when not given."""
   from vision_jax import models  # pylint: disable=g-import-not-at-top
+  from vision_jax import tasks  # pylint: disable=g-import-not-at-top
   check_keys(config)
   for dotted in ('train.batch_size', 'train.steps', 'eval.batch_size', 'train.log_every',
                  'checkpoint.every_steps', 'checkpoint.keep'):
@@ -219,26 +231,27 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   if not isinstance(size, int) or isinstance(size, bool) or size < 0:
     raise ConfigError(f'config.dataset.image_size must be a whole number of pixels >= 0 '
                       f'(0 = the dataset\'s own size), got {size!r}.')
-  from vision_jax import tasks  # pylint: disable=g-import-not-at-top
-  _choice(config, 'task.name', tasks.NAMES)
+  _choice(config, 'task.name', tasks.names())
+  task = task or tasks.build(config)
   _choice(config, 'checkpoint.keep_best_mode', ('max', 'min'))
   _choice(config, 'checkpoint.on_corrupt', ('error', 'previous'))
   best = config.checkpoint.keep_best
-  if best and best not in eval_metric_names(config):
+  if best and best not in eval_metric_names(config, task):
     raise ConfigError(f'config.checkpoint.keep_best={best!r} is not a metric evaluation '
                       f'produces, so no checkpoint would ever be kept as best. Use one of: '
-                      f'{", ".join(eval_metric_names(config))} (split/metric), or \'\'.')
+                      f'{", ".join(eval_metric_names(config, task))} (split/metric), or \'\'.')
   if config.model.name not in models.list_models():
     raise ConfigError(f'Unknown model config.model.name={config.model.name!r}.'
                       f'{did_you_mean(config.model.name, models.list_models())} Known models: '
                       f'{", ".join(models.list_models())}.')
-  tasks.get(config).validate(config)
+  task.validate()
   accepted = inspect.signature(models.model_class(config.model.name).__init__).parameters
   options = [p for p in accepted if p not in ('self', 'num_classes', 'rngs', 'kernels')]
-  for key in model_kwargs(config):
+  for key in task.model_options():
     if key not in options:
       raise ConfigError(f'config.model.{key} is not an option of model '
-                        f'{config.model.name!r}. Its options: {", ".join(options)}.')
+                        f'{config.model.name!r}.{did_you_mean(key, options)} Its options: '
+                        f'{", ".join(options)}.')
   # pylint: disable=g-import-not-at-top
   import jax
   from vision_jax import ops

@@ -134,11 +134,21 @@ def from_workdir_json(path: str) -> ml_collections.ConfigDict:
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> None:
   """`--config.key=value` arguments applied to a config that came from a workdir's
-  config.json (with --config, ml_collections applies them itself). A value is read as a
-  Python literal, else as a string, as ml_collections does."""
+  config.json, and every `--config.model.<option>=value` (with --config, ml_collections
+  applies the others itself). A value is read as a Python literal, else as a string, as
+  ml_collections does. config.model takes options the file does not list: the chosen
+  model's constructor says which exist (config.validate refuses the others)."""
   for arg in overrides:
     dotted, _, text = arg[len('--config.'):].partition('=')
     node, keys = config, dotted.split('.')
+    if len(keys) == 2 and keys[0] == 'model' and keys[1] not in config.model:
+      try:
+        value = ast.literal_eval(text)
+      except (ValueError, SyntaxError):
+        value = text
+      with config.unlocked():
+        config.model[keys[1]] = tuple(value) if isinstance(value, list) else value
+      continue
     for i, key in enumerate(keys):
       if not isinstance(node, ml_collections.ConfigDict) or key not in node:
         where = 'config.' + '.'.join(keys[:i]) if i else 'config'

@@ -213,16 +213,20 @@ def write_workdir(arrays: Mapping[str, np.ndarray], config, dataset: dict,
   """
   import jax  # pylint: disable=g-import-not-at-top
   from vision_jax import checkpoint, ops, parallel  # pylint: disable=g-import-not-at-top
-  from vision_jax import train_state  # pylint: disable=g-import-not-at-top
+  from vision_jax import tasks, train_state  # pylint: disable=g-import-not-at-top
   output = _check_output(output)
   mesh = parallel.make_mesh(config)
   # XLA's kernels: the same state on any kernels, and nothing is built just to convert.
-  _, state, tx, _, shardings = train_state.create(
-      config, mesh, num_classes=dataset['num_classes'], image_size=dataset['image_size'],
-      in_channels=dataset['channels'], steps_per_epoch=1, kernels=ops.XLA)
-  params, rest = place_arrays(arrays, state.params, state.rest)
-  opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
-  state = state.replace(params=params, rest=rest, opt_state=opt_state)
+  structure, state = train_state.create(
+      tasks.build(config), mesh, num_classes=dataset['num_classes'],
+      image_size=dataset['image_size'], in_channels=dataset['channels'], steps_per_epoch=1,
+      kernels=ops.XLA)
+  part = state.parts['model']
+  params, rest = place_arrays(arrays, part.params, part.rest)
+  opt_state = jax.jit(structure.txs['model'].init,
+                      out_shardings=structure.shardings.parts['model'].opt_state)(params)
+  state = state.replace_part('model', train_state.Part(params=params, rest=rest,
+                                                       opt_state=opt_state))
   ckpt = checkpoint.Checkpointer(output, keep=config.checkpoint.keep, async_save=False)
   ckpt.save(0, state, {'next_step': 0, 'seed': config.seed,
                        'global_batch': config.train.batch_size})

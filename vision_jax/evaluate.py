@@ -1,11 +1,11 @@
 """Evaluation over a whole split: every example counted once, metrics computed on the host.
 
-The one eval driver of every task (vision_jax/tasks). A classification eval step returns
-per-example losses and top-k predictions (replicated on every host), so the masked padding
-rows of the last batch are dropped here and any metric, top-1, top-5, per-class accuracy
-or a confusion matrix, comes from the same arrays; a segmentation step returns sums over
-its batch (a confusion matrix counted on device, padding excluded there), added up here;
-the task summarises a split (SimCLR: k-NN against the train split's features). `write_results` is
+The one eval driver of every task (vision_jax/tasks). An eval step returns per-example rows
+(e.g. losses and top-k predictions, replicated on every host), whose masked padding rows of
+the last batch are dropped here so that any metric comes from the same arrays, and sums
+over its batch (outputs named 'sum_*', e.g. a confusion matrix counted on device, padding
+excluded there), added up here; the task summarises a split (possibly against a context
+such as a k-NN bank of the train split's features). `write_results` is
 the one place that writes results.json and the confusion files, for training and for
 `run` (--mode=eval: the same evaluation on a saved checkpoint, without training).
 """
@@ -23,7 +23,6 @@ from jax.sharding import Mesh
 
 from vision_jax import parallel
 from vision_jax import steps
-from vision_jax.tasks.classification import confusion_matrix, summarize  # pylint: disable=unused-import  # Re-exported: classification's split summary.
 
 
 def collect(eval_step: Callable, state, batches: Iterable, mesh: Mesh) -> dict[str, np.ndarray]:
@@ -57,13 +56,9 @@ def collect(eval_step: Callable, state, batches: Iterable, mesh: Mesh) -> dict[s
   return {k: np.concatenate(v) for k, v in parts.items()} | sums
 
 
-def evaluate_splits(eval_step: Callable, state, data, mesh: Mesh, task=None
-                    ) -> dict[str, dict]:
+def evaluate_splits(eval_step: Callable, state, data, mesh: Mesh, task) -> dict[str, dict]:
   """The task's summary of collect(...) for every eval split of `data` (an
-  input_pipeline.Data); `task` (vision_jax.tasks) defaults to classification."""
-  if task is None:
-    from vision_jax.tasks.classification import Classification  # pylint: disable=g-import-not-at-top
-    task = Classification()
+  input_pipeline.Data)."""
   context = task.eval_context(data, lambda batches: collect(eval_step, state, batches, mesh))
   results = {}
   for split in data.evals:
@@ -136,30 +131,28 @@ def write_results(workdir: str, step: int, results: dict[str, dict],
   return out
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, output: str | None = None) -> dict:
+def run(config: ml_collections.ConfigDict, workdir: str, output: str | None = None, *,
+        task=None) -> dict:
   """--mode=eval: the latest (or config.eval.checkpoint) checkpoint on the eval splits.
 
   Writes results.json (eval/<split>), confusion_<split>.json and confusion_<split>.png
   into the workdir, or into `output` (a directory; e.g. for a read-only workdir); never
-  trains or changes a checkpoint.
+  trains or changes a checkpoint. `task`: the run's task (main builds it once).
   """
   from vision_jax import inference  # pylint: disable=g-import-not-at-top
   from vision_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
-  from vision_jax import tasks  # pylint: disable=g-import-not-at-top
-  loaded = inference.load(workdir, config, portable=False)
-  task = tasks.get(config)
-  data = task.build_data(
-      config, input_pipeline.HostShard(jax.process_index(), jax.process_count()))
+  loaded = inference.load(workdir, config, portable=False, task=task)
+  task = loaded.task
+  data = task.build_data(input_pipeline.HostShard(jax.process_index(), jax.process_count()))
   if (data.num_classes, data.channels) != (loaded.num_classes, loaded.image_shape[2]):
     raise inference.WorkdirError(
         f'The configured dataset {config.dataset.name!r} has {data.num_classes} classes and '
         f'{data.channels} channels; the run in {workdir} was trained on '
         f'{loaded.num_classes} and {loaded.image_shape[2]}. Evaluate on the dataset it was '
         'trained on.')
-  eval_step = steps.jit_eval_step(loaded.graphdef, mean=loaded.mean, std=loaded.std,
-                            mesh=loaded.mesh,
-                            state_shardings=jax.tree.map(lambda x: x.sharding, loaded.state),
-                            task=task)
+  eval_step = steps.jit_eval_step(
+      task, loaded.structure, mean=loaded.mean, std=loaded.std, mesh=loaded.mesh,
+      state_shardings=jax.tree.map(lambda x: x.sharding, loaded.state))
   logging.info('Evaluating checkpoint %d of %s on %s.', loaded.step, workdir, list(data.evals))
   results = evaluate_splits(eval_step, loaded.state, data, loaded.mesh, task)
   if output:

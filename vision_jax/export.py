@@ -4,8 +4,9 @@
 
 writes W/export/:
 
-  model.stablehlo      jax.export of serve(weights, images) -> logits ([N, K]; per pixel
-                       [N, H, W, K] for segmentation, features [N, F] for SimCLR): the run's
+  model.stablehlo      jax.export of serve(weights, images) -> the task's eval output
+                       (class logits [N, K], per-pixel logits [N, H, W, K], features
+                       [N, F]; metadata.json's output.meaning says which): the run's
                        normalisation + the model in eval mode, for uint8 NHWC images of any
                        batch size (a symbolic batch dimension), lowered for CPU, CUDA and TPU
   weights.npz          the arrays `weights` stands for (w0000, w0001, ...), in order
@@ -164,7 +165,6 @@ def eval_preprocessing(dataset: dict, size: int, convert_channels: int = 0) -> d
 def export(loaded, export_dir: str, *, saved_model: bool = True) -> dict:
   """Writes the artefact of `loaded` (an inference.Loaded) into export_dir; its metadata."""
   import jax  # pylint: disable=g-import-not-at-top
-  from vision_jax import tasks  # pylint: disable=g-import-not-at-top
   serve, weights = _serve_fn(loaded)
   height, width, channels = loaded.image_shape
   batch = jax.export.symbolic_shape(f'b, {height}, {width}, {channels}')
@@ -187,7 +187,8 @@ def export(loaded, export_dir: str, *, saved_model: bool = True) -> dict:
                         'formula': '(x / 255 - mean) / std, inside the function'},
       'output': {'logits': [None] + list(jax.eval_shape(
           serve, specs[0], jax.ShapeDtypeStruct((1, height, width, channels), np.uint8)
-      ).shape[1:]), 'dtype': 'float32', 'task': tasks.get(loaded.config).name},
+      ).shape[1:]), 'dtype': 'float32', 'task': loaded.task.name,
+                 'meaning': loaded.task.served_outputs},
       'num_classes': loaded.num_classes,
       'class_names': loaded.class_names,
       'num_weights': len(weights),
@@ -205,13 +206,13 @@ def export(loaded, export_dir: str, *, saved_model: bool = True) -> dict:
   return metadata
 
 
-def run(config, workdir: str, output: str | None = None) -> dict:
+def run(config, workdir: str, output: str | None = None, *, task=None) -> dict:
   """--mode=export: the latest (or config.eval.checkpoint) checkpoint into workdir/export
   (or `output`). One export per directory: a new one replaces the old atomically, so TF
-  Serving never sees two versions (or half of one)."""
+  Serving never sees two versions (or half of one). `task`: the run's task."""
   import jax  # pylint: disable=g-import-not-at-top
   from vision_jax import inference  # pylint: disable=g-import-not-at-top
-  loaded = inference.load(workdir, config)
+  loaded = inference.load(workdir, config, task=task)
   export_dir = os.path.abspath(output or os.path.join(workdir, 'export'))
   if jax.process_index() != 0:
     return {}

@@ -12,6 +12,7 @@ import functools
 import json
 import os
 import re
+from typing import Any
 
 import jax
 import ml_collections
@@ -37,16 +38,17 @@ class Loaded:
   workdir: str
   step: int
   dataset: dict  # dataset.json: num_classes, image_size, channels, class_names, mean, std.
-  graphdef: nnx.GraphDef
+  task: Any  # The run's vision_jax.tasks.Task.
+  structure: train_state.Structure
   state: train_state.TrainState  # As saved: what the eval step (and its EMA switch) takes.
   mesh: jax.sharding.Mesh
 
   @functools.cached_property
   def serving_state(self) -> train_state.TrainState:
-    """The weights and statistics training evaluates (their moving average when the run
-    keeps one), without optimiser state: what predict, export and the pictures run."""
-    params, rest = self.state.eval_variables()
-    return self.state.replace(params=params, rest=rest, opt_state=None, ema=None)
+    """The parts the task serves, with the weights and statistics training evaluates
+    (their moving average when the run keeps one), without optimiser state: what
+    predict, export and the pictures run."""
+    return self.state.serving(self.task.serving_parts)
 
   @property
   def class_names(self) -> list[str]:
@@ -71,17 +73,16 @@ class Loaded:
   def std(self) -> tuple[float, ...]:
     return tuple(float(s) for s in self.dataset['std'])
 
-  def model(self) -> nnx.Module:
-    """The trained model as an NNX module (call it as `model(x, train=False)`)."""
-    return train_state.merge(self.graphdef, self.serving_state.params,
-                             self.serving_state.rest)
+  def model(self, part: str | None = None) -> nnx.Module:
+    """A trained network as an NNX module (call it as `model(x, train=False)`): `part`, by
+    default the first the task serves."""
+    return self.structure.model(self.serving_state, part or self.task.serving_parts[0])
 
   def apply(self, state: train_state.TrainState, images: jax.Array) -> jax.Array:
-    """Pure `(state, NHWC images in 0..255, uint8 or float) -> float32 logits` (the task's
-    eval output: [N, K], per-pixel [N, H, W, K], or SimCLR's features [N, F])."""
-    from vision_jax import tasks  # pylint: disable=g-import-not-at-top
-    model = train_state.merge(self.graphdef, state.params, state.rest)
-    return tasks.get(self.config).apply(model, normalize(images, self.mean, self.std))
+    """Pure `(serving state, NHWC images in 0..255, uint8 or float) -> float32 outputs`
+    (the task's eval output: [N, K] logits, per-pixel [N, H, W, K], features [N, F])."""
+    models = {name: self.structure.model(state, name) for name in self.task.serving_parts}
+    return self.task.apply(models, normalize(images, self.mean, self.std))
 
   @functools.cached_property
   def _jitted_logits(self):
@@ -144,28 +145,32 @@ def resolve_step(workdir: str, checkpoint_arg: str | int | None) -> tuple[str, i
 
 def load(workdir: str, config: ml_collections.ConfigDict,
          checkpoint_arg: str | int | None = None, devices=None, *,
-         portable: bool = True) -> Loaded:
+         portable: bool = True, task=None) -> Loaded:
   """Restores a checkpoint of the run in `workdir`: `checkpoint_arg` if given, else
-  config.eval.checkpoint ('' = the latest).
+  config.eval.checkpoint ('' = the latest). `task`: the run's task (main builds it once;
+  by default built from `config`).
 
   The model is built on XLA's own ops (`portable`: what predict and export run, the same
   function on every platform), or with portable=False on the kernels training used
   (--mode=eval, which reproduces training's evaluation).
   """
   if checkpoint_arg is None:
-    checkpoint_arg = config.eval.get('checkpoint', '')  # Older config.json files lack it.
+    checkpoint_arg = config.eval.checkpoint
   ckpt_workdir, step = resolve_step(workdir, checkpoint_arg)
   dataset = read_dataset_json(workdir)
   mesh = parallel.make_mesh(config, devices)
   steps_per_epoch = max(1, int(dataset.get('num_train', 1)) // config.train.batch_size)
-  graphdef, state, _, _, _ = train_state.create(
-      config, mesh, num_classes=int(dataset['num_classes']),
+  if task is None:
+    from vision_jax import tasks  # pylint: disable=g-import-not-at-top
+    task = tasks.build(config)
+  structure, state = train_state.create(
+      task, mesh, num_classes=int(dataset['num_classes']),
       image_size=int(dataset['image_size']), in_channels=int(dataset['channels']),
       steps_per_epoch=steps_per_epoch, kernels=ops.XLA if portable else None)
   target = train_state.abstract(state)
   del state  # Only its shapes and shardings are needed.
   ckpt = checkpoint.Checkpointer(ckpt_workdir, keep=config.checkpoint.keep, read_only=True)
-  on_corrupt = config.checkpoint.get('on_corrupt', 'error')
+  on_corrupt = config.checkpoint.on_corrupt
   try:
     if not str(checkpoint_arg or '').strip() and on_corrupt == 'previous':
       # The latest that restores (a damaged one is reported and skipped, not moved: that
@@ -185,4 +190,4 @@ def load(workdir: str, config: ml_collections.ConfigDict,
   finally:
     ckpt.close()
   return Loaded(config=config, workdir=workdir, step=step, dataset=dataset,
-                graphdef=graphdef, state=state, mesh=mesh)
+                task=task, structure=structure, state=state, mesh=mesh)

@@ -56,6 +56,7 @@ class UsageError(UserError):
 # --config.key=value given without --config (eval, predict, export read the workdir's
 # config.json): taken out of argv before absl sees them, applied to that config.
 _WORKDIR_OVERRIDES: list[str] = []
+_MODEL_OVERRIDES: list[str] = []  # --config.model.<option>=v with --config (apply_overrides).
 
 
 def _load_config(workdir: str) -> ml_collections.ConfigDict:
@@ -64,7 +65,9 @@ def _load_config(workdir: str) -> ml_collections.ConfigDict:
   from vision_jax import config_files  # pylint: disable=g-import-not-at-top
   from vision_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   if _CONFIG.value is not None:
-    return _CONFIG.value
+    config = _CONFIG.value
+    config_files.apply_overrides(config, _MODEL_OVERRIDES)
+    return config
   if _MODE.value == 'train':
     raise UsageError('--config is required to train: pass --config=configs/<name>.py '
                      '(e.g. configs/default.py).')
@@ -158,24 +161,29 @@ def run(argv: list[str]) -> None:
   lock = _lock(workdir, writable)  # Before anything slow: a second run is refused at once.
   try:
     config = _load_config(workdir)
-    config_lib.validate(config, num_devices=jax.device_count())
+    from vision_jax import tasks  # pylint: disable=g-import-not-at-top
+    config_lib.check_keys(config)
+    config_lib.import_extensions(config)
+    task = tasks.build(config)  # The run's task: built once, passed to every mode.
+    config_lib.validate(config, num_devices=jax.device_count(), task=task)
     logging.info('JAX %s, backend %s, process %d of %d, devices: %s', jax.__version__,
                  jax.default_backend(), jax.process_index(), jax.process_count(),
                  jax.devices())
     logging.info('Config:\n%s', config)
     if training:
       from vision_jax import train  # pylint: disable=g-import-not-at-top
-      results = train.train_and_evaluate(config, workdir)
+      results = train.train_and_evaluate(config, workdir, task)
     elif _MODE.value == 'eval':
       from vision_jax import evaluate  # pylint: disable=g-import-not-at-top
-      results = evaluate.run(config, workdir, output=_OUTPUT.value)
+      results = evaluate.run(config, workdir, output=_OUTPUT.value, task=task)
     elif _MODE.value == 'predict':
       from vision_jax import predict  # pylint: disable=g-import-not-at-top
-      predict.run(config, workdir, images, output=_OUTPUT.value, top_k=_TOP_K.value)
+      predict.run(config, workdir, images, output=_OUTPUT.value, top_k=_TOP_K.value,
+                  task=task)
       return  # It printed one line per image.
     else:
       from vision_jax import export  # pylint: disable=g-import-not-at-top
-      results = export.run(config, workdir, output=_OUTPUT.value)
+      results = export.run(config, workdir, output=_OUTPUT.value, task=task)
   finally:
     if lock is not None:
       lock.release()
@@ -197,6 +205,10 @@ def parse_flags(argv: list[str]) -> list[str]:
   if not any(a == '--config' or a.startswith('--config=') for a in argv):
     _WORKDIR_OVERRIDES.extend(a for a in argv if a.startswith('--config.'))
     argv = [a for a in argv if not a.startswith('--config.')]
+  else:  # Model options the file may not list: applied after it is loaded.
+    _MODEL_OVERRIDES.extend(a for a in argv if a.startswith('--config.model.'))
+    argv = [a for a in argv if not a.startswith('--config.model.')]
+    sys.argv[:] = [a for a in sys.argv if not a.startswith('--config.model.')]  # (Read too.)
   try:
     remaining = flags.FLAGS(argv)
     if _CONFIG.value is not None:

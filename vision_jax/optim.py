@@ -133,16 +133,17 @@ def _nonzero(v) -> bool:
   return bool(v) if isinstance(v, (tuple, list)) else v > 0
 
 
-def make_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int | None = None
-                  ) -> Schedule:
+def make_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int | None = None,
+                  optim_config: ml_collections.ConfigDict | None = None) -> Schedule:
   """step -> learning rate = base * min(1, step / warmup) * decay(step).
 
   base = learning_rate (* batch_size / 256 if scale_lr_by_batch). The warmup is linear from 0
   for every schedule; the decay runs from the end of warmup to config.train.steps, except
   'piecewise', whose boundaries are absolute steps: from step b_i on, the lr is multiplied by
-  scales[i] (cumulatively, so (0.1, 0.1) gives 0.1x then 0.01x).
+  scales[i] (cumulatively, so (0.1, 0.1) gives 0.1x then 0.01x). `optim_config` (default
+  config.optim) is the optimiser section of the state part being trained.
   """
-  o, total = config.optim, config.train.steps
+  o, total = optim_config or config.optim, config.train.steps
   if o.schedule not in SCHEDULES:
     raise ValueError(f'Unknown config.optim.schedule {o.schedule!r}; '
                      f'allowed: {", ".join(SCHEDULES)}.')
@@ -217,14 +218,17 @@ def _lr_mults(values: dict[str, float]) -> optax.GradientTransformation:
 # ----------------------------------------------------------------------------- optimiser
 
 def make_optimizer(config: ml_collections.ConfigDict, params: PyTree, *,
-                   steps_per_epoch: int | None = None
+                   steps_per_epoch: int | None = None,
+                   optim_config: ml_collections.ConfigDict | None = None
                    ) -> tuple[optax.GradientTransformation, Schedule]:
   """(tx, learning_rate_schedule) for `params` (nnx.State of nnx.Param, or any pytree).
 
   `tx.update(grads, opt_state, params)` needs params (weight decay, trust ratios).
-  Durations given in epochs need `steps_per_epoch`.
+  Durations given in epochs need `steps_per_epoch`. `optim_config` (default config.optim)
+  is the optimiser section of the state part `params` belong to (a task with several
+  trained parts gives each its own, train_state.create).
   """
-  o = config.optim
+  o = optim_config or config.optim
   if o.name not in OPTIMIZERS:
     raise ValueError(f'Unknown config.optim.name {o.name!r}; allowed: {", ".join(OPTIMIZERS)}.')
   lr = o.learning_rate
@@ -243,7 +247,7 @@ def make_optimizer(config: ml_collections.ConfigDict, params: PyTree, *,
   if not isinstance(k, int) or k < 1 or batch % k:
     raise ValueError(f'config.optim.accum_steps={k!r} must be a positive integer that divides '
                      f'config.train.batch_size={batch}.')
-  schedule = make_schedule(config, steps_per_epoch)
+  schedule = make_schedule(config, steps_per_epoch, o)
 
   leaves = _paths_and_leaves(params)
   paths = [p for p, _ in leaves]

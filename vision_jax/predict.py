@@ -1,12 +1,16 @@
-"""--mode=predict: class probabilities for image files, with the run's own eval preprocessing.
+"""--mode=predict: what the run's task predicts for image files, with its own eval
+preprocessing.
 
   python -m vision_jax.main --mode=predict --workdir W --images a.png b.jpg DIR [--top_k 3]
-      [--output preds.json]
+      [--output OUT]
 
-Each image is read with PIL, given the model's channel count, preprocessed by the very
-function evaluation used (`preprocess.make_preprocess(<the run's eval recipe>, train=False)`,
-e.g. a bilinear resize to the training size) and normalised on device with the run's mean
-and std. Folders are searched recursively for image files, in sorted order.
+The task decides what is written (vision_jax/tasks: `Task.predict`): class probabilities
+(one line per image, OUT a JSON file), masks (OUT a folder of PNGs and predictions.json),
+and so on. This module holds what they share: finding the image files (folders are searched
+recursively, in sorted order), reading them with PIL, giving them the model's channel
+count, preprocessing them by the very function evaluation used
+(`preprocess.make_preprocess(<the run's eval recipe>, train=False)`, e.g. a bilinear resize
+to the training size), batching them, and failing at the end if any failed.
 
 Channels are converted only where no information is lost: greyscale -> RGB by repeating
 it, a palette image to its colours, RGB whose three channels are equal -> greyscale, and a
@@ -17,24 +21,14 @@ them means choosing weights or a background, which is the user's decision, not o
 one exception is a run that converted channels itself (config.dataset.channels set): its
 eval preprocessing converts colour to grey, and predict applies it like evaluation did.
 
-A file that cannot be read or converted is reported on stderr and in the JSON (as
+A file that cannot be read or converted is reported on stderr and in the output (as
 {"image": path, "error": message}, in its place); every other image is still predicted.
 If any failed, the command ends with exit code 2 after writing everything else.
-
-A segmentation run writes masks instead (`write_masks`): OUT (--output, default
-W/predict/) gets one palette PNG per image, <stem>.png, whose pixel values are the
-predicted classes and whose colours are PASCAL VOC's (mask_images.save_mask_png), at the
-input image's own size, and predictions.json: [{"image", "mask", "histogram": {class name:
-pixels}}, or {"image", "error"}]. Each image gets the run's eval transform (fit and pad to
-the training size, segmentation_preprocess.fit_and_pad); the prediction of its unpadded
-region is resized back to the image with nearest neighbour.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import sys
 from typing import Sequence
 
 import ml_collections
@@ -43,10 +37,8 @@ from PIL import Image
 from PIL import ImageOps
 from PIL import UnidentifiedImageError
 
-from vision_jax import mask_images
 from vision_jax.data import decode
 from vision_jax.data import preprocess
-from vision_jax.data import segmentation_preprocess
 from vision_jax.errors import UserError
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.tif', '.tiff', '.webp',
@@ -190,133 +182,23 @@ def batched_logits(loaded, images: np.ndarray) -> np.ndarray:
   return np.concatenate(out)
 
 
-def top_k_entries(probs: np.ndarray, class_names: Sequence[str], k: int) -> list[dict]:
-  order = np.argsort(-probs, kind='stable')[:k]
-  return [{'index': int(i), 'label': str(class_names[i]), 'probability': float(probs[i])}
-          for i in order]
-
-
-def predict(loaded, inputs: Sequence[str], top_k: int = 5) -> list[dict]:
-  """[{"image", "top_k": [{"index", "label", "probability"}]} or {"image", "error"}]."""
-  items = read_images(inputs, loaded)
-  good = [item for item in items if item.error is None]
-  probs = softmax(batched_logits(loaded, np.stack([g.image for g in good]))) if good else []
-  next_probs = iter(probs)  # `good` keeps the order of `items`.
-  k = max(1, min(top_k, loaded.num_classes))
-  return [{'image': item.path, 'error': item.error} if item.error is not None else
-          {'image': item.path, 'top_k': top_k_entries(next(next_probs), loaded.class_names, k)}
-          for item in items]
-
-
-def run(config: ml_collections.ConfigDict, workdir: str, inputs: Sequence[str], *,
-        output: str | None = None, top_k: int = 5) -> list[dict]:
-  """--mode=predict: prints one line per image, writes `output`, fails if any image did."""
-  from vision_jax import inference  # pylint: disable=g-import-not-at-top
-  if not inputs:
-    raise UserError('--mode=predict needs images: pass --images a.png b.jpg DIR ...')
-  from vision_jax import tasks  # pylint: disable=g-import-not-at-top
-  loaded = inference.load(workdir, config)
-  task = tasks.get(loaded.config)
-  if task.name == 'segmentation':
-    return write_masks(loaded, inputs, output=output)
-  if task.name != 'classification':
-    raise UserError(f'--mode=predict writes class probabilities or masks; the run in '
-                    f'{workdir} is a {task.name} run (its model gives features). Train a '
-                    'linear probe or fine-tune it (init_from) and predict with that run.')
-  results = predict(loaded, inputs, top_k)
-  for r in results:
-    if 'error' in r:
-      print(f'error: {r["image"]}: {r["error"]}', file=sys.stderr)
-    else:
-      print(f'{r["image"]}: ' + ', '.join(f'{t["label"]} ({t["probability"]:.3f})'
-                                         for t in r['top_k']))
-  sys.stdout.flush()
-  if output:
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    with open(output, 'w') as f:
-      json.dump(results, f, indent=2)
+def check_failures(results: list[dict], where: str) -> None:
+  """Raises PredictError if any image failed ({"image", "error"} rows); `where` names the
+  files the other images' results went to."""
   failed = [r['image'] for r in results if 'error' in r]
   if failed:
     raise PredictError(f'{len(failed)} of {len(results)} images could not be predicted '
                        f'({", ".join(failed[:5])}{", ..." if len(failed) > 5 else ""}); '
-                       'the others were (see the lines above'
-                       f'{" and " + output if output else ""}).')
-  return results
+                       f'the others were ({where}).')
 
 
-# ----------------------------------------------------------------------------- segmentation
-
-def _read_any_size(path: str, channels: int) -> np.ndarray:
-  try:
-    with Image.open(path) as image:
-      image = ImageOps.exif_transpose(image)
-      image.load()
-  except Exception as e:  # pylint: disable=broad-except  # PIL's many failure types.
-    raise ImageError(f'cannot be read as an image ({type(e).__name__}: {e}).') from e
-  return _channels(image, channels)
-
-
-def segmentation_masks(loaded, images: Sequence[np.ndarray]) -> list[np.ndarray]:
-  """Predicted HW class maps, one per HWC uint8 image of any size, at its own size."""
-  size = loaded.image_shape[0]
-  fill = tuple(int(round(255 * m)) for m in loaded.mean)
-  inputs, regions = [], []
-  for image in images:
-    empty = np.zeros(image.shape[:2], np.uint8)
-    padded, region = segmentation_preprocess.fit_and_pad(image, empty, size, fill=fill,
-                                                         ignore_label=255)
-    inputs.append(padded)
-    regions.append((int((region != 255).any(1).sum()), int((region != 255).any(0).sum())))
+def run(config: ml_collections.ConfigDict, workdir: str, inputs: Sequence[str], *,
+        output: str | None = None, top_k: int = 5, task=None) -> list[dict]:
+  """--mode=predict: the run's task writes what it predicts for `inputs` (class
+  probabilities, masks, ...), and fails if any image did. `task`: the run's task (main
+  builds it once)."""
+  from vision_jax import inference  # pylint: disable=g-import-not-at-top
   if not inputs:
-    return []
-  logits = batched_logits(loaded, np.stack(inputs))
-  out = []
-  for image, (h, w), lg in zip(images, regions, logits):
-    classes = np.argmax(lg[:h, :w], -1).astype(np.uint8)
-    if classes.shape != image.shape[:2]:
-      classes = np.asarray(Image.fromarray(classes).resize(
-          (image.shape[1], image.shape[0]), Image.NEAREST))
-    out.append(classes)
-  return out
-
-
-def write_masks(loaded, inputs: Sequence[str], *, output: str | None = None) -> list[dict]:
-  """A segmentation run's --mode=predict (module docstring): the masks and
-  predictions.json; raises PredictError if any image failed."""
-  out_dir = os.path.abspath(output or os.path.join(loaded.workdir, 'predict'))
-  os.makedirs(out_dir, exist_ok=True)
-  items = expand(inputs)
-  for item in items:
-    if item.error is None:
-      try:
-        item.image = _read_any_size(item.path, loaded.image_shape[2])
-      except ImageError as e:
-        item.error = str(e)
-  good = [item for item in items if item.error is None]
-  predicted = iter(segmentation_masks(loaded, [item.image for item in good]))
-  results, used = [], set()
-  for i, item in enumerate(items):
-    if item.error is not None:
-      results.append({'image': item.path, 'error': item.error})
-      print(f'error: {item.path}: {item.error}', file=sys.stderr)
-      continue
-    mask = next(predicted)
-    stem = os.path.splitext(os.path.basename(item.path))[0]
-    name = f'{stem}.png' if stem not in used else f'{stem}_{i}.png'
-    used.add(stem)
-    path = os.path.join(out_dir, name)
-    mask_images.save_mask_png(mask, path)
-    histogram = mask_images.class_histogram(mask, loaded.class_names)
-    results.append({'image': item.path, 'mask': path, 'histogram': histogram})
-    top = sorted(((n, c) for n, c in histogram.items() if c), key=lambda x: -x[1])[:4]
-    print(f'{item.path}: {path} ' + ', '.join(f'{n}: {c} px' for n, c in top))
-  sys.stdout.flush()
-  with open(os.path.join(out_dir, 'predictions.json'), 'w') as f:
-    json.dump(results, f, indent=2)
-  failed = [r['image'] for r in results if 'error' in r]
-  if failed:
-    raise PredictError(
-        f'{len(failed)} of {len(results)} images could not be predicted '
-        f'({", ".join(failed[:5])}{", ..." if len(failed) > 5 else ""}); the others were '
-        f'(masks and predictions.json in {out_dir}).')
-  return results
+    raise UserError('--mode=predict needs images: pass --images a.png b.jpg DIR ...')
+  loaded = inference.load(workdir, config, task=task)
+  return loaded.task.predict(loaded, inputs, output=output, top_k=top_k)

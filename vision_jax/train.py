@@ -131,12 +131,11 @@ class Stopwatch:
       evaluate.write_json(os.path.join(workdir, 'timing.json'), timing)
 
 
-def _compile_checked(train_step, state, data: input_pipeline.Data,
-                     config: ml_collections.ConfigDict):
+def _compile_checked(train_step, state, data: input_pipeline.Data, task: tasks.Task):
   """The train step compiled ahead of its first batch, refused if XLA's estimate of its
   memory exceeds a device's: before anything of that size is allocated."""
-  batch = config.train.batch_size
-  spec = tasks.get(config).batch_spec(config, data)
+  batch = task.config.train.batch_size
+  spec = task.batch_spec(data)
   compiled = train_step.lower(state, spec).compile()
   memory = device_memory.of_compiled(compiled)
   available = device_memory.available_bytes()
@@ -238,20 +237,23 @@ def _loop(state, start: int, total: int, train_step, batches: Iterator[dict], ru
   return evals
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains (or resumes) the configured run in `workdir`; returns the final results."""
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       task: tasks.Task | None = None) -> dict:
+  """Trains (or resumes) the configured run in `workdir`; returns the final results.
+  `task` is the run's task (main builds it once); by default built from `config`."""
+  task = task or tasks.build(config)
   mesh = parallel.make_mesh(config)
   shard = input_pipeline.HostShard(jax.process_index(), jax.process_count())
-  task = tasks.get(config)
-  data = task.build_data(config, shard, augment_on_device=True)
+  data = task.build_data(shard, augment_on_device=True)
   logging.info('Dataset %s: %d train examples, eval %s, %d classes, %dx%dx%d images.',
                config.dataset.name, data.num_train, data.eval_sizes, data.num_classes,
                data.image_size, data.image_size, data.channels)
   steps_per_epoch = max(1, data.num_train // config.train.batch_size)
-  graphdef, state, tx, schedule, shardings = train_state.create(
-      config, mesh, num_classes=data.num_classes, image_size=data.image_size,
+  structure, state = train_state.create(
+      task, mesh, num_classes=data.num_classes, image_size=data.image_size,
       in_channels=data.channels, steps_per_epoch=steps_per_epoch)
-  logging.info('Parameters: %d', sum(x.size for x in jax.tree.leaves(state.params)))
+  logging.info('Parameters: %s', ', '.join(
+      f'{name} {n:,}' for name, n in train_state.num_params(state).items()))
 
   ckpt = checkpoint.Checkpointer(workdir, keep=config.checkpoint.keep,
                                 best_metric=config.checkpoint.keep_best,
@@ -264,20 +266,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     _warn_if_stream_changed(stream, config, start)
   report = None
   if not restored and config.init_from.checkpoint:
-    state, report = finetune.init_from_checkpoint(config, state, tx, shardings)
+    state, report = finetune.init_from_checkpoint(config, state, structure)
     logging.info('Initialised from %s: %s', config.init_from.checkpoint, report['counts'])
 
-  eval_step = steps.jit_eval_step(graphdef, mean=data.mean, std=data.std, mesh=mesh,
-                                  state_shardings=shardings, task=task)
+  eval_step = steps.jit_eval_step(task, structure, mean=data.mean, std=data.std, mesh=mesh)
   run_evals = lambda state: evaluate.evaluate_splits(eval_step, state, data, mesh, task)
   total = config.train.steps
   t0 = time.perf_counter()  # The loop's clock: compilation included, start-up not.
   if start < total:
     train_step = _compile_checked(
-        steps.jit_train_step(config, graphdef, tx, schedule, mean=data.mean, std=data.std,
+        steps.jit_train_step(task, structure, mean=data.mean, std=data.std,
                              num_classes=data.num_classes, mesh=mesh,
-                             state_shardings=shardings, device_recipe=data.device_augment,
-                             image_size=data.image_size), state, data, config)
+                             device_recipe=data.device_augment,
+                             image_size=data.image_size), state, data, task)
   compile_s = time.perf_counter() - t0
   # Every check that can fail before the first step has passed: the run is real now.
   if jax.process_index() == 0:

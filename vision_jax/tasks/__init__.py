@@ -5,18 +5,25 @@
                   cross-entropy with an ignore label, confusion-matrix mIoU
   simclr          no labels in training: two views per image, NT-Xent over the global
                   batch; evaluated by k-NN accuracy of the backbone's features
+  byol            two views, an online network (+ predictor) regressing the projections
+                  of its EMA target network; evaluated by k-NN like SimCLR
 
-The loop (train.py), the steps (steps.py) and the eval driver (evaluate.py) are the same
-for every task; a `Task` is what differs, and only that:
+`build(config)` makes the run's task once (main.py); the loop (train.py), the steps
+(steps.py), evaluation, predict, export and inference receive it and name no task. A `Task`
+holds its config and is what differs between tasks, and only that:
 
-  validate(config)            task keys and the model check, before anything compiles
-  create_model(config, ...)   the network (SimCLR wraps a backbone, models/ssl.py)
-  build_data(config, shard)   an input_pipeline.Data whose batches hold what the step reads
-  batch_spec(config, data)    shapes and dtypes of one training batch (ahead-of-time compile)
+  validate()                  task keys and the model check, before anything compiles
+  create_parts(...)           the networks, {part name: module}: 'model' for one network
+  part_optim(name)            the optimiser config of a part, None if no optimiser trains it
+  serving_parts               the parts evaluation, predict and export run
+  build_data(shard)           an input_pipeline.Data whose batches hold what the step reads
+  batch_spec(data)            shapes and dtypes of one training batch (ahead-of-time compile)
   train_inputs(batch, norm)   the normalised arrays the loss reads
+  update(updater, state, x)   the new state and the step's metrics (default: one gradient
+                              step of 'model' on `loss`, updates.Updater.gradient_update)
   loss(model, inputs)         (scalar loss, aux) of one micro-batch, differentiated
-  train_metrics(loss, aux, inputs)  the step's metrics besides lr / grad norm
-  apply(model, images)        what eval, predict and export compute (eval mode)
+  train_metrics(loss, aux, x) the step's metrics besides lr / grad norm
+  apply(models, images)       what eval, predict and export compute (eval mode)
   eval_outputs(out, batch)    per-batch eval arrays: keys 'sum_*' are summed over the split
                               on the host (int64 / float64), the others are per-example rows
                               whose padding (batch['mask'] == 0) evaluate.collect drops
@@ -24,67 +31,104 @@ for every task; a `Task` is what differs, and only that:
                               bank); None for most tasks
   summarize(arrays, ...)      one split's results (results.json's eval/<split>)
   eval_metrics                the scalar names summarize produces (checkpoint.keep_best)
+  predict(loaded, images, ...)  --mode=predict: what it writes for image files
+  served_outputs              what export's function returns, in words (its metadata)
 
-Predict and export go through `apply` (predict.py writes class probabilities or masks).
-Tasks import no loop module (steps, evaluate, train, predict, config): those import them.
+Tasks import no loop module (steps, evaluate, train, predict's driver, config): those
+import them.
 """
 from __future__ import annotations
 
 import abc
-from typing import Any, Callable
+import importlib
+from typing import Any, Callable, Sequence
 
 import jax
 import ml_collections
 from flax import nnx
 
 from vision_jax.errors import ConfigError
+from vision_jax.errors import UserError
 
-NAMES = ('classification', 'segmentation', 'simclr')
+# name -> 'module:Class'; a fork adds its own with `register`.
+_REGISTRY = {
+    'classification': 'vision_jax.tasks.classification:Classification',
+    'segmentation': 'vision_jax.tasks.segmentation:Segmentation',
+    'simclr': 'vision_jax.tasks.simclr:SimCLR',
+    'byol': 'vision_jax.tasks.byol:BYOL',
+}
 Batch = dict[str, jax.Array]
+
+
+def names() -> tuple[str, ...]:
+  return tuple(_REGISTRY)
+
+
+def register(name: str, target: 'str | type[Task]') -> None:
+  """Makes `config.task.name=name` build `target`, a Task subclass or 'module:Class' (a
+  fork's module registers its tasks when `config.imports` names it)."""
+  _REGISTRY[name] = target
 
 
 class Task(abc.ABC):
   """The interface (module docstring). Subclasses implement every abstract method; the
-  others have the defaults most tasks want."""
+  others have the defaults a one-network task wants."""
   name = 'classification'
   eval_metrics: tuple[str, ...] = ('accuracy', 'top5', 'loss')
+  serving_parts: tuple[str, ...] = ('model',)
+  served_outputs = 'logits [N, num_classes]'
 
   def __init__(self, config: ml_collections.ConfigDict):
     self.config = config
 
   @abc.abstractmethod
-  def validate(self, config: ml_collections.ConfigDict) -> None:
+  def validate(self) -> None:
     """See the module docstring."""
 
-  def create_model(self, config: ml_collections.ConfigDict, num_classes: int, *,
-                   rngs: nnx.Rngs, **kwargs: Any) -> nnx.Module:
-    """kwargs: image_size, in_channels, kernels and config.model's options."""
+  def model_options(self) -> dict[str, Any]:
+    """config.model minus name and fast_cpu_ops: the keyword arguments of its constructor."""
+    return {k: v for k, v in self.config.model.items() if k not in ('name', 'fast_cpu_ops')}
+
+  def create_model(self, num_classes: int, *, rngs: nnx.Rngs, **kwargs: Any) -> nnx.Module:
+    """kwargs: image_size, in_channels, kernels; config.model's options are added."""
     from vision_jax import models  # pylint: disable=g-import-not-at-top
-    return models.create_model(config.model.name, num_classes, rngs=rngs, **kwargs)
+    return models.create_model(self.config.model.name, num_classes, rngs=rngs,
+                               **kwargs, **self.model_options())
+
+  def create_parts(self, num_classes: int, *, rngs: nnx.Rngs,
+                   **kwargs: Any) -> dict[str, nnx.Module]:
+    return {'model': self.create_model(num_classes, rngs=rngs, **kwargs)}
+
+  def part_optim(self, name: str) -> ml_collections.ConfigDict | None:
+    del name
+    return self.config.optim
 
   @abc.abstractmethod
-  def build_data(self, config: ml_collections.ConfigDict, shard, *,
-                 augment_on_device: bool = False):
+  def build_data(self, shard, *, augment_on_device: bool = False):
     """See the module docstring."""
 
   @abc.abstractmethod
-  def batch_spec(self, config: ml_collections.ConfigDict, data) -> dict:
+  def batch_spec(self, data) -> dict:
     """See the module docstring."""
 
   @abc.abstractmethod
   def train_inputs(self, batch: Batch, normalize: Callable) -> Batch:
     """See the module docstring."""
 
-  @abc.abstractmethod
+  def update(self, updater, state, inputs: Batch):
+    """One gradient step of the 'model' part on `loss`: (new state, metrics)."""
+    part, metrics = updater.gradient_update(state, 'model', self.loss, self.train_metrics,
+                                            inputs)
+    return state.replace_part('model', part), metrics
+
   def loss(self, model: nnx.Module, inputs: Batch) -> tuple[jax.Array, Any]:
-    """See the module docstring."""
+    raise NotImplementedError(f'{type(self).__name__} overrides update and has no loss.')
 
-  @abc.abstractmethod
   def train_metrics(self, loss: jax.Array, aux: Any, inputs: Batch) -> dict:
-    """See the module docstring."""
+    return {'loss': loss}
 
-  def apply(self, model: nnx.Module, images: jax.Array) -> jax.Array:
-    return model(images, train=False)
+  def apply(self, models: dict[str, nnx.Module], images: jax.Array) -> jax.Array:
+    return models['model'](images, train=False)
 
   @abc.abstractmethod
   def eval_outputs(self, outputs: jax.Array, batch: Batch) -> dict:
@@ -98,26 +142,23 @@ class Task(abc.ABC):
   def summarize(self, arrays: dict, *, num_classes: int, class_names, context=None) -> dict:
     """See the module docstring."""
 
+  def predict(self, loaded, inputs: Sequence[str], *, output: str | None,
+              top_k: int) -> list[dict]:
+    """--mode=predict for image files (predict.py reads and checks them)."""
+    raise UserError(
+        f'--mode=predict writes class probabilities, masks, boxes or samples; the run in '
+        f'{loaded.workdir} is a {self.name} run (its model gives features). Train a linear '
+        'probe or fine-tune it (init_from) and predict with that run.')
 
-def task_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """config.task; a config.json written before tasks existed is a classification run."""
-  given = config.get('task')
-  return ml_collections.ConfigDict({'name': 'classification'}) if given is None else given
 
-
-def get(config: ml_collections.ConfigDict) -> Task:
-  """The task `config.task.name` names, configured by `config`."""
-  name = task_config(config).get('name', 'classification')
-  # pylint: disable=g-import-not-at-top
-  if name == 'classification':
-    from vision_jax.tasks.classification import Classification
-    return Classification(config)
-  if name == 'segmentation':
-    from vision_jax.tasks.segmentation import Segmentation
-    return Segmentation(config)
-  if name == 'simclr':
-    from vision_jax.tasks.simclr import SimCLR
-    return SimCLR(config)
-  raise ConfigError(f'config.task.name={name!r} is not a task; use one of '
-                    f'{", ".join(map(repr, NAMES))}. (BYOL is not implemented: its target '
-                    'network would need a second state in the loop.)')
+def build(config: ml_collections.ConfigDict) -> Task:
+  """The task `config.task.name` names, configured by `config`: once per run."""
+  name = config.task.name
+  if name not in _REGISTRY:
+    raise ConfigError(f'config.task.name={name!r} is not a task; use one of '
+                      f'{", ".join(map(repr, _REGISTRY))}.')
+  target = _REGISTRY[name]
+  if isinstance(target, str):
+    module, cls = target.split(':')
+    target = getattr(importlib.import_module(module), cls)
+  return target(config)

@@ -9,6 +9,9 @@ unchanged op for op.
 """
 from __future__ import annotations
 
+import json
+import os
+import sys
 from typing import Callable
 
 import jax
@@ -48,35 +51,30 @@ class Classification(tasks.Task):
   name = 'classification'
   eval_metrics = ('accuracy', 'top5', 'loss')
 
-  def __init__(self, config: ml_collections.ConfigDict | None = None, *,
-               label_smoothing: float | None = None, top_k: int = 5):
+  def __init__(self, config: ml_collections.ConfigDict, *, top_k: int = 5):
     super().__init__(config)
-    if label_smoothing is None:
-      label_smoothing = config.optim.label_smoothing if config is not None else 0.0
-    self.label_smoothing, self.top_k = label_smoothing, top_k
-    optim_config = config.optim if config is not None else {}
+    self.top_k = top_k
     # The training loss (config.optim.loss: softmax cross-entropy or BCE); evaluation
     # reports the softmax cross-entropy without smoothing whatever the training loss, as
     # timm's validation does, so losses compare across recipes.
     try:
       self.train_loss = losses.classification_loss(
-          optim_config.get('loss', 'softmax_xent'), label_smoothing=label_smoothing,
-          threshold=optim_config.get('bce_target_threshold', 0.0))
+          config.optim.loss, label_smoothing=config.optim.label_smoothing,
+          threshold=config.optim.bce_target_threshold)
     except ValueError as e:
       raise ConfigError(str(e)) from e
     self.eval_loss = losses.classification_loss('softmax_xent')
 
-  def validate(self, config: ml_collections.ConfigDict) -> None:
+  def validate(self) -> None:
     from vision_jax import models  # pylint: disable=g-import-not-at-top
-    models.check_model_task(config.model.name, 'classification')
+    models.check_model_task(self.config.model.name, 'classification')
 
-  def build_data(self, config: ml_collections.ConfigDict, shard, *,
-                 augment_on_device: bool = False):
+  def build_data(self, shard, *, augment_on_device: bool = False):
     from vision_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
-    return input_pipeline.build(config, shard, augment_on_device=augment_on_device)
+    return input_pipeline.build(self.config, shard, augment_on_device=augment_on_device)
 
-  def batch_spec(self, config: ml_collections.ConfigDict, data) -> dict:
-    batch = config.train.batch_size
+  def batch_spec(self, data) -> dict:
+    batch = self.config.train.batch_size
     return {'image': jax.ShapeDtypeStruct(
                 (batch, data.image_size, data.image_size, data.channels), np.uint8),
             'label': jax.ShapeDtypeStruct((batch,), np.int32)}
@@ -104,3 +102,42 @@ class Classification(tasks.Task):
 
   def summarize(self, arrays: dict, *, num_classes: int, class_names, context=None) -> dict:
     return summarize(arrays, num_classes)
+
+  def predict(self, loaded, inputs, *, output: str | None, top_k: int) -> list[dict]:
+    """Class probabilities: one line per image printed, `output` (JSON) if given."""
+    results = predict_probabilities(loaded, inputs, top_k)
+    for r in results:
+      if 'error' in r:
+        print(f'error: {r["image"]}: {r["error"]}', file=sys.stderr)
+      else:
+        print(f'{r["image"]}: ' + ', '.join(f'{t["label"]} ({t["probability"]:.3f})'
+                                           for t in r['top_k']))
+    sys.stdout.flush()
+    if output:
+      os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+      with open(output, 'w') as f:
+        json.dump(results, f, indent=2)
+    from vision_jax import predict  # pylint: disable=g-import-not-at-top
+    predict.check_failures(results, 'see the lines above' + (f' and {output}' if output else ''))
+    return results
+
+
+def top_k_entries(probs: np.ndarray, class_names, k: int) -> list[dict]:
+  order = np.argsort(-probs, kind='stable')[:k]
+  return [{'index': int(i), 'label': str(class_names[i]), 'probability': float(probs[i])}
+          for i in order]
+
+
+def predict_probabilities(loaded, inputs, top_k: int = 5) -> list[dict]:
+  """[{"image", "top_k": [{"index", "label", "probability"}]} or {"image", "error"}] for
+  image files, each through the run's eval preprocessing (predict.read_images)."""
+  from vision_jax import predict  # pylint: disable=g-import-not-at-top
+  items = predict.read_images(inputs, loaded)
+  good = [item for item in items if item.error is None]
+  probs = predict.softmax(predict.batched_logits(
+      loaded, np.stack([g.image for g in good]))) if good else []
+  next_probs = iter(probs)  # `good` keeps the order of `items`.
+  k = max(1, min(top_k, loaded.num_classes))
+  return [{'image': item.path, 'error': item.error} if item.error is not None else
+          {'image': item.path, 'top_k': top_k_entries(next(next_probs), loaded.class_names, k)}
+          for item in items]

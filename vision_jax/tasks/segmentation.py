@@ -18,17 +18,25 @@ confusion_<split>.json by evaluate.write_results).
 """
 from __future__ import annotations
 
-from typing import Callable
+import json
+import os
+import sys
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
+from PIL import Image
+from PIL import ImageOps
 
 from vision_jax import losses
+from vision_jax import mask_images
+from vision_jax import predict
 from vision_jax import segmentation_metrics
 from vision_jax import tasks
+from vision_jax.data import segmentation_preprocess as seg_pre
 from vision_jax.errors import ConfigError
 
 
@@ -38,13 +46,14 @@ class Segmentation(tasks.Task):
 
   def __init__(self, config: ml_collections.ConfigDict):
     super().__init__(config)
-    t = tasks.task_config(config)
+    t = config.task
     self.ignore_label = int(t.ignore_label)
     self.label_smoothing = config.optim.label_smoothing
 
-  def validate(self, config: ml_collections.ConfigDict) -> None:
+  def validate(self) -> None:
     from vision_jax import models  # pylint: disable=g-import-not-at-top
     from vision_jax.data import segmentation_sources  # pylint: disable=g-import-not-at-top
+    config = self.config
     models.check_model_task(config.model.name, 'segmentation')
     t = config.task
     if not isinstance(t.ignore_label, int) or not 0 <= t.ignore_label <= 255:
@@ -62,13 +71,12 @@ class Segmentation(tasks.Task):
         raise ConfigError(f'config.dataset.{key}={config.dataset[key]} mixes images and '
                           'their labels, which segmentation does not do. Set it to 0.')
 
-  def build_data(self, config: ml_collections.ConfigDict, shard, *,
-                 augment_on_device: bool = False):
+  def build_data(self, shard, *, augment_on_device: bool = False):
     del augment_on_device  # The joint transform runs on the host.
+    config = self.config
     # pylint: disable=g-import-not-at-top
     from vision_jax.data import input_pipeline
     from vision_jax.data import preprocess
-    from vision_jax.data import segmentation_preprocess as seg_pre
     from vision_jax.data import segmentation_sources
     ds, t = config.dataset, config.task
     opts = dict(data_dir=ds.data_dir, download=ds.download, ignore_label=t.ignore_label,
@@ -101,8 +109,8 @@ class Segmentation(tasks.Task):
         num_threads=4 if ds.num_threads < 0 else ds.num_threads,
         num_workers=0, eval_workers=0)
 
-  def batch_spec(self, config: ml_collections.ConfigDict, data) -> dict:
-    b, s = config.train.batch_size, data.image_size
+  def batch_spec(self, data) -> dict:
+    b, s = self.config.train.batch_size, data.image_size
     return {'image': jax.ShapeDtypeStruct((b, s, s, data.channels), np.uint8),
             'label': jax.ShapeDtypeStruct((b, s, s), np.uint8)}
 
@@ -145,6 +153,14 @@ class Segmentation(tasks.Task):
     out['confusion_matrix'] = confusion.tolist()
     return out
 
+  served_outputs = 'per-pixel logits [N, H, W, num_classes]'
+
+  def predict(self, loaded, inputs, *, output: str | None, top_k: int) -> list[dict]:
+    """Masks: one palette PNG per image and predictions.json in `output` (default
+    <workdir>/predict/), `write_masks`."""
+    del top_k
+    return write_masks(loaded, inputs, output=output)
+
 
 def _with_channels(fn: Callable, channels: int) -> Callable:
   """The transform with images given `channels` channels first (grey <-> RGB)."""
@@ -156,3 +172,83 @@ def _with_channels(fn: Callable, channels: int) -> Callable:
 
   wrapped.random = fn.random
   return wrapped
+
+
+# ------------------------------------------------------------------------------ predict
+# OUT (--output, default W/predict/) gets one palette PNG per image, <stem>.png, whose pixel
+# values are the predicted classes and whose colours are PASCAL VOC's
+# (mask_images.save_mask_png), at the input image's own size, and predictions.json:
+# [{"image", "mask", "histogram": {class name: pixels}}, or {"image", "error"}]. Each image
+# gets the run's eval transform (fit and pad to the training size,
+# segmentation_preprocess.fit_and_pad); the prediction of its unpadded region is resized
+# back to the image with nearest neighbour.
+
+def _read_any_size(path: str, channels: int) -> np.ndarray:
+  try:
+    with Image.open(path) as image:
+      image = ImageOps.exif_transpose(image)
+      image.load()
+  except Exception as e:  # pylint: disable=broad-except  # PIL's many failure types.
+    raise predict.ImageError(f'cannot be read as an image ({type(e).__name__}: {e}).') from e
+  return predict._channels(image, channels)  # pylint: disable=protected-access
+
+
+def segmentation_masks(loaded, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+  """Predicted HW class maps, one per HWC uint8 image of any size, at its own size."""
+  size = loaded.image_shape[0]
+  fill = tuple(int(round(255 * m)) for m in loaded.mean)
+  inputs, regions = [], []
+  for image in images:
+    empty = np.zeros(image.shape[:2], np.uint8)
+    padded, region = seg_pre.fit_and_pad(image, empty, size, fill=fill,
+                                                         ignore_label=255)
+    inputs.append(padded)
+    regions.append((int((region != 255).any(1).sum()), int((region != 255).any(0).sum())))
+  if not inputs:
+    return []
+  logits = predict.batched_logits(loaded, np.stack(inputs))
+  out = []
+  for image, (h, w), lg in zip(images, regions, logits):
+    classes = np.argmax(lg[:h, :w], -1).astype(np.uint8)
+    if classes.shape != image.shape[:2]:
+      classes = np.asarray(Image.fromarray(classes).resize(
+          (image.shape[1], image.shape[0]), Image.NEAREST))
+    out.append(classes)
+  return out
+
+
+def write_masks(loaded, inputs: Sequence[str], *, output: str | None = None) -> list[dict]:
+  """A segmentation run's --mode=predict (module docstring): the masks and
+  predictions.json; raises PredictError if any image failed."""
+  out_dir = os.path.abspath(output or os.path.join(loaded.workdir, 'predict'))
+  os.makedirs(out_dir, exist_ok=True)
+  items = predict.expand(inputs)
+  for item in items:
+    if item.error is None:
+      try:
+        item.image = _read_any_size(item.path, loaded.image_shape[2])
+      except predict.ImageError as e:
+        item.error = str(e)
+  good = [item for item in items if item.error is None]
+  predicted = iter(segmentation_masks(loaded, [item.image for item in good]))
+  results, used = [], set()
+  for i, item in enumerate(items):
+    if item.error is not None:
+      results.append({'image': item.path, 'error': item.error})
+      print(f'error: {item.path}: {item.error}', file=sys.stderr)
+      continue
+    mask = next(predicted)
+    stem = os.path.splitext(os.path.basename(item.path))[0]
+    name = f'{stem}.png' if stem not in used else f'{stem}_{i}.png'
+    used.add(stem)
+    path = os.path.join(out_dir, name)
+    mask_images.save_mask_png(mask, path)
+    histogram = mask_images.class_histogram(mask, loaded.class_names)
+    results.append({'image': item.path, 'mask': path, 'histogram': histogram})
+    top = sorted(((n, c) for n, c in histogram.items() if c), key=lambda x: -x[1])[:4]
+    print(f'{item.path}: {path} ' + ', '.join(f'{n}: {c} px' for n, c in top))
+  sys.stdout.flush()
+  with open(os.path.join(out_dir, 'predictions.json'), 'w') as f:
+    json.dump(results, f, indent=2)
+  predict.check_failures(results, f'masks and predictions.json in {out_dir}')
+  return results

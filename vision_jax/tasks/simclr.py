@@ -57,13 +57,14 @@ class SimCLR(tasks.Task):
 
   def __init__(self, config: ml_collections.ConfigDict):
     super().__init__(config)
-    t = tasks.task_config(config)
+    t = config.task
     self.temperature = float(t.temperature)
     self.knn_k, self.knn_temperature = int(t.knn_k), float(t.knn_temperature)
 
-  def validate(self, config: ml_collections.ConfigDict) -> None:
+  def validate(self) -> None:
     from vision_jax import models  # pylint: disable=g-import-not-at-top
     from vision_jax.data import two_views  # pylint: disable=g-import-not-at-top
+    config = self.config
     t, name = config.task, config.model.name
     if models.model_task(name) != 'classification':
       backbones = ', '.join(n for n in models.list_models()
@@ -89,19 +90,18 @@ class SimCLR(tasks.Task):
         raise ConfigError(f'config.dataset.{key}={config.dataset[key]}: SimCLR trains on '
                           'pairs of views, which mixing would break. Set it to 0.')
 
-  def create_model(self, config: ml_collections.ConfigDict, num_classes: int, *,
-                   rngs: nnx.Rngs, **kwargs) -> nnx.Module:
+  def create_model(self, num_classes: int, *, rngs: nnx.Rngs, **kwargs) -> nnx.Module:
     from vision_jax.models import ssl  # pylint: disable=g-import-not-at-top
     del num_classes  # The projector's width is the output; labels are for k-NN only.
-    t = config.task
+    t = self.config.task
     return ssl.create_ssl_model(
-        config.model.name, rngs=rngs, projector_hidden_dim=t.projector_hidden_dim,
+        self.config.model.name, rngs=rngs, projector_hidden_dim=t.projector_hidden_dim,
         projector_output_dim=t.projector_output_dim, projector_layers=t.projector_layers,
-        **kwargs)
+        **kwargs, **self.model_options())
 
-  def build_data(self, config: ml_collections.ConfigDict, shard, *,
-                 augment_on_device: bool = False):
+  def build_data(self, shard, *, augment_on_device: bool = False):
     del augment_on_device  # The two views are drawn on the host.
+    config = self.config
     # pylint: disable=g-import-not-at-top
     from vision_jax.data import input_pipeline
     from vision_jax.data import preprocess
@@ -144,8 +144,8 @@ class SimCLR(tasks.Task):
         eval_workers=0,
         bank=input_pipeline.eval_dataset(train_src, eval_fn, global_batch=batch, shard=shard))
 
-  def batch_spec(self, config: ml_collections.ConfigDict, data) -> dict:
-    b, s = config.train.batch_size, data.image_size
+  def batch_spec(self, data) -> dict:
+    b, s = self.config.train.batch_size, data.image_size
     view = jax.ShapeDtypeStruct((b, s, s, data.channels), np.uint8)
     return {'view1': view, 'view2': view, 'label': jax.ShapeDtypeStruct((b,), np.int32)}
 
@@ -167,8 +167,10 @@ class SimCLR(tasks.Task):
     pair = jnp.concatenate([jnp.arange(n, 2 * n), jnp.arange(n)])
     return {'loss': loss, 'pair_accuracy': jnp.mean(jnp.argmax(sim, -1) == pair)}
 
-  def apply(self, model: nnx.Module, images: jax.Array) -> jax.Array:
-    return model.features(images, train=False)
+  served_outputs = "the backbone's pooled features [N, F]"
+
+  def apply(self, models: dict[str, nnx.Module], images: jax.Array) -> jax.Array:
+    return models['model'].features(images, train=False)
 
   def eval_outputs(self, outputs: jax.Array, batch: tasks.Batch) -> dict:
     return {'features': outputs, 'label': batch['label'], 'mask': batch['mask']}
