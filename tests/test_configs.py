@@ -18,6 +18,8 @@ from vision_jax import train_state
 
 _VARIANTS = {'digits_finetune_5to9.py': ('', ':scratch'),
              'cifar10_simclr_resnet18.py': ('', ':probe'),
+             'cifar10_byol_resnet18.py': ('', ':probe'),
+             'digits_byol.py': ('', ':probe'),
              'imagenet2012_resnet50_rsb.py': (':a1', ':a2', ':a3')}
 _CASES = [name + variant
           for name in sorted(f for f in os.listdir(os.path.join(REPO, 'configs'))
