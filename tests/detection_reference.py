@@ -119,3 +119,39 @@ def postprocess_outputs(num_anchors: int, seed: int, fcos: bool) -> dict[str, np
   else:
     out['bbox_regression'] = rng.normal(0.0, 0.5, (2, num_anchors, 4)).astype(np.float32)
   return out
+
+
+# The converted detectors' check: torchvision's models with weights drawn from a seed.
+MODEL_IMAGE_HW = (256, 320)
+MODEL_NUM_CLASSES = 5
+CLS_PRIOR_BIAS = -3.0
+
+
+def detector_state_dict(names_shapes: list[tuple[str, tuple[int, ...]]], seed: int,
+                        head_scale: float) -> dict[str, np.ndarray]:
+  """torch_reference.random_state_dict, then shaped so that the network's outputs are in
+  a useful range: a random BatchNorm does not normalise, so C3-C5 are ~1e3 and the FPN's
+  convs that read them are scaled by 1e-3; the final classification, box and centerness
+  convs are scaled by `head_scale` and the classification bias set to CLS_PRIOR_BIAS, so
+  that scores spread over (0, 1) instead of saturating."""
+  import torch_reference  # pylint: disable=g-import-not-at-top
+  state = torch_reference.random_state_dict(names_shapes, seed)
+  for name, value in state.items():
+    if name.startswith('backbone.fpn.') and value.ndim == 4 and value.shape[1] > 256:
+      state[name] = value * np.float32(1e-3)
+    elif name.rsplit('.', 2)[-2] in ('cls_logits', 'bbox_reg', 'bbox_ctrness'):
+      state[name] = value * np.float32(head_scale)
+  for name in state:
+    if name.endswith('cls_logits.bias'):
+      state[name] = np.full_like(state[name], CLS_PRIOR_BIAS)
+  return state
+
+
+def sample_images() -> np.ndarray:
+  """scikit-learn's two sample photos (china.jpg, flower.jpg; 427 x 640) resized to
+  MODEL_IMAGE_HW with PIL's bilinear filter: uint8 [2, H, W, 3]."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from sklearn.datasets import load_sample_images  # pylint: disable=g-import-not-at-top
+  h, w = MODEL_IMAGE_HW
+  return np.stack([np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
+                   for image in load_sample_images().images])
