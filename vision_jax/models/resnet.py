@@ -234,12 +234,23 @@ class ResNet(nnx.Module):
     self.head = nnx.Linear(cin, num_classes, dtype=dtype, rngs=rngs)
     add_drop_path(self.blocks, drop_path_rate, rngs)
 
-  def features(self, x: jax.Array, train: bool = False) -> jax.Array:
-    """The last stage's map [B, H / output_stride, W / output_stride, num_features]."""
+  def stage_features(self, x: jax.Array, train: bool = False) -> list[jax.Array]:
+    """Each stage's output map, first to last (strides 4, 8, 16, 32 with the ImageNet
+    stem and no dilation): what a feature pyramid reads."""
     x = nnx.relu(self.stem_bn(self.stem_conv(x), use_running_average=not train))
     if self.STEM == 'imagenet':
       x = stem_max_pool(x, self.kernels)
-    return remat_lib.run_blocks(self.blocks, x, self.remat, train)
+    outs, start = [], 0
+    for num_blocks in self.STAGES:
+      stage = [self.blocks[i] for i in range(start, start + num_blocks)]
+      x = remat_lib.run_blocks(stage, x, self.remat, train)
+      outs.append(x)
+      start += num_blocks
+    return outs
+
+  def features(self, x: jax.Array, train: bool = False) -> jax.Array:
+    """The last stage's map [B, H / output_stride, W / output_stride, num_features]."""
+    return self.stage_features(x, train)[-1]
 
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     x = jnp.mean(self.features(x, train), axis=(1, 2))
