@@ -16,6 +16,9 @@ The output is what a training run leaves behind: `config.json` (base_config with
 ImageNet normalisation and the weights' own eval transform), `dataset.json`,
 `checkpoints/0` (the state of `train_state.create` with the converted arrays placed by
 parameter path, saved by `checkpoint.Checkpointer`), plus `conversion.json` (provenance).
+
+`python -m vision_jax.convert inception --weights FILE --output DIR` converts the FID
+InceptionV3 weights instead (a feature network, not a workdir): see `inception_weights`.
 """
 from __future__ import annotations
 
@@ -273,8 +276,14 @@ def convert(source: str, arch: str, weights_path: str, output: str, *,
 
 
 def main(argv: list[str] | None = None) -> int:
+  argv = sys.argv[1:] if argv is None else list(argv)
+  if argv[:1] == ['inception']:
+    from vision_jax import inception_weights  # pylint: disable=g-import-not-at-top
+    return inception_weights.main(argv[1:])
   parser = argparse.ArgumentParser(
-      prog='python -m vision_jax.convert', description=__doc__.split('\n\n')[0])
+      prog='python -m vision_jax.convert', description=__doc__.split('\n\n')[0],
+      epilog='FID Inception weights: python -m vision_jax.convert inception --weights FILE '
+      '--output DIR.')
   parser.add_argument('source', choices=SOURCES, help='Whose weights these are.')
   parser.add_argument('--arch', required=True, help='Our model: resnet18/34/50/101/152 '
                       '(torchvision, timm) or bit_r50x1/bit_r50x3/bit_r101x1 (bit).')
