@@ -4,9 +4,11 @@
       [--output preds.json]
 
 Each image is read with PIL, given the model's channel count, preprocessed by the very
-function evaluation used (`preprocess.make_preprocess(<the run's eval recipe>, train=False)`,
-e.g. a bilinear resize to the training size) and normalised on device with the run's mean
-and std. Folders are searched recursively for image files, in sorted order.
+function evaluation used (the run's `eval_transform.EvalTransform`, read from dataset.json:
+e.g. a bilinear resize to the training size, or torchvision's exact Resize(256) +
+CenterCrop(224)) and normalised on device with the run's mean and std. Folders are searched
+recursively for image files, in sorted order. Each prediction states the transform
+(`"preprocessing"`: its `to_json()`).
 
 Channels are converted only where no information is lost: greyscale -> RGB by repeating
 it, a palette image to its colours, RGB whose three channels are equal -> greyscale, and a
@@ -45,8 +47,8 @@ from PIL import UnidentifiedImageError
 
 from vision_jax import mask_images
 from vision_jax.data import decode
-from vision_jax.data import preprocess
 from vision_jax.data import segmentation_preprocess
+from vision_jax.data.eval_transform import EvalTransform
 from vision_jax.errors import UserError
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.tif', '.tiff', '.webp',
@@ -123,26 +125,20 @@ def _channels(image: Image.Image, channels: int, run_converts: bool = False) -> 
 
 @dataclasses.dataclass(frozen=True)
 class EvalPreprocess:
-  """The run's eval preprocessing, rebuilt from dataset.json and its config."""
-  fn: preprocess.Preprocess
+  """The run's eval transform (from dataset.json), after the lossless channel checks."""
+  transform: EvalTransform
   channels: int
   run_converts: bool
 
   @classmethod
   def of(cls, loaded) -> 'EvalPreprocess':
-    ds, ds_cfg = loaded.dataset, loaded.config.dataset
-    kwargs = {}
-    if 'crop_fraction' in ds:
-      kwargs['crop_fraction'] = ds['crop_fraction']
-    if ds_cfg.get('channels', 0):  # The run converted channels; evaluation did the same.
-      kwargs['channels'] = ds_cfg.channels
-    fn = preprocess.make_preprocess(ds.get('eval_preprocess', 'resize'),
-                                    loaded.image_shape[0], train=False, **kwargs)
-    return cls(fn, loaded.image_shape[2], 'channels' in kwargs)
+    convert = loaded.config.dataset.get('channels', 0)  # The run converted channels itself.
+    return cls(EvalTransform.from_dataset_json(loaded.dataset, convert),
+               loaded.image_shape[2], bool(convert))
 
   def __call__(self, image: Image.Image) -> np.ndarray:
     array = _channels(image, self.channels, self.run_converts)
-    return np.ascontiguousarray(self.fn({'image': array, 'label': 0}, None)['image'])
+    return np.ascontiguousarray(self.transform(array))
 
 
 def load_image(path: str, prepare: EvalPreprocess) -> np.ndarray:
@@ -197,14 +193,17 @@ def top_k_entries(probs: np.ndarray, class_names: Sequence[str], k: int) -> list
 
 
 def predict(loaded, inputs: Sequence[str], top_k: int = 5) -> list[dict]:
-  """[{"image", "top_k": [{"index", "label", "probability"}]} or {"image", "error"}]."""
+  """[{"image", "top_k": [{"index", "label", "probability"}], "preprocessing"} or
+  {"image", "error"}]."""
   items = read_images(inputs, loaded)
   good = [item for item in items if item.error is None]
   probs = softmax(batched_logits(loaded, np.stack([g.image for g in good]))) if good else []
   next_probs = iter(probs)  # `good` keeps the order of `items`.
   k = max(1, min(top_k, loaded.num_classes))
+  transform = EvalPreprocess.of(loaded).transform.to_json()
   return [{'image': item.path, 'error': item.error} if item.error is not None else
-          {'image': item.path, 'top_k': top_k_entries(next(next_probs), loaded.class_names, k)}
+          {'image': item.path, 'top_k': top_k_entries(next(next_probs), loaded.class_names, k),
+           'preprocessing': transform}
           for item in items]
 
 
