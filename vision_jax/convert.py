@@ -58,12 +58,11 @@ EVAL_TRANSFORMS = {
     'bit': EvalTransform('resize', 224, channels=3),
 }
 _ORIGINAL = {
-    'torchvision_v1': 'torchvision IMAGENET1K_V1 weights.transforms(), exactly',
-    'torchvision_v2': 'torchvision IMAGENET1K_V2 weights.transforms(), exactly',
-    'timm_rsb': "timm's resnet*.a1_in1k-style weights (crop_pct 0.95, bicubic), exactly",
-    'timm': "timm's create_transform(**resolve_data_config(model)), exactly",
-    'bit': "BiT resizes the whole image (bilinear); ours is OpenCV's bilinear resize, a "
-           'fast approximation',
+    'torchvision_v1': 'torchvision IMAGENET1K_V1 weights.transforms()',
+    'torchvision_v2': 'torchvision IMAGENET1K_V2 weights.transforms()',
+    'timm_rsb': "timm's resnet*.a1_in1k-style weights (crop_pct 0.95, bicubic)",
+    'timm': "timm's create_transform(**resolve_data_config(model))",
+    'bit': 'BiT resizes the whole image (bilinear)',
 }
 
 
@@ -108,7 +107,7 @@ def _eval_transform(name: str | None, source: str, image_size: int | None,
         interpolation=interpolation or base.interpolation)
   except ValueError as e:  # An interpolation PIL does not have.
     raise ConversionError(f'--interpolation={interpolation}: {e}') from e
-  return chosen, f'{_ORIGINAL[name]}: {chosen.describe()}'
+  return chosen, f"the weights' own: {_ORIGINAL[name]}; ours: {chosen.describe()}"
 
 
 def imagenet_synsets() -> list[str] | None:
