@@ -5,6 +5,7 @@
   python bench/input_pipeline.py --baseline /work/wt/base   # + an older checkout, same files
   python bench/input_pipeline.py --cases memory --duration 300   # resident memory over 5 min
   python bench/input_pipeline.py --cases randaugment --cores 1   # the policy's cost per image
+  python bench/input_pipeline.py --cases eval_transform --cores 1   # exact vs fast eval
 
 Cases:
   imagenet  1,024 JPEGs made once (into --cache_dir) from scikit-learn's two real photos:
@@ -25,6 +26,8 @@ Cases:
             2-worker training stream, sampled through --duration seconds.
   randaugment  the imagenet case's train stream with and without RandAugment m9 +
             random erasing 0.25 (ours only, alternating): the policy's cost per image.
+  eval_transform  the imagenet case's eval stream, our fast center_crop against the exact
+            torchvision_v1 and timm (bicubic) transforms (eval_transform.py), alternating.
   cifar     10,000 in-memory 32x32 images: the host batch (a gather) and the pad-crop-flip
             on the CPU device (device_augment.py), batch 128.
   digits    the default dataset as the default run reads it.
@@ -152,7 +155,12 @@ def _ours(root: str, recipe: str, workers: int, args, policy: bool = False) -> d
     from vision_jax.data import augment as augment_lib
     augment = augment_lib.make_augment(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
                                        randaugment='rand-m9-mstd0.5-inc1', random_erasing=0.25)
-  fn = preprocess.make_preprocess(recipe, 224, train=train, channels=3, augment=augment)
+  if recipe in ('torchvision_v1', 'timm'):  # The exact eval transforms (eval_transform.py).
+    from vision_jax.data.eval_transform import EvalTransform
+    fn = EvalTransform(recipe, 224, crop_fraction=0.95, interpolation='bicubic' if recipe ==
+                       'timm' else 'bilinear', channels=3).example_fn()
+  else:
+    fn = preprocess.make_preprocess(recipe, 224, train=train, channels=3, augment=augment)
   if train:
     dataset = ip.train_dataset(source, fn, global_batch=args.batch, seed=0)
   else:  # The eval stream, repeated: every image once per pass.
@@ -216,7 +224,8 @@ def run_one(args) -> None:
   os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:cores]))
   files = make_jpegs(os.path.join(args.cache_dir, 'bench_jpegs'))
   root = os.path.join(args.cache_dir, 'bench_jpegs')
-  recipe = 'center_crop' if kind.endswith('eval') else 'inception'
+  recipe = {'exact_eval': 'torchvision_v1', 'timm_eval': 'timm'}.get(
+      kind, 'center_crop' if kind.endswith('eval') else 'inception')
   if kind.startswith('tfdata'):
     out = _tfdata(files, recipe, cores, args)
   else:
@@ -296,6 +305,29 @@ def case_randaugment(args, out: dict) -> None:
           f'+{ca - cp:.2f} CPU-ms per image', flush=True)
 
 
+def case_eval_transform(args, out: dict) -> None:
+  """The eval stream of the imagenet case's JPEGs through our fast center_crop (DCT-scaled
+  decode, one OpenCV resample), torchvision V1's exact pipeline and timm's (bicubic,
+  crop_pct 0.95; full decode + PIL), alternating, in worker processes on the same cores."""
+  make_jpegs(os.path.join(args.cache_dir, 'bench_jpegs'))
+  kinds = {'ours_eval': 'center_crop (fast)', 'exact_eval': 'torchvision_v1 (exact)',
+           'timm_eval': 'timm bicubic (exact)'}
+  for cores in args.cores:
+    rates, cpu = {k: [] for k in kinds}, {k: [] for k in kinds}
+    for _ in range(args.rounds):
+      for kind in kinds:
+        found = _spawn(kind, cores, args)
+        rates[kind].append(found['img_s'])
+        cpu[kind].append(found['cpu_ms'])
+    fast = statistics.median(rates['ours_eval'])
+    for kind, label in kinds.items():
+      rate, ms = statistics.median(rates[kind]), statistics.median(cpu[kind])
+      out[f'{kind}_img_s_{cores}'], out[f'{kind}_cpu_ms_{cores}'] = rate, ms
+      print(f'eval transform {cores} worker(s): {label:24s} {rate:5.0f} img/s {ms:.2f} '
+            f'CPU-ms/img  / fast {rate / fast:.2f}  (rounds {[round(r) for r in rates[kind]]})',
+            flush=True)
+
+
 def case_memory(args, out: dict) -> None:
   found = _spawn('memory', 2, args)
   samples = found['rss_samples_mb'] or [found['rss_mb']]
@@ -363,7 +395,7 @@ def main() -> None:
   print(f'{out["date"]}, {out["cpus"]} CPUs {" ".join(flags) or "(no AVX-512)"}, load '
         f'{out["load_start"][0]:.2f} (shared machine: other sessions use these cores)')
   cases = {'imagenet': case_imagenet, 'memory': case_memory, 'decoders': case_decoders,
-           'randaugment': case_randaugment,
+           'randaugment': case_randaugment, 'eval_transform': case_eval_transform,
            'cifar': case_cifar, 'digits': case_digits}
   for name in args.cases:
     cases[name](args, out)

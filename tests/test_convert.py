@@ -14,6 +14,7 @@ from safetensors.numpy import save_file
 from conftest import REPO, run_cli
 import torch_reference
 from vision_jax import checkpoint, convert, inference, models, optim, pretrained_weights
+from vision_jax.data.eval_transform import EvalTransform
 from vision_jax.errors import UserError
 
 FIXTURE = os.path.join(os.path.dirname(__file__), 'fixtures', 'torchvision_resnet_logits.npz')
@@ -256,9 +257,11 @@ def test_workdir_files_describe_the_weights(converted):
   config = inference.read_config(out)
   assert config.model.name == 'resnet18' and config.dataset.name == 'imagenet2012'
   assert dataset['mean'] == list(convert.IMAGENET_MEAN) == list(config.dataset.mean)
-  assert dataset['eval_preprocess'] == 'center_crop' and dataset['image_size'] == 33
-  assert dataset['crop_fraction'] == pytest.approx(224 / 232)
-  assert 'resize the shorter side to 232' in dataset['eval_transform']
+  transform = dataset['eval_transform']
+  assert transform['name'] == config.dataset.eval_preprocess == 'torchvision_v2'
+  assert dataset['image_size'] == transform['image_size'] == 33
+  assert transform['exact'] and transform['resize_size'] == 33 * 232 // 224
+  assert 'resize the shorter side to 34' in transform['description']
   synsets = convert.imagenet_synsets()
   assert synsets is not None and synsets[:2] == ['n01440764', 'n01443537']  # tench, goldfish.
   assert dataset['class_names'] == synsets and synsets == sorted(synsets)
@@ -267,16 +270,23 @@ def test_workdir_files_describe_the_weights(converted):
                                          if k.endswith('num_batches_tracked'))
 
 
-def test_eval_transforms_say_what_differs_from_the_original():
+def test_eval_transforms_reproduce_the_weights_own():
   timm, note = convert._eval_transform('timm_rsb', 'timm', None, None)  # pylint: disable=protected-access
-  assert (timm.image_size, timm.crop_fraction) == (224, 0.95)
-  assert 'bicubic' in note and 'bilinear only' in note
-  given, note = convert._eval_transform(None, 'timm', 288, 1.0)  # pylint: disable=protected-access
-  assert (given.image_size, given.crop_fraction) == (288, 1.0) and 'bicubic' not in note
-  bit, _ = convert._eval_transform(None, 'bit', None, None)  # pylint: disable=protected-access
-  assert bit.crop_fraction is None
+  assert timm == EvalTransform('timm', 224, crop_fraction=0.95, interpolation='bicubic',
+                               channels=3) and timm.exact
+  assert 'a1_in1k' in note and 'PIL bicubic' in note and 'Resize(235)' in note
+  given, _ = convert._eval_transform(None, 'timm', 288, 1.0)  # pylint: disable=protected-access
+  assert (given.name, given.image_size, given.resize_size) == ('timm', 288, 288)
+  assert given.interpolation == 'bicubic'  # timm's default; torchvision weights: bilinear.
+  other, _ = convert._eval_transform(None, 'torchvision', None, 0.9, 'lanczos')  # pylint: disable=protected-access
+  assert (other.crop_fraction, other.interpolation) == (0.9, 'lanczos')
+  bit, note = convert._eval_transform(None, 'bit', None, None)  # pylint: disable=protected-access
+  assert bit.name == 'resize' and not bit.exact and 'fast approximation' in note
   with pytest.raises(convert.ConversionError, match='--crop_fraction=1.5'):
-    convert._eval_transform('torchvision_v1', 'torchvision', None, 1.5)  # pylint: disable=protected-access
+    convert._eval_transform('timm', 'timm', None, 1.5)  # pylint: disable=protected-access
+  with pytest.raises(convert.ConversionError, match='--crop_fraction cannot change '
+                     '--eval_transform=torchvision_v1'):
+    convert._eval_transform('torchvision_v1', 'torchvision', None, 0.9)  # pylint: disable=protected-access
 
 
 def test_place_arrays_on_plain_nested_dicts_and_lists():
@@ -329,6 +339,17 @@ def test_predict_and_export_through_the_cli(converted, loaded, data_dir, tmp_pat
   expected = loaded.logits(batch)
   np.testing.assert_allclose(served(batch), expected, atol=1e-5 * np.abs(expected).max(),
                              rtol=0)
+  # Both state and run the workdir's exact transform (40 px -> shorter side 34 -> crop 33).
+  recorded = json.loads(open(os.path.join(out, 'dataset.json')).read())['eval_transform']
+  assert served.metadata['input']['preprocessing']['name'] == 'torchvision_v2'
+  assert all(p['preprocessing'] == recorded for p in preds)
+  transform = EvalTransform.from_json(recorded)
+  for image, pred in zip(images, preds):
+    prepared = served.prepare(image)
+    np.testing.assert_array_equal(prepared, transform(image))
+    probs = served.probabilities(prepared)
+    np.testing.assert_allclose([t['probability'] for t in pred['top_k']],
+                               [probs[t['index']] for t in pred['top_k']], atol=2e-5)
 
 
 def test_eval_mode_reads_the_workdir(monkeypatch, converted, tmp_path):
@@ -389,7 +410,7 @@ def test_bit_npz_round_trip_lands_each_tensor_where_it_belongs(tmp_path):
   for path, value in expected.items():
     np.testing.assert_array_equal(flat[path], value, err_msg=path)
   dataset = json.loads(open(os.path.join(out, 'dataset.json')).read())
-  assert dataset['num_classes'] == 10 and dataset['eval_preprocess'] == 'resize'
+  assert dataset['num_classes'] == 10 and dataset['eval_transform']['name'] == 'resize'
   assert dataset['mean'] == [0.5] * 3
 
 

@@ -52,7 +52,7 @@ def test_mock_cifar10_cifar_recipe(online):
   assert len(data.class_names) == 10  # The mock has no label names file: '0'..'9'.
   assert data.mean == (0.4914, 0.4822, 0.4465)
   assert evaluated['image'].shape == (20, 32, 32, 3)  # 20 = 3 batches of 6 + 2, masked.
-  assert data.describe()['eval_preprocess'] == 'resize'
+  assert data.describe()['eval_transform']['name'] == 'resize'
 
 
 def test_mock_imagenet_inception_and_center_crop(online):
@@ -68,7 +68,26 @@ def test_mock_imagenet_inception_and_center_crop(online):
   assert first['image'].shape == (8, 24, 24, 3)
   np.testing.assert_array_equal(first['image'], again['image'])  # Pure function of step.
   assert evaluated['image'].shape == (12, 24, 24, 3)
-  assert data.num_classes == 1000 and data.describe()['eval_preprocess'] == 'center_crop'
+  assert data.num_classes == 1000
+  assert data.describe()['eval_transform']['name'] == 'center_crop'
+
+
+def test_mock_imagenet_exact_eval_transform(online):
+  """config.dataset.eval_preprocess='torchvision_v1': the eval split's images (tfds JPEG
+  records, read through the worker path) are the transform of the fully decoded images,
+  the very function predict and export run; dataset.json records it."""
+  from vision_jax.data.eval_transform import EvalTransform  # pylint: disable=g-import-not-at-top
+  config = _config('imagenet2012', download=True, preprocess='inception', image_size=24,
+                   eval_splits=('validation',), normalization='imagenet',
+                   eval_preprocess='torchvision_v1')
+  with tfds.testing.mock_data(num_examples=6):
+    data = ip.build(config)
+    evaluated = _all_eval(data, 'validation')
+    raw = sources.open_split(config.dataset, 'validation')[0]
+    decoded = [decode.decode(raw[i]['image'])[0] for i in range(len(raw))]
+  transform = EvalTransform.from_json(data.describe()['eval_transform'])
+  assert transform == EvalTransform('torchvision_v1', 24, channels=3)
+  np.testing.assert_array_equal(evaluated['image'], np.stack([transform(d) for d in decoded]))
 
 
 def test_variable_size_images_need_an_image_size(online):

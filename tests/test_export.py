@@ -82,20 +82,22 @@ def test_metadata_states_the_runs_own_eval_preprocessing(exported, tmp_path, dat
   """A center_crop run's export says center_crop with its crop fraction (not 'resize'),
   and Served.prepare applies it: the served logits of a larger image equal predict's."""
   from PIL import Image
+  from vision_jax.data.eval_transform import EvalTransform
   workdir, _ = exported
   meta = json.loads((workdir / 'export' / 'metadata.json').read_text())
-  assert meta['input']['preprocessing']['recipe'] == 'resize'
+  assert meta['input']['preprocessing']['name'] == 'resize'
   crop = copy_run(workdir, tmp_path / 'crop')
   dataset = json.loads((crop / 'dataset.json').read_text())
-  dataset.update(eval_preprocess='center_crop', crop_fraction=0.5)  # As such a run writes.
+  dataset['eval_transform'] = EvalTransform('center_crop', 8, crop_fraction=0.5,
+                                            channels=1).to_json()  # As such a run writes.
   (crop / 'dataset.json').write_text(json.dumps(dataset))
   proc = run_cli(['--mode=export', '--workdir', str(crop)], data_dir)
   assert proc.returncode == 0, proc.stderr[-3000:]
   from vision_jax import export
   served = export.load(str(crop / 'export'))
   spec = served.metadata['input']['preprocessing']
-  assert spec['recipe'] == 'center_crop' and spec['crop_fraction'] == 0.5
-  assert 'central 8x8' in spec['description']
+  assert spec['name'] == 'center_crop' and spec['crop_fraction'] == 0.5
+  assert 'central 8x8' in spec['description'] and not spec['exact']
   image = np.random.default_rng(1).integers(0, 256, (24, 20, 1), np.uint8)
   Image.fromarray(image[..., 0]).save(tmp_path / 'big.png')
   out = tmp_path / 'preds.json'
@@ -105,3 +107,8 @@ def test_metadata_states_the_runs_own_eval_preprocessing(exported, tmp_path, dat
   predicted = {t['index']: t['probability'] for t in json.loads(out.read_text())[0]['top_k']}
   probs = served.probabilities(served.prepare(image))
   np.testing.assert_allclose([predicted[i] for i in range(10)], probs, atol=1e-5)
+  prepared = served.prepare(image)
+  # An export written before the transform was one object states the recipe so.
+  served.metadata['input']['preprocessing'] = {'recipe': 'center_crop', 'crop_fraction': 0.5,
+                                               'convert_channels': 0}
+  np.testing.assert_array_equal(served.prepare(image), prepared)

@@ -52,3 +52,15 @@ def torch_input(images: np.ndarray) -> np.ndarray:
   """uint8 NHWC -> float32 NCHW normalised as torchvision's ImageNet weights expect."""
   x = (images.astype(np.float64) / 255.0 - MEAN) / STD
   return np.ascontiguousarray(x.transpose(0, 3, 1, 2), np.float32)
+
+
+def with_head(state: dict[str, np.ndarray], scale: float, bias: np.ndarray
+              ) -> dict[str, np.ndarray]:
+  """`state` with its classifier (`fc`) weight times `scale` and bias replaced: random
+  deep ResNets give every image nearly the same huge logits; a head that subtracts their
+  image-independent part and scales the rest (tests/fixtures/make_eval_transform_fixtures.py
+  stores both) makes the probabilities depend on the image, as a trained model's do."""
+  out = dict(state)
+  out['fc.weight'] = state['fc.weight'] * np.float32(scale)
+  out['fc.bias'] = np.asarray(bias, np.float32)
+  return out

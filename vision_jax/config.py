@@ -38,8 +38,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.dataset.classes = ()            # Class subset (indices or names); labels become 0..k-1.
   # Recipes (vision_jax/data/preprocess.py): 'resize' | 'cifar' | 'inception' | 'center_crop'.
   c.dataset.preprocess = 'resize'   # Train-time recipe.
-  c.dataset.eval_preprocess = ''    # '' = the recipe's eval twin (inception -> center_crop).
-  c.dataset.crop_fraction = 0.875   # center_crop: shorter side to size / this (224 <- 256).
+  c.dataset.eval_preprocess = ''    # '' = the recipe's eval twin (inception -> center_crop);
+  # or a reference pipeline, reproduced exactly: torchvision_v1 | torchvision_v2 | timm.
+  c.dataset.crop_fraction = 0.875   # center_crop: shorter side to size / this (224 <- 256); timm's crop_pct.
+  c.dataset.eval_interpolation = ''  # timm: the weights' filter ('' = bicubic); others bilinear.
   c.dataset.min_crop_area = 0.08    # inception: smallest crop, as a fraction of the image.
   c.dataset.mean = ()               # Per-channel mean/std in [0, 1] units; () = 0.5 / 0.5 ...
   c.dataset.std = ()
@@ -287,7 +289,9 @@ def _check_recipe(config: ml_collections.ConfigDict, model_options) -> None:
   (config.optim.agc_clip is checked with the other optimiser keys, in optim.py)."""
   from vision_jax import losses  # pylint: disable=g-import-not-at-top
   from vision_jax.data import augment  # pylint: disable=g-import-not-at-top
+  from vision_jax.data import eval_transform  # pylint: disable=g-import-not-at-top
   ds, o = config.dataset, config.optim
+  eval_transform.check_config(ds)
   try:
     augment.from_config(ds, (0.5,) * 3, (0.5,) * 3)  # Every augmentation key.
     losses.classification_loss(o.loss, label_smoothing=o.label_smoothing,

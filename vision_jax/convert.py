@@ -13,7 +13,9 @@ authors' BiT `.npz` files; reading and the tensor-name maps are in `pretrained_w
 lists each one: nothing is skipped silently).
 
 The output is what a training run leaves behind: `config.json` (base_config with the model,
-ImageNet normalisation and the weights' own eval transform), `dataset.json`,
+ImageNet normalisation and the weights' own eval transform: torchvision's and timm's
+pipelines reproduced pixel for pixel, vision_jax.data.eval_transform), `dataset.json`
+(which records that transform for predict and export),
 `checkpoints/0` (the state of `train_state.create` with the converted arrays placed by
 parameter path, saved by `checkpoint.Checkpointer`), plus `conversion.json` (provenance).
 
@@ -32,6 +34,7 @@ from typing import Mapping
 
 import numpy as np
 
+from vision_jax.data.eval_transform import INTERPOLATIONS, EvalTransform
 from vision_jax.errors import UserError
 # Re-exported: the converter's error and the name maps are part of its interface.
 from vision_jax.pretrained_weights import (ConversionError, bit_names, convert_bit,  # pylint: disable=unused-import
@@ -43,34 +46,36 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 # ----------------------------------------------------------------------------- metadata
 
-@dataclasses.dataclass(frozen=True)
-class EvalTransform:
-  """How the weights' authors evaluate them, and the recipe of ours that does it.
-
-  `crop_fraction` is the central share of the shorter side that is kept (torchvision's
-  resize 256 + crop 224: 224 / 256); None means a plain resize of the whole image.
-  Our center_crop cuts the same region and resizes it once, bilinear (PIL, antialiased).
-  """
-  image_size: int
-  crop_fraction: float | None
-  original: str
-
-
+# How each family of weights is evaluated by its authors, as our eval transform
+# (vision_jax.data.eval_transform): the reference pipelines are reproduced exactly (PIL,
+# the same filter, antialiasing and crop geometry); BiT's plain resize is our fast one.
 EVAL_TRANSFORMS = {
-    'torchvision_v1': EvalTransform(224, 224 / 256, 'torchvision IMAGENET1K_V1: resize '
-                                    'the shorter side to 256 (bilinear), centre crop 224'),
-    'torchvision_v2': EvalTransform(224, 224 / 232, 'torchvision IMAGENET1K_V2: resize '
-                                    'the shorter side to 232 (bilinear), centre crop 224'),
-    'timm_rsb': EvalTransform(224, 0.95, "timm's ResNet-strikes-back weights (resnet*."
-                              'a1_in1k, a2_in1k, a3_in1k, ...): crop_pct 0.95 at 224 '
-                              '(resize 235), bicubic'),
-    'bit': EvalTransform(224, None, 'BiT: the whole image resized (bilinear)'),
+    'torchvision_v1': EvalTransform('torchvision_v1', 224, crop_fraction=224 / 256,
+                                    channels=3),
+    'torchvision_v2': EvalTransform('torchvision_v2', 224, crop_fraction=224 / 232,
+                                    channels=3),
+    'timm_rsb': EvalTransform('timm', 224, crop_fraction=0.95, interpolation='bicubic',
+                              channels=3),
+    'timm': EvalTransform('timm', 224, crop_fraction=0.875, interpolation='bicubic',
+                          channels=3),
+    'bit': EvalTransform('resize', 224, channels=3),
+}
+_ORIGINAL = {
+    'torchvision_v1': 'torchvision IMAGENET1K_V1 weights.transforms()',
+    'torchvision_v2': 'torchvision IMAGENET1K_V2 weights.transforms()',
+    'timm_rsb': "timm's resnet*.a1_in1k-style weights (crop_pct 0.95, bicubic)",
+    'timm': "timm's create_transform(**resolve_data_config(model))",
+    'bit': 'BiT resizes the whole image (bilinear)',
 }
 
 
 def _eval_transform(name: str | None, source: str, image_size: int | None,
-                    crop_fraction: float | None) -> tuple[EvalTransform, str]:
-  """The transform to write, from a preset and/or explicit values, and its description."""
+                    crop_fraction: float | None, interpolation: str | None = None
+                    ) -> tuple[EvalTransform, str]:
+  """The transform to record, from a preset and/or explicit values, and a note saying what
+  it reproduces. --crop_fraction alone (or with --eval_transform timm) is timm's pipeline
+  with that crop_pct; its filter is --interpolation (default: bicubic for timm weights,
+  bilinear, torchvision's, for others)."""
   if name is None and source == 'bit':
     name = 'bit'
   if name is None and crop_fraction is None:
@@ -78,28 +83,34 @@ def _eval_transform(name: str | None, source: str, image_size: int | None,
         f'Pass --eval_transform for {source} weights (the file does not say how they were '
         'evaluated): torchvision_v1 for IMAGENET1K_V1 weights, torchvision_v2 for '
         'IMAGENET1K_V2, timm_rsb for timm\'s resnet*.a1_in1k-style weights, or '
-        "--crop_fraction=<timm's crop_pct> for any other.")
+        "--crop_fraction=<timm's crop_pct> (and --interpolation=<its filter>) for any other.")
   if name is not None and name not in EVAL_TRANSFORMS:
     raise ConversionError(f'--eval_transform={name!r} is unknown; use one of '
                           f'{", ".join(EVAL_TRANSFORMS)}.')
-  base = EVAL_TRANSFORMS[name] if name else EvalTransform(224, None, 'given on the command '
-                                                          'line')
+  if name is None:
+    name = 'timm'
+    default_filter = 'bicubic' if source == 'timm' else 'bilinear'
+    interpolation = interpolation or default_filter
+  base = EVAL_TRANSFORMS[name]
+  fixed = [flag for flag, value in (('--crop_fraction', crop_fraction),
+                                    ('--interpolation', interpolation)) if value is not None]
+  if fixed and base.name != 'timm':
+    raise ConversionError(f'{" and ".join(fixed)} cannot change --eval_transform={name}: its '
+                          'crop and filter are the reference\'s own. Use --eval_transform '
+                          "timm (timm's pipeline with your crop_pct and filter), or drop "
+                          f'{" and ".join(fixed)}.')
   if crop_fraction is not None and not 0 < crop_fraction <= 1:
     raise ConversionError(f'--crop_fraction={crop_fraction}: use a value in (0, 1].')
   if image_size is not None and image_size < 1:
     raise ConversionError(f'--image_size={image_size}: use a positive size.')
-  chosen = dataclasses.replace(
-      base, image_size=image_size or base.image_size,
-      crop_fraction=crop_fraction if crop_fraction is not None else base.crop_fraction)
-  if chosen.crop_fraction is None:
-    ours = f'resize to {chosen.image_size} (bilinear)'
-  else:
-    ours = (f'center_crop: the central {chosen.crop_fraction:.4f} of the shorter side, '
-            f'resized once to {chosen.image_size} (bilinear)')
-  note = (f'ours: {ours}; the weights\' own: {base.original}.'
-          + (' Our resize is bilinear only, so bicubic-evaluated weights see slightly '
-             'different pixels.' if 'bicubic' in base.original else ''))
-  return chosen, note
+  try:
+    chosen = dataclasses.replace(
+        base, image_size=image_size or base.image_size,
+        crop_fraction=base.crop_fraction if crop_fraction is None else crop_fraction,
+        interpolation=interpolation or base.interpolation)
+  except ValueError as e:  # An interpolation PIL does not have.
+    raise ConversionError(f'--interpolation={interpolation}: {e}') from e
+  return chosen, f"the weights' own: {_ORIGINAL[name]}; ours: {chosen.describe()}"
 
 
 def imagenet_synsets() -> list[str] | None:
@@ -156,11 +167,9 @@ def make_config(arch: str, transform: EvalTransform, mean: tuple[float, ...],
   ds.name, ds.train_split, ds.eval_splits = 'imagenet2012', 'train', ('validation',)
   ds.image_size, ds.channels = transform.image_size, 3
   ds.mean, ds.std = tuple(mean), tuple(std)
-  if transform.crop_fraction is None:
-    ds.preprocess = ds.eval_preprocess = 'resize'
-  else:
-    ds.preprocess, ds.eval_preprocess = 'inception', 'center_crop'
-    ds.crop_fraction = transform.crop_fraction
+  ds.preprocess = 'resize' if transform.name == 'resize' else 'inception'
+  ds.eval_preprocess, ds.crop_fraction = transform.name, transform.crop_fraction
+  ds.eval_interpolation = transform.interpolation if transform.name == 'timm' else ''
   # Only used if training continues in this workdir: SGD with momentum (zero momentum in
   # the checkpoint), as torchvision's ResNet recipe.
   config.optim.name, config.optim.momentum, config.optim.learning_rate = 'sgd', 0.9, 0.1
@@ -245,11 +254,13 @@ def write_workdir(arrays: Mapping[str, np.ndarray], config, dataset: dict,
 
 def convert(source: str, arch: str, weights_path: str, output: str, *,
             eval_transform: str | None = None, image_size: int | None = None,
-            crop_fraction: float | None = None, class_names_path: str | None = None) -> dict:
+            crop_fraction: float | None = None, interpolation: str | None = None,
+            class_names_path: str | None = None) -> dict:
   """The whole conversion; returns the provenance written to conversion.json."""
   if source not in SOURCES:
     raise ConversionError(f'Unknown source {source!r}; use one of {", ".join(SOURCES)}.')
-  transform, note = _eval_transform(eval_transform, source, image_size, crop_fraction)
+  transform, note = _eval_transform(eval_transform, source, image_size, crop_fraction,
+                                    interpolation)
   output = _check_output(output)  # Before the slow part: fail fast.
   weights = read_weights(weights_path)
   if source == 'bit':
@@ -261,11 +272,9 @@ def convert(source: str, arch: str, weights_path: str, output: str, *,
   num_classes = int(arrays['head/bias'].shape[0])
   names, names_from = class_names(class_names_path, num_classes)
   config = make_config(arch, transform, mean, std)
-  ds = config.dataset
   dataset = {'num_classes': num_classes, 'image_size': transform.image_size, 'channels': 3,
              'class_names': names, 'mean': list(mean), 'std': list(std), 'num_train': 0,
-             'eval_sizes': {}, 'eval_preprocess': ds.eval_preprocess,
-             'crop_fraction': ds.crop_fraction, 'eval_transform': note}
+             'eval_sizes': {}, 'eval_transform': transform.to_json()}
   provenance = {'source': source, 'weights': os.path.abspath(weights_path), 'arch': arch,
                 'tensors_read': len(weights), 'arrays_written': len(arrays),
                 'ignored': sorted(n for n in weights if n.endswith('.num_batches_tracked')),
@@ -294,13 +303,17 @@ def main(argv: list[str] | None = None) -> int:
                       'unless --crop_fraction is given).')
   parser.add_argument('--image_size', type=int, default=None, help='Input size (224).')
   parser.add_argument('--crop_fraction', type=float, default=None,
-                      help="Central share of the shorter side kept (timm's crop_pct).")
+                      help="timm's crop_pct: resize to floor(image_size / it), crop.")
+  parser.add_argument('--interpolation', default=None, choices=sorted(INTERPOLATIONS),
+                      help="timm's filter (default bicubic for timm weights, else "
+                      'bilinear).')
   parser.add_argument('--class_names', default=None, help='File with one name per line.')
   args = parser.parse_args(argv)
   try:
     provenance = convert(args.source, args.arch, args.weights, args.output,
                          eval_transform=args.eval_transform, image_size=args.image_size,
-                         crop_fraction=args.crop_fraction, class_names_path=args.class_names)
+                         crop_fraction=args.crop_fraction, interpolation=args.interpolation,
+                         class_names_path=args.class_names)
   except UserError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2

@@ -19,10 +19,14 @@ Weights travel next to the function rather than inside it as constants, so the S
 stays small and a 100 MB ResNet does not become a 100 MB program. `load(dir)` needs only
 jax, numpy and PIL: none of vision_jax's training code, flax or TensorFlow.
 
-The function takes images at the model's input size. Getting them there is the client's
-part, and metadata.json states it exactly: the run's own eval preprocessing (`resize`, or
-`center_crop` with its crop fraction), which `Served.prepare` applies to one image of any
-size as evaluation did.
+The function (and the SavedModel's signature) takes uint8 images already at the model's
+input size: no resizing happens inside it, in JAX or in TF. Getting them there is the
+client's part, on the host, and metadata.json's input.preprocessing states it exactly: the
+run's eval transform (`eval_transform.EvalTransform.to_json()`: our fast `resize` /
+`center_crop`, segmentation's `fit_and_pad`, or torchvision's / timm's pipelines reproduced
+exactly with PIL), which `Served.prepare` runs, the same Python code evaluation and
+--mode=predict ran, on one HWC uint8 image of any size. A TF Serving client applies it
+before the request: `EvalTransform.from_json(metadata['input']['preprocessing'])(image)`.
 """
 from __future__ import annotations
 
@@ -57,20 +61,17 @@ class Served:
     self.class_names: list[str] = self.metadata['class_names']
 
   def prepare(self, image: np.ndarray) -> np.ndarray:
-    """One HWC uint8 image of any size -> the model's input, by the run's eval
-    preprocessing (metadata['input']['preprocessing'])."""
-    from vision_jax.data import preprocess  # pylint: disable=g-import-not-at-top
+    """One HWC uint8 image of any size -> the model's input: the run's eval transform
+    (metadata['input']['preprocessing'], the very function evaluation ran)."""
+    from vision_jax.data import eval_transform  # pylint: disable=g-import-not-at-top
     spec = self.metadata['input']['preprocessing']
-    if spec['recipe'] == 'fit_and_pad':  # Segmentation: shrink if larger, pad.
-      from vision_jax.data import segmentation_preprocess  # pylint: disable=g-import-not-at-top
-      image = np.asarray(image, np.uint8)
-      return segmentation_preprocess.fit_and_pad(
-          image, np.zeros(image.shape[:2], np.uint8), self.input_shape[0],
-          fill=tuple(spec['fill']))[0]
-    fn = preprocess.make_preprocess(spec['recipe'], self.input_shape[0], train=False,
-                                    crop_fraction=spec['crop_fraction'],
-                                    channels=spec.get('convert_channels', 0))
-    return fn({'image': np.asarray(image, np.uint8), 'label': 0}, None)['image']
+    if 'name' in spec:
+      transform = eval_transform.EvalTransform.from_json(spec)
+    else:  # Exports written before the transform was one object.
+      transform = eval_transform.EvalTransform(
+          spec['recipe'], self.input_shape[0], crop_fraction=spec['crop_fraction'],
+          channels=spec.get('convert_channels', 0), fill=tuple(spec.get('fill', ())))
+    return transform(np.asarray(image, np.uint8))
 
   def __call__(self, images: np.ndarray) -> np.ndarray:
     images = np.asarray(images)
@@ -139,27 +140,15 @@ def _write_saved_model(serve, weights: list[np.ndarray], shape: tuple[int, int, 
   tf.saved_model.save(module, path, signatures={'serving_default': serving_default})
 
 
-def eval_preprocessing(dataset: dict, size: int, convert_channels: int = 0) -> dict:
-  """What turns an image of any size into the model's input: the run's eval recipe, from
-  its dataset.json (what evaluation and --mode=predict apply). `convert_channels`: the
-  run's config.dataset.channels (0: images are used with the channels they have)."""
-  recipe = dataset.get('eval_preprocess', 'resize')
-  fraction = float(dataset.get('crop_fraction', 0.875))
-  extra = {}
-  if recipe == 'fit_and_pad':
-    extra['fill'] = [int(round(255 * m)) for m in dataset['mean']]
-    text = (f'an image larger than {size}x{size} is shrunk (aspect kept, bilinear) until '
-            f'its longer side is {size}; then it is padded at the bottom and right to '
-            f'{size}x{size} with {extra["fill"]} (the per-pixel logits of the padding are '
-            'not part of the image)')
-  elif recipe == 'center_crop':
-    text = (f'scale the shorter side to {size / fraction:g} px ({size} / {fraction:g}) and '
-            f'take the central {size}x{size}, in one bilinear resample of that region')
-  else:
-    text = f'resize to {size}x{size} (bilinear)'
-  return {'recipe': recipe, 'crop_fraction': fraction, 'interpolation': 'bilinear',
-          'convert_channels': int(convert_channels),
-          'description': text + '; values 0..255 (Served.prepare does it)', **extra}
+def eval_preprocessing(dataset: dict, convert_channels: int = 0) -> dict:
+  """What turns an image of any size into the model's input: the run's eval transform,
+  from its dataset.json (what evaluation and --mode=predict apply), as `to_json` writes it.
+  `convert_channels`: the run's config.dataset.channels, for a dataset.json written before
+  it recorded the transform (0: images are used with the channels they have)."""
+  from vision_jax.data import eval_transform  # pylint: disable=g-import-not-at-top
+  spec = eval_transform.EvalTransform.from_dataset_json(dataset, convert_channels).to_json()
+  spec['description'] += ' (Served.prepare does it)'
+  return spec
 
 
 def export(loaded, export_dir: str, *, saved_model: bool = True) -> dict:
@@ -182,7 +171,7 @@ def export(loaded, export_dir: str, *, saved_model: bool = True) -> dict:
       'input': {'shape': [None, height, width, channels], 'dtype': 'uint8', 'layout': 'NHWC',
                 'image_size': height, 'channels': channels,
                 'preprocessing': eval_preprocessing(
-                    loaded.dataset, height, loaded.config.dataset.get('channels', 0))},
+                    loaded.dataset, loaded.config.dataset.get('channels', 0))},
       'normalization': {'mean': list(loaded.mean), 'std': list(loaded.std),
                         'formula': '(x / 255 - mean) / std, inside the function'},
       'output': {'logits': [None] + list(jax.eval_shape(

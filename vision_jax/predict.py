@@ -8,9 +8,11 @@ The task decides what is written (vision_jax/tasks: `Task.predict`): class proba
 (one line per image, OUT a JSON file), masks (OUT a folder of PNGs and predictions.json),
 and so on. This module holds what they share: finding the image files (folders are searched
 recursively, in sorted order), reading them with PIL, giving them the model's channel
-count, preprocessing them by the very function evaluation used
-(`preprocess.make_preprocess(<the run's eval recipe>, train=False)`, e.g. a bilinear resize
-to the training size), batching them, and failing at the end if any failed.
+count, preprocessing them by the very function evaluation used (the run's
+`eval_transform.EvalTransform`, read from dataset.json: e.g. a bilinear resize to the
+training size, or torchvision's exact Resize(256) + CenterCrop(224)), batching them, and
+failing at the end if any failed. Each prediction states the transform (`"preprocessing"`:
+its `to_json()`).
 
 Channels are converted only where no information is lost: greyscale -> RGB by repeating
 it, a palette image to its colours, RGB whose three channels are equal -> greyscale, and a
@@ -38,7 +40,7 @@ from PIL import ImageOps
 from PIL import UnidentifiedImageError
 
 from vision_jax.data import decode
-from vision_jax.data import preprocess
+from vision_jax.data.eval_transform import EvalTransform
 from vision_jax.errors import UserError
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.tif', '.tiff', '.webp',
@@ -115,26 +117,20 @@ def _channels(image: Image.Image, channels: int, run_converts: bool = False) -> 
 
 @dataclasses.dataclass(frozen=True)
 class EvalPreprocess:
-  """The run's eval preprocessing, rebuilt from dataset.json and its config."""
-  fn: preprocess.Preprocess
+  """The run's eval transform (from dataset.json), after the lossless channel checks."""
+  transform: EvalTransform
   channels: int
   run_converts: bool
 
   @classmethod
   def of(cls, loaded) -> 'EvalPreprocess':
-    ds, ds_cfg = loaded.dataset, loaded.config.dataset
-    kwargs = {}
-    if 'crop_fraction' in ds:
-      kwargs['crop_fraction'] = ds['crop_fraction']
-    if ds_cfg.get('channels', 0):  # The run converted channels; evaluation did the same.
-      kwargs['channels'] = ds_cfg.channels
-    fn = preprocess.make_preprocess(ds.get('eval_preprocess', 'resize'),
-                                    loaded.image_shape[0], train=False, **kwargs)
-    return cls(fn, loaded.image_shape[2], 'channels' in kwargs)
+    convert = loaded.config.dataset.get('channels', 0)  # The run converted channels itself.
+    return cls(EvalTransform.from_dataset_json(loaded.dataset, convert),
+               loaded.image_shape[2], bool(convert))
 
   def __call__(self, image: Image.Image) -> np.ndarray:
     array = _channels(image, self.channels, self.run_converts)
-    return np.ascontiguousarray(self.fn({'image': array, 'label': 0}, None)['image'])
+    return np.ascontiguousarray(self.transform(array))
 
 
 def load_image(path: str, prepare: EvalPreprocess) -> np.ndarray:

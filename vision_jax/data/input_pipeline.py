@@ -14,7 +14,8 @@ at the scale its crop needs. The CIFAR recipe's pad-crop-flip of an in-memory sp
 the device (`Data.device_augment`, device_augment.py), unless host augmentations follow it
 (config.dataset.randaugment, random_erasing, ...: augment.py, applied by the train recipe
 in the same threads or worker processes). Evaluation reads every example once, padding the
-last global batch with masked copies.
+last global batch with masked copies, through the run's eval transform (eval_transform.py,
+recorded in dataset.json for predict and export).
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ import ml_collections
 import numpy as np
 
 from vision_jax.data import augment as augment_lib
+from vision_jax.data import eval_transform as eval_transform_lib
 from vision_jax.data import preprocess
 from vision_jax.data import sources
 from vision_jax.data import stream
@@ -91,8 +93,7 @@ class Data:
   class_names: list[str]
   mean: tuple[float, ...]
   std: tuple[float, ...]
-  eval_preprocess: str = 'resize'
-  crop_fraction: float = 0.875
+  eval_transform: eval_transform_lib.EvalTransform  # Eval's; predict and export's too.
   num_threads: int = 4  # Reader threads (when no workers): 0 for a split held in memory.
   num_workers: int = 0  # Worker processes reading the train split (0: in-process).
   eval_workers: int = 0  # Same for the eval splits (0 when they are all in memory).
@@ -114,8 +115,8 @@ class Data:
             'image_size': self.eval_image_size or self.image_size,  # What inference feeds.
             'channels': self.channels, 'class_names': self.class_names,
             'mean': list(self.mean), 'std': list(self.std), 'num_train': self.num_train,
-            'eval_sizes': self.eval_sizes, 'eval_preprocess': self.eval_preprocess,
-            'crop_fraction': self.crop_fraction, 'train_preprocess': self.train_preprocess,
+            'eval_sizes': self.eval_sizes, 'eval_transform': self.eval_transform.to_json(),
+            'train_preprocess': self.train_preprocess,
             'device_augment': self.device_augment, 'train_image_size': self.image_size}
 
 
@@ -129,9 +130,10 @@ def _check(ds_cfg: ml_collections.ConfigDict) -> None:
     problems.append(f'config.dataset.crop_fraction={ds_cfg.crop_fraction}: use (0, 1].')
   if not 0 < ds_cfg.min_crop_area <= 1:
     problems.append(f'config.dataset.min_crop_area={ds_cfg.min_crop_area}: use (0, 1].')
-  if ds_cfg.eval_preprocess not in ('', 'resize', 'center_crop'):
-    problems.append(f'config.dataset.eval_preprocess={ds_cfg.eval_preprocess!r}: use "" '
-                    '(follow config.dataset.preprocess), "resize" or "center_crop".')
+  try:
+    eval_transform_lib.check_config(ds_cfg)
+  except eval_transform_lib.EvalTransformError as e:
+    problems.append(str(e))
   workers = ds_cfg.get('num_workers', -1)
   if not isinstance(workers, int) or workers < -1:
     problems.append(f'config.dataset.num_workers={workers!r}: use -1 (auto), 0 '
@@ -173,9 +175,9 @@ def build(config: ml_collections.ConfigDict, shard: HostShard = HostShard(), *,
   train_fn = preprocess.make_preprocess('resize' if device_augment else ds_cfg.preprocess,
                                         size, train=True, augment=augment, **recipe)
   gathered = _gatherable(train_src, train_fn)
-  eval_recipe = ds_cfg.eval_preprocess or preprocess.EVAL_RECIPE.get(ds_cfg.preprocess, '')
   eval_size = ds_cfg.get('eval_image_size', 0) or size
-  eval_fn = preprocess.make_preprocess(eval_recipe, eval_size, train=False, **recipe)
+  eval_transform = eval_transform_lib.EvalTransform.from_config(ds_cfg, eval_size, channels)
+  eval_fn = eval_transform.example_fn()
   evals, eval_sizes, evals_in_memory = {}, {}, True
   for split in ds_cfg.eval_splits:
     src, _ = sources.open_split(ds_cfg, split)
@@ -191,8 +193,8 @@ def build(config: ml_collections.ConfigDict, shard: HostShard = HostShard(), *,
                           repeated_aug=ds_cfg.get('repeated_aug', 1)),
       evals=evals, eval_sizes=eval_sizes, num_train=len(train_src),
       num_classes=info.num_classes, image_size=size, channels=channels,
-      class_names=info.class_names, mean=mean, std=std, eval_preprocess=eval_recipe,
-      crop_fraction=ds_cfg.crop_fraction, num_threads=_reader_threads(ds_cfg, gathered),
+      class_names=info.class_names, mean=mean, std=std, eval_transform=eval_transform,
+      num_threads=_reader_threads(ds_cfg, gathered),
       num_workers=auto_workers(in_memory) if workers == -1 else workers,
       eval_workers=auto_workers(evals_in_memory) if workers == -1 else workers,
       train_preprocess=ds_cfg.preprocess, device_augment=device_augment,

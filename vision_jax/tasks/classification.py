@@ -129,8 +129,9 @@ def top_k_entries(probs: np.ndarray, class_names, k: int) -> list[dict]:
 
 
 def predict_probabilities(loaded, inputs, top_k: int = 5) -> list[dict]:
-  """[{"image", "top_k": [{"index", "label", "probability"}]} or {"image", "error"}] for
-  image files, each through the run's eval preprocessing (predict.read_images)."""
+  """[{"image", "top_k": [{"index", "label", "probability"}], "preprocessing"} or
+  {"image", "error"}] for image files, each through the run's eval transform
+  (predict.read_images)."""
   from vision_jax import predict  # pylint: disable=g-import-not-at-top
   items = predict.read_images(inputs, loaded)
   good = [item for item in items if item.error is None]
@@ -138,6 +139,8 @@ def predict_probabilities(loaded, inputs, top_k: int = 5) -> list[dict]:
       loaded, np.stack([g.image for g in good]))) if good else []
   next_probs = iter(probs)  # `good` keeps the order of `items`.
   k = max(1, min(top_k, loaded.num_classes))
+  transform = predict.EvalPreprocess.of(loaded).transform.to_json()
   return [{'image': item.path, 'error': item.error} if item.error is not None else
-          {'image': item.path, 'top_k': top_k_entries(next(next_probs), loaded.class_names, k)}
+          {'image': item.path, 'top_k': top_k_entries(next(next_probs), loaded.class_names, k),
+           'preprocessing': transform}
           for item in items]

@@ -75,6 +75,7 @@ class Segmentation(tasks.Task):
     del augment_on_device  # The joint transform runs on the host.
     config = self.config
     # pylint: disable=g-import-not-at-top
+    from vision_jax.data import eval_transform
     from vision_jax.data import input_pipeline
     from vision_jax.data import preprocess
     from vision_jax.data import segmentation_sources
@@ -105,7 +106,9 @@ class Segmentation(tasks.Task):
         evals=evals, eval_sizes=eval_sizes, num_train=len(train_src),
         num_classes=info.num_classes, image_size=size, channels=channels,
         class_names=list(info.class_names), mean=mean, std=std,
-        eval_preprocess='fit_and_pad', train_preprocess='scale_crop_flip',
+        eval_transform=eval_transform.EvalTransform('fit_and_pad', size, channels=channels,
+                                                    fill=fill),
+        train_preprocess='scale_crop_flip',
         num_threads=4 if ds.num_threads < 0 else ds.num_threads,
         num_workers=0, eval_workers=0)
 

@@ -103,6 +103,7 @@ class SimCLR(tasks.Task):
     del augment_on_device  # The two views are drawn on the host.
     config = self.config
     # pylint: disable=g-import-not-at-top
+    from vision_jax.data import eval_transform
     from vision_jax.data import input_pipeline
     from vision_jax.data import preprocess
     from vision_jax.data import sources
@@ -121,9 +122,8 @@ class SimCLR(tasks.Task):
     except two_views.TwoViewsError as e:
       raise ConfigError(str(e).replace('config.dataset.ssl_', 'config.task.')) from e
     train_fn = two_views.make_two_view_preprocess(views, channels=channels)
-    eval_recipe = ds.eval_preprocess or preprocess.EVAL_RECIPE.get(ds.preprocess, '')
-    eval_fn = preprocess.make_preprocess(eval_recipe, size, train=False, channels=channels,
-                                         crop_fraction=ds.crop_fraction)
+    transform = eval_transform.EvalTransform.from_config(ds, size, channels)
+    eval_fn = transform.example_fn()
     batch = config.eval.batch_size
     evals, eval_sizes = {}, {}
     for split in ds.eval_splits:
@@ -138,8 +138,8 @@ class SimCLR(tasks.Task):
                                            seed=config.seed, shard=shard),
         evals=evals, eval_sizes=eval_sizes, num_train=len(train_src),
         num_classes=info.num_classes, image_size=size, channels=channels,
-        class_names=list(info.class_names), mean=mean, std=std, eval_preprocess=eval_recipe,
-        crop_fraction=ds.crop_fraction, train_preprocess=f'two_views:{t.views}',
+        class_names=list(info.class_names), mean=mean, std=std, eval_transform=transform,
+        train_preprocess=f'two_views:{t.views}',
         num_threads=4 if ds.num_threads < 0 else ds.num_threads, num_workers=0,
         eval_workers=0,
         bank=input_pipeline.eval_dataset(train_src, eval_fn, global_batch=batch, shard=shard))
