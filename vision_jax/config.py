@@ -3,7 +3,8 @@
 `base_config()` is the single list of keys a run understands. Recipes in `configs/` start
 from it and change what they need, so a typo in a recipe or in a `--config.x=y` override is
 caught here with the list of keys that do exist. `config.model` is the exception: its keys
-besides `name` and `dtype` go to the model's constructor, which validates them.
+besides `name` and `dtype` go to the model's constructor, which validates them. The valid
+range of every numeric key is in `config_ranges.RANGES`, one row per key of base_config().
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 
 import ml_collections
 
+from vision_jax import config_ranges
 from vision_jax.errors import ConfigError
 
 # Sections whose keys are checked against base_config(); config.model is checked against
@@ -179,13 +181,6 @@ def check_keys(config: ml_collections.ConfigDict) -> None:
             f'Known keys of config.{section}: {", ".join(sorted(base[section].keys()))}.')
 
 
-def _positive(config, dotted: str) -> None:
-  section, key = dotted.split('.')
-  value = config[section][key]
-  if not isinstance(value, int) or value <= 0:
-    raise ConfigError(f'config.{dotted} must be a positive integer, got {value!r}.')
-
-
 def model_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """config.model minus name and fast_cpu_ops: the keyword arguments of its constructor."""
   return {k: v for k, v in config.model.items() if k not in ('name', 'fast_cpu_ops')}
@@ -212,13 +207,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   """Raises ConfigError naming the key, the bad value and what is allowed."""
   from vision_jax import models  # pylint: disable=g-import-not-at-top
   check_keys(config)
-  for dotted in ('train.batch_size', 'train.steps', 'eval.batch_size', 'train.log_every',
-                 'checkpoint.every_steps', 'checkpoint.keep'):
-    _positive(config, dotted)
-  size = config.dataset.image_size
-  if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-    raise ConfigError(f'config.dataset.image_size must be a whole number of pixels >= 0 '
-                      f'(0 = the dataset\'s own size), got {size!r}.')
+  config_ranges.check(config)  # Every numeric key within its range, before anything else.
   from vision_jax import tasks  # pylint: disable=g-import-not-at-top
   _choice(config, 'task.name', tasks.NAMES)
   _choice(config, 'checkpoint.keep_best_mode', ('max', 'min'))
