@@ -181,6 +181,25 @@ def check_keys(config: ml_collections.ConfigDict) -> None:
             f'Known keys of config.{section}: {", ".join(sorted(base[section].keys()))}.')
 
 
+def check_complete(config: ml_collections.ConfigDict) -> None:
+  """Every key of base_config() must be in `config` (of config.model, only `name`): a
+  config file starts from base_config() and changes what it needs."""
+  base, missing = base_config(), []
+  for key, value in base.items():
+    if key not in config:
+      missing.append(key)
+    elif isinstance(value, ml_collections.ConfigDict):
+      wanted = ['name'] if key == 'model' else list(value.keys())
+      have = config[key] if isinstance(config[key], ml_collections.ConfigDict) else {}
+      missing += [f'{key}.{k}' for k in wanted if k not in have]
+  if missing:
+    raise ConfigError(
+        f'The config lacks {len(missing)} keys of base_config() ({", ".join(missing[:5])}'
+        f'{", ..." if len(missing) > 5 else ""}): a config file starts from '
+        'vision_jax.config.base_config() and changes what it needs, as configs/default.py '
+        'does.')
+
+
 def model_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """config.model minus name and fast_cpu_ops: the keyword arguments of its constructor."""
   return {k: v for k, v in config.model.items() if k not in ('name', 'fast_cpu_ops')}
@@ -207,6 +226,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   """Raises ConfigError naming the key, the bad value and what is allowed."""
   from vision_jax import models  # pylint: disable=g-import-not-at-top
   check_keys(config)
+  check_complete(config)
   config_ranges.check(config)  # Every numeric key within its range, before anything else.
   from vision_jax import tasks  # pylint: disable=g-import-not-at-top
   _choice(config, 'task.name', tasks.NAMES)

@@ -134,6 +134,8 @@ def run(argv: list[str]) -> None:
   from vision_jax import distributed  # pylint: disable=g-import-not-at-top
   distributed.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
                                      _PROCESS_ID.value)
+  from vision_jax import platforms  # pylint: disable=g-import-not-at-top
+  platforms.check()  # JAX_PLATFORMS=gpu without a GPU: one paragraph, before any file.
   import jax  # pylint: disable=g-import-not-at-top
   from vision_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   from vision_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
@@ -199,8 +201,11 @@ def parse_flags(argv: list[str]) -> list[str]:
     argv = [a for a in argv if not a.startswith('--config.')]
   try:
     remaining = flags.FLAGS(argv)
-    if _CONFIG.value is not None:
+    config_given = any(a == '--config' or a.startswith('--config=') for a in argv)
+    if _CONFIG.value is not None or config_given:
       _CONFIG.value.keys()  # ml_collections defers a load failure to first access.
+    if config_given and not isinstance(_CONFIG.value, ml_collections.ConfigDict):
+      raise TypeError('get_config() did not return a ConfigDict')
     return remaining
   except flags.Error as e:
     if 'Error whilst parsing config file' in str(e):  # Its message embeds a traceback.
