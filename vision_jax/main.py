@@ -128,6 +128,14 @@ def _lock(workdir: str, writable: bool):
   return lock
 
 
+def _has_checkpoints(workdir: str) -> bool:
+  """Whether the run has saved (then it resumes, and init_from is not read)."""
+  try:
+    return any(name.isdigit() for name in os.listdir(os.path.join(workdir, 'checkpoints')))
+  except OSError:
+    return False
+
+
 def run(argv: list[str]) -> None:
   """Validates everything cheap first, then dispatches on --mode."""
   images = _images(argv)
@@ -161,6 +169,9 @@ def run(argv: list[str]) -> None:
   try:
     config = _load_config(workdir)
     config_lib.validate(config, num_devices=jax.device_count())
+    if training and config.init_from.checkpoint and not _has_checkpoints(workdir):
+      from vision_jax import init_source  # pylint: disable=g-import-not-at-top
+      init_source.check(config.init_from.checkpoint)  # Before the model is built.
     logging.info('JAX %s, backend %s, process %d of %d, devices: %s', jax.__version__,
                  jax.default_backend(), jax.process_index(), jax.process_count(),
                  jax.devices())
