@@ -186,3 +186,24 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> 
       node[keys[-1]] = value
     except TypeError as e:
       raise ConfigError(f'--config.{dotted}={text}: {e}') from e
+
+
+def absolute_paths(config: ml_collections.ConfigDict) -> list[str]:
+  """Makes the data and checkpoint paths of `config` absolute (from the current directory),
+  so that the config.json a run saves finds the same data and checkpoint from any
+  directory a later --mode=eval|predict|export runs in. Returns 'key: old -> new' for
+  each path changed (to log)."""
+  changed = []
+  def resolve(section: str, key: str, prefix: str = '') -> None:
+    value = config[section][key]
+    if not isinstance(value, str) or not value.startswith(prefix):
+      return
+    path = value[len(prefix):]
+    if path and not os.path.isabs(os.path.expanduser(path)) and '://' not in path:
+      new = prefix + os.path.abspath(path)
+      config[section][key] = new
+      changed.append(f'config.{section}.{key}: {value} -> {new}')
+  resolve('dataset', 'name', 'folder:')
+  resolve('dataset', 'data_dir')
+  resolve('init_from', 'checkpoint')
+  return changed

@@ -64,7 +64,12 @@ def _load_config(workdir: str) -> ml_collections.ConfigDict:
   from vision_jax import config_files  # pylint: disable=g-import-not-at-top
   from vision_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   if _CONFIG.value is not None:
-    return _CONFIG.value
+    config = _CONFIG.value
+    for change in config_files.absolute_paths(config):
+      logging.info('Relative path made absolute, as config.json stores it (a later '
+                   '--mode=eval|predict|export finds the same data from any directory): %s',
+                   change)
+    return config
   if _MODE.value == 'train':
     raise UsageError('--config is required to train: pass --config=configs/<name>.py '
                      '(e.g. configs/default.py).')
