@@ -72,7 +72,7 @@ RANGES: dict[str, tuple[str, str]] = {
                                    'schedule changes'),
     'optim.piecewise_boundary_epochs': ('each float [0, inf)', 'the epochs where the '
                                         'piecewise schedule changes'),
-    'optim.piecewise_scales': ('each float [0, 1000]', 'the piecewise schedule\'s factors'),
+    'optim.piecewise_scales': ('each float [0, inf)', 'the piecewise schedule\'s factors'),
     'optim.b1': ('float [0, 1)', 'the decay of the first-moment average (adamw, lamb)'),
     'optim.b2': ('float [0, 1)', 'the decay of the second-moment average (adamw, lamb)'),
     'optim.eps': ('float (0, 1]', 'the term added to the denominator (adamw, lamb)'),
