@@ -65,8 +65,8 @@ def test_trains_evaluates_and_checkpoints(tmp_path, data_dir):
     ('--config.optim.lr=0.1', "config.optim has no key 'lr'"),
     ('--config.optimm.learning_rate=0.1', "Did you mean 'optim'?"),
     ('--config.model.name=resnet5', 'Unknown model'),
-    ('--config.train.batch_size=0', 'config.train.batch_size must be a positive integer'),
-    ('--config.train.steps=-3', 'config.train.steps must be a positive integer'),
+    ('--config.train.batch_size=0', 'config.train.batch_size=0 is out of range'),
+    ('--config.train.steps=-3', 'config.train.steps=-3 is out of range'),
     ('--config.model.depth=3', "config.model has no key 'depth'"),
 ])
 def test_bad_config_is_one_clear_error(tmp_path, data_dir, override, expected):

@@ -187,7 +187,7 @@ def test_mesh_shape(mesh, devices, shape):
     ({'fsdp': 3}, 8, r'config.mesh.fsdp=3 does not divide the 8 devices.*1, 2, 4, 8'),
     ({'data': 3, 'fsdp': -1}, 8, r'config.mesh.data=3 does not divide the 8 devices'),
     ({'data': -1, 'fsdp': -1}, 8, r'both -1'),
-    ({'fsdp': 0}, 8, r'config.mesh.fsdp must be a positive integer or -1'),
+    ({'fsdp': 0}, 8, r'config.mesh.fsdp=0 is out of range.*>= 1, or -1'),
 ])
 def test_mesh_that_does_not_fit_the_devices(mesh, devices, message):
   with pytest.raises(ConfigError, match=message):

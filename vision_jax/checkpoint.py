@@ -60,6 +60,30 @@ _MISMATCH = re.compile(r'tree structure|structure mismatch|shape|dtype|do(es)? n
                        r'mismatch|[Mm]issing key|[Uu]nexpected key|not found in the target')
 
 
+_DENIED = re.compile(r'PERMISSION_DENIED|Permission denied|\[Errno 13\]')
+
+
+def permission_denied(path: str, error: BaseException) -> CheckpointError | None:
+  """The error for a checkpoint this user may not read (intact as far as anyone knows:
+  never to be called damaged, moved aside or skipped), or None if that is not the cause."""
+  if not any(isinstance(e, PermissionError) or _DENIED.search(m)
+             for e, m in zip(_chain(error), _messages(error))):
+    return None
+  return CheckpointError(
+      f'Checkpoint {path} cannot be read by this user (permission denied: '
+      f'{_first_line(error)}). That is no sign of damage, so it is neither skipped nor '
+      'moved aside. Make them readable (e.g. chmod -R u+rX on it, or run as the user who wrote '
+      'them) and rerun.')
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+  out = []
+  while error is not None and len(out) < 10:
+    out.append(error)
+    error = error.__cause__ or error.__context__
+  return out
+
+
 def diagnose(path: str, error: BaseException) -> tuple[bool, str]:
   """(the files are damaged, one line saying what failed) for a checkpoint that did not
   restore; not damaged means it does not fit the state asked for (another config)."""
@@ -241,6 +265,9 @@ class Checkpointer:
         state, data = self.restore(step, abstract_state)
       except Exception as e:  # pylint: disable=broad-except
         path = os.path.join(self.directory, str(step))
+        denied = permission_denied(path, e)
+        if denied is not None:  # Whatever on_corrupt says: the files may well be intact.
+          raise denied from e
         damaged, problem = diagnose(path, e)
         if on_corrupt != 'previous':
           fix = ('rerun with --config.checkpoint.on_corrupt=previous to resume from the '
@@ -289,6 +316,8 @@ def read_state(path: str) -> tuple[int, dict]:
   into host memory whole, whatever sharding they were saved with (FSDP, several
   processes): the target is built from the checkpoint's own metadata.
   """
+  from vision_jax import init_source  # pylint: disable=g-import-not-at-top
+  init_source.check(path)  # A weights file, a directory that is no run: said as such.
   path = os.path.abspath(os.path.expanduser(path))
   if os.path.isdir(os.path.join(path, 'checkpoints')):
     path = os.path.join(path, 'checkpoints')

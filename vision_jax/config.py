@@ -3,7 +3,8 @@
 `base_config()` is the single list of keys a run understands. Recipes in `configs/` start
 from it and change what they need, so a typo in a recipe or in a `--config.x=y` override is
 caught here with the list of keys that do exist. `config.model` is the exception: its keys
-besides `name` and `dtype` go to the model's constructor, which validates them.
+besides `name` and `dtype` go to the model's constructor, which validates them. The valid
+range of every numeric key is in `config_ranges.RANGES`, one row per key of base_config().
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import difflib
 import inspect
 import ml_collections
 
+from vision_jax import config_ranges
 from vision_jax.errors import ConfigError
 
 # Sections whose keys are checked against base_config(); config.model is checked against
@@ -197,11 +199,23 @@ def check_keys(config: ml_collections.ConfigDict) -> None:
             f'Known keys of config.{section}: {", ".join(sorted(base[section].keys()))}.')
 
 
-def _positive(config, dotted: str) -> None:
-  section, key = dotted.split('.')
-  value = config[section][key]
-  if not isinstance(value, int) or value <= 0:
-    raise ConfigError(f'config.{dotted} must be a positive integer, got {value!r}.')
+def check_complete(config: ml_collections.ConfigDict) -> None:
+  """Every key of base_config() must be in `config` (of config.model, only `name`): a
+  config file starts from base_config() and changes what it needs."""
+  base, missing = base_config(), []
+  for key, value in base.items():
+    if key not in config:
+      missing.append(key)
+    elif isinstance(value, ml_collections.ConfigDict):
+      wanted = ['name'] if key == 'model' else list(value.keys())
+      have = config[key] if isinstance(config[key], ml_collections.ConfigDict) else {}
+      missing += [f'{key}.{k}' for k in wanted if k not in have]
+  if missing:
+    raise ConfigError(
+        f'The config lacks {len(missing)} keys of base_config() ({", ".join(missing[:5])}'
+        f'{", ..." if len(missing) > 5 else ""}): a config file starts from '
+        'vision_jax.config.base_config() and changes what it needs, as configs/default.py '
+        'does.')
 
 
 EVAL_METRICS = ('accuracy', 'top5', 'loss')  # What classification writes per split.
@@ -226,13 +240,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, task=None) -> 
   from vision_jax import models  # pylint: disable=g-import-not-at-top
   from vision_jax import tasks  # pylint: disable=g-import-not-at-top
   check_keys(config)
-  for dotted in ('train.batch_size', 'train.steps', 'eval.batch_size', 'train.log_every',
-                 'checkpoint.every_steps', 'checkpoint.keep'):
-    _positive(config, dotted)
-  size = config.dataset.image_size
-  if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-    raise ConfigError(f'config.dataset.image_size must be a whole number of pixels >= 0 '
-                      f'(0 = the dataset\'s own size), got {size!r}.')
+  check_complete(config)
+  config_ranges.check(config)  # Every numeric key within its range, before anything else.
   _choice(config, 'task.name', tasks.names())
   task = task or tasks.build(config)
   _choice(config, 'checkpoint.keep_best_mode', ('max', 'min'))

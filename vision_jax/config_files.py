@@ -71,6 +71,15 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
   if not os.path.isfile(file):
     raise ConfigError(f'--config={path}: {file} is not a file. Pass a config file, e.g. '
                       '--config=configs/default.py.')
+  if file.endswith('.json'):
+    raise ConfigError(
+        f'--config={path} is a JSON file; --config takes a Python config file with a '
+        'get_config() function (configs/*.py). A run\'s config.json is read from its '
+        'workdir by --mode=eval|predict|export without --config; to train with the config '
+        'of an earlier run, rerun it in its own --workdir, or pass the recipe it came from.')
+  if not file.endswith('.py'):
+    raise ConfigError(f'--config={path} is not a Python file (.py). Pass a config file with '
+                      'a get_config() function, e.g. --config=configs/default.py.')
   try:
     spec = importlib.util.spec_from_file_location('vision_jax_config_file', file)
     module = importlib.util.module_from_spec(spec)
@@ -88,11 +97,23 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
     raise ConfigError(f'--config={path}: {file} has no variants (its get_config() takes no '
                       f'argument), so ":{variant}" cannot be applied. Drop ":{variant}".')
   try:
-    return get_config(variant) if variant else get_config()
+    config = get_config(variant) if variant else get_config()
   except Exception as e:  # pylint: disable=broad-except
     raise ConfigError(f'--config={path}: get_config({variant!r}) failed: '
                       f'{type(e).__name__}: {e}.' if variant else
                       f'--config={path}: get_config() failed: {type(e).__name__}: {e}.') from e
+  check_returned(config, path)
+  return config
+
+
+def check_returned(config, path: str) -> None:
+  """Raises ConfigError unless `config`, what the get_config() of `path` returned, is an
+  ml_collections.ConfigDict."""
+  if not isinstance(config, ml_collections.ConfigDict):
+    got = 'None (no return statement?)' if config is None else f'a {type(config).__name__}'
+    raise ConfigError(f'--config={path}: get_config() returned {got}, not an '
+                      'ml_collections.ConfigDict. Start from vision_jax.config.base_config(), '
+                      'change what you need and return it, as configs/default.py does.')
 
 
 def _merged(base: ml_collections.ConfigDict, given: dict, where: str = '') -> None:
@@ -175,3 +196,24 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> 
       node[keys[-1]] = value
     except TypeError as e:
       raise ConfigError(f'--config.{dotted}={text}: {e}') from e
+
+
+def absolute_paths(config: ml_collections.ConfigDict) -> list[str]:
+  """Makes the data and checkpoint paths of `config` absolute (from the current directory),
+  so that the config.json a run saves finds the same data and checkpoint from any
+  directory a later --mode=eval|predict|export runs in. Returns 'key: old -> new' for
+  each path changed (to log)."""
+  changed = []
+  def resolve(section: str, key: str, prefix: str = '') -> None:
+    value = config[section][key]
+    if not isinstance(value, str) or not value.startswith(prefix):
+      return
+    path = value[len(prefix):]
+    if path and not os.path.isabs(os.path.expanduser(path)) and '://' not in path:
+      new = prefix + os.path.abspath(path)
+      config[section][key] = new
+      changed.append(f'config.{section}.{key}: {value} -> {new}')
+  resolve('dataset', 'name', 'folder:')
+  resolve('dataset', 'data_dir')
+  resolve('init_from', 'checkpoint')
+  return changed

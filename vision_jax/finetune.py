@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from vision_jax import init_source
 from vision_jax import optim
 from vision_jax import train_state as ts
 from vision_jax.checkpoint import CheckpointError, read_state
@@ -134,11 +135,15 @@ def init_from_checkpoint(config: ml_collections.ConfigDict, state: ts.TrainState
                                                                 'rest': rest})
     parts[name] = ts.Part(params=params, rest=rest, opt_state=opt_state, ema=ema)
   if problems:
+    other = init_source.mismatch(cfg.checkpoint, config.model.name,
+                                 config.task.name)
+    shown = problems if not other else problems[:3] + (
+        [f'and {len(problems) - 3} more'] if len(problems) > 3 else [])
     raise CheckpointError(
-        f'The checkpoint {cfg.checkpoint} (step {step}) does not fit the model '
-        f'{config.model.name!r}: ' + '; '.join(problems) + '. Add a regex matching these '
-        'paths to config.init_from.skip to re-initialise them, or use a checkpoint of the '
-        'same architecture.')
+        f'{other}The checkpoint {cfg.checkpoint} (step {step}) does not fit the model '
+        f'{config.model.name!r} ({len(problems)} variables): ' +
+        '; '.join(shown) + '. Add a regex matching these paths to config.init_from.skip to '
+        're-initialise them, or use a checkpoint of the same architecture.')
   frozen = [re.compile(p) for p in config.optim.freeze]
   report['frozen'] = [p for p in report['loaded'] + report['reinitialized']
                       if _matches(p, frozen)]

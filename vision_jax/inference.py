@@ -181,6 +181,9 @@ def load(workdir: str, config: ml_collections.ConfigDict,
   except checkpoint.CheckpointError:
     raise
   except Exception as e:  # pylint: disable=broad-except
+    denied = checkpoint.permission_denied(os.path.join(ckpt.directory, str(step)), e)
+    if denied is not None:
+      raise denied from e
     damaged, problem = checkpoint.diagnose(os.path.join(ckpt.directory, str(step)), e)
     fix = ('Pass another step with --config.eval.checkpoint, or '
            '--config.checkpoint.on_corrupt=previous for the latest one that restores.'

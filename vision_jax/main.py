@@ -67,6 +67,10 @@ def _load_config(workdir: str) -> ml_collections.ConfigDict:
   if _CONFIG.value is not None:
     config = _CONFIG.value
     config_files.apply_overrides(config, _MODEL_OVERRIDES)
+    for change in config_files.absolute_paths(config):
+      logging.info('Relative path made absolute, as config.json stores it (a later '
+                   '--mode=eval|predict|export finds the same data from any directory): %s',
+                   change)
     return config
   if _MODE.value == 'train':
     raise UsageError('--config is required to train: pass --config=configs/<name>.py '
@@ -131,12 +135,22 @@ def _lock(workdir: str, writable: bool):
   return lock
 
 
+def _has_checkpoints(workdir: str) -> bool:
+  """Whether the run has saved (then it resumes, and init_from is not read)."""
+  try:
+    return any(name.isdigit() for name in os.listdir(os.path.join(workdir, 'checkpoints')))
+  except OSError:
+    return False
+
+
 def run(argv: list[str]) -> None:
   """Validates everything cheap first, then dispatches on --mode."""
   images = _images(argv)
   from vision_jax import distributed  # pylint: disable=g-import-not-at-top
   distributed.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
                                      _PROCESS_ID.value)
+  from vision_jax import platforms  # pylint: disable=g-import-not-at-top
+  platforms.check()  # JAX_PLATFORMS=gpu without a GPU: one paragraph, before any file.
   import jax  # pylint: disable=g-import-not-at-top
   from vision_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   from vision_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
@@ -161,11 +175,16 @@ def run(argv: list[str]) -> None:
   lock = _lock(workdir, writable)  # Before anything slow: a second run is refused at once.
   try:
     config = _load_config(workdir)
-    from vision_jax import tasks  # pylint: disable=g-import-not-at-top
+    from vision_jax import config_ranges, tasks  # pylint: disable=g-import-not-at-top
     config_lib.check_keys(config)
     config_lib.import_extensions(config)
+    config_lib.check_complete(config)
+    config_ranges.check(config)  # Before the task reads its keys.
     task = tasks.build(config)  # The run's task: built once, passed to every mode.
     config_lib.validate(config, num_devices=jax.device_count(), task=task)
+    if training and config.init_from.checkpoint and not _has_checkpoints(workdir):
+      from vision_jax import init_source  # pylint: disable=g-import-not-at-top
+      init_source.check(config.init_from.checkpoint)  # Before the model is built.
     logging.info('JAX %s, backend %s, process %d of %d, devices: %s', jax.__version__,
                  jax.default_backend(), jax.process_index(), jax.process_count(),
                  jax.devices())
@@ -211,8 +230,11 @@ def parse_flags(argv: list[str]) -> list[str]:
     sys.argv[:] = [a for a in sys.argv if not a.startswith('--config.model.')]  # (Read too.)
   try:
     remaining = flags.FLAGS(argv)
-    if _CONFIG.value is not None:
+    config_given = any(a == '--config' or a.startswith('--config=') for a in argv)
+    if _CONFIG.value is not None or config_given:
       _CONFIG.value.keys()  # ml_collections defers a load failure to first access.
+    if config_given and not isinstance(_CONFIG.value, ml_collections.ConfigDict):
+      raise TypeError('get_config() did not return a ConfigDict')
     return remaining
   except flags.Error as e:
     if 'Error whilst parsing config file' in str(e):  # Its message embeds a traceback.

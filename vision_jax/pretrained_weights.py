@@ -27,6 +27,17 @@ class ConversionError(UserError):
 def read_weights(path: str) -> dict[str, np.ndarray]:
   """{tensor name: numpy array} of a .safetensors, .pth/.pt or .npz file."""
   ext = os.path.splitext(path)[1].lower()
+  if os.path.isdir(os.path.join(path, 'checkpoints')):
+    raise ConversionError(f'--weights={path} is a vision_jax workdir, which needs no '
+                          'conversion: use it as --workdir (eval, predict, export) or as '
+                          '--config.init_from.checkpoint.')
+  if os.path.isdir(path):
+    inside = sorted(f for f in os.listdir(path)
+                    if os.path.splitext(f)[1].lower() in ('.safetensors', '.pth', '.pt', '.npz'))
+    raise ConversionError(f'--weights={path} is a directory, not a weights file. Pass the '
+                          'file itself' + (f', e.g. {os.path.join(path, inside[0])}'
+                                           if inside else ' (.safetensors, .pth/.pt or BiT '
+                                           '.npz)') + '.')
   if not os.path.isfile(path):
     raise ConversionError(f'--weights={path} does not exist. Pass the weights file.')
   if ext == '.safetensors':

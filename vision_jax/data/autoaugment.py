@@ -290,6 +290,10 @@ def parse_randaugment(spec: str, *, fill: tuple[int, ...] = (128, 128, 128),
   if kw['num_ops'] < 1 or not 0 <= kw['prob'] <= 1 or kw['magnitude'] < 0 \
      or kw['magnitude_std'] < 0:
     raise ValueError(f'need n >= 1, 0 <= p <= 1, m >= 0 and mstd >= 0; {_RAND_FORM}.')
+  if kw['magnitude'] > kw['magnitude_max'] or kw['magnitude_max'] < 0:
+    raise ValueError(f"m{kw['magnitude']:g} is above the largest magnitude mmax"
+                     f"{kw['magnitude_max']:g}, so it would be clipped to that; lower m, or "
+                     f'raise the bound with an mmax section; {_RAND_FORM}.')
   ops = RAND_OP_SETS.get(op_set) or (RAND_INCREASING_OPS if increasing else RAND_OPS)
   weights = None
   if isinstance(ops, dict):

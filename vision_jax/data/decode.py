@@ -12,6 +12,11 @@ palette, CMYK and YCbCr images converted by PIL, alpha dropped). 16-bit images k
 high byte (v >> 8), the same mapping PIL applies when it reads a 16-bit RGB PNG, so grey
 and colour 16-bit files come out alike (predict.py reads them through `to_8bit` too).
 32-bit float images have no defined 8-bit range and are refused.
+
+EXIF orientation is applied, in training, evaluation and prediction alike (predict.py reads
+files with PIL's `ImageOps.exif_transpose`, which `orient` matches exactly): a photo is
+seen upright, as the camera meant it, by every mode. `size` reports the oriented size, so
+a recipe's crop is chosen on the image it will get.
 """
 from __future__ import annotations
 
@@ -62,18 +67,60 @@ def _jpeg_header(data: bytes) -> tuple[int, int, str] | None:
   return (height, width, colorspace) if colorspace in ('Gray', 'YCbCr', 'RGB') else None
 
 
+_EXIF_ORIENTATION = 0x0112
+_TRANSPOSED = (5, 6, 7, 8)  # Orientations that swap height and width.
+
+
+def orientation(data: bytes) -> int:
+  """The EXIF orientation (1..8) of an encoded image; 1 (as stored) without one. Cheap
+  for the common case: a JPEG without an EXIF block is not parsed."""
+  if _is_jpeg(data) and b'Exif' not in data[:65536]:
+    return 1
+  try:
+    with Image.open(io.BytesIO(data)) as pil:
+      value = pil.getexif().get(_EXIF_ORIENTATION, 1)
+  except Exception:  # pylint: disable=broad-except  # Unreadable: reported when decoded.
+    return 1
+  return value if value in range(1, 9) else 1
+
+
+def orient(array: np.ndarray, value: int) -> np.ndarray:
+  """HWC pixels as stored -> as EXIF orientation `value` says to show them (what PIL's
+  ImageOps.exif_transpose does)."""
+  if value == 2:
+    array = array[:, ::-1]
+  elif value == 3:
+    array = array[::-1, ::-1]
+  elif value == 4:
+    array = array[::-1]
+  elif value == 5:
+    array = array.transpose(1, 0, 2)
+  elif value == 6:
+    array = np.rot90(array, -1)
+  elif value == 7:
+    array = array.transpose(1, 0, 2)[::-1, ::-1]
+  elif value == 8:
+    array = np.rot90(array, 1)
+  return np.ascontiguousarray(array)
+
+
 def size(image: Encoded | np.ndarray) -> tuple[int, int]:
-  """(height, width), from the header of an encoded image (nothing decoded)."""
+  """(height, width) as shown (EXIF orientation applied), from the header of an encoded
+  image (nothing decoded)."""
   if not isinstance(image, Encoded):
     return image.shape[0], image.shape[1]
   header = _jpeg_header(image.data)
   if header:
-    return header[0], header[1]
-  try:
-    with Image.open(io.BytesIO(image.data)) as pil:
-      return pil.size[1], pil.size[0]
-  except Exception as e:  # pylint: disable=broad-except
-    raise corrupt(image.name, e) from e
+    height, width = header[0], header[1]
+  else:
+    try:
+      with Image.open(io.BytesIO(image.data)) as pil:
+        width, height = pil.size
+    except Exception as e:  # pylint: disable=broad-except
+      raise corrupt(image.name, e) from e
+  if orientation(image.data) in _TRANSPOSED:
+    return width, height
+  return height, width
 
 
 def to_8bit(image: Image.Image) -> Image.Image:
@@ -102,10 +149,17 @@ def _decode_pil(data: bytes, max_reduction: int) -> tuple[np.ndarray, int]:
 
 def decode(image: Encoded | np.ndarray, max_reduction: int = 1) -> tuple[np.ndarray, int]:
   """(HWC uint8 pixels, reduction r): the image shrunk r times (r <= max_reduction, a power
-  of two; 1 for arrays and non-JPEG files). Pixel i of the result covers pixels
-  [i r, (i + 1) r) of the full-size image."""
+  of two; 1 for arrays and non-JPEG files), EXIF orientation applied. Pixel i of the result
+  covers pixels [i r, (i + 1) r) of the full-size (oriented) image."""
   if not isinstance(image, Encoded):
     return image, 1
+  array, reduction = _decode_stored(image, max_reduction)
+  value = orientation(image.data)
+  return (orient(array, value) if value != 1 else array), reduction
+
+
+def _decode_stored(image: Encoded, max_reduction: int) -> tuple[np.ndarray, int]:
+  """decode() without the EXIF orientation: the pixels as stored."""
   if max_reduction not in REDUCTIONS:
     raise ValueError(f'max_reduction={max_reduction}: use one of {REDUCTIONS}.')
   try:

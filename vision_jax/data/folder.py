@@ -26,6 +26,7 @@ import os
 import types
 
 import numpy as np
+from absl import logging
 from PIL import Image
 
 from vision_jax.data import decode
@@ -78,14 +79,29 @@ def index(root: str, *, test_fraction: float, seed: int
   if not class_names:
     raise FolderError(f'Folder dataset {PREFIX}{root} has no class sub-folders. Expected '
                       f'{root}/<class>/<image> or {root}/train/<class>/<image>.')
-  splits = {}
+  splits, counts = {}, {name: 0 for name in class_names}
   for split, directory in split_dirs.items():
-    paths, labels = [], []
+    paths, labels, missing = [], [], []
     for label, name in enumerate(class_names):
-      files = _images_under(os.path.join(directory, name))
+      files = (_images_under(os.path.join(directory, name))
+               if os.path.isdir(os.path.join(directory, name)) else [])
       paths += files
       labels += [label] * len(files)
+      counts[name] += len(files)
+      missing += [] if files else [name]
     splits[split] = (paths, np.asarray(labels, np.int64))
+    if split and missing:
+      logging.warning('Folder dataset %s%s: split %r has no images of class%s %s; its '
+                      'accuracy there is not measured.', PREFIX, root, split,
+                      'es' * (len(missing) > 1), ', '.join(missing[:10]))
+  empty = [name for name, n in counts.items() if not n]
+  if empty and len(empty) < len(class_names):
+    raise FolderError(
+        f'Folder dataset {PREFIX}{root}: the class folder{"s" * (len(empty) > 1)} '
+        f'{", ".join(empty[:10])}{", ..." if len(empty) > 10 else ""} '
+        f'{"have" if len(empty) > 1 else "has"} no images (extensions '
+        f'{", ".join(IMAGE_EXTENSIONS)}), so the class would be one no image can teach and '
+        'its accuracy a meaningless 0. Add its images, or remove the folder.')
   if '' in splits:
     splits = _split_by_fraction(*splits.pop(''), test_fraction, seed)
   if not any(len(p) for p, _ in splits.values()):
@@ -128,33 +144,73 @@ def select(splits: dict[str, tuple[list[str], np.ndarray]], spec: str
   return paths, np.concatenate(labels)
 
 
-def probe(path: str, channels: int) -> tuple[int, int | None]:
-  """(channels, decoded bytes of one image) from the header of a split's first image.
+_GREY_MODES = ('1', 'L', 'LA', 'I', 'I;16', 'I;16B', 'I;16L', 'I;16N', 'F')
 
-  channels=0 becomes 1 for a grey image, else 3; the bytes size the in-memory cache.
-  """
+
+def _header(path: str) -> tuple[tuple[int, int], bool] | None:
+  """((width, height) as shown, grey) from a file's header; None if unreadable."""
   try:
-    with Image.open(path) as image:
-      grey = image.mode in ('1', 'L', 'LA', 'I', 'I;16', 'I;16B', 'I;16L', 'I;16N', 'F')
-      channels = channels or (1 if grey else 3)
-      return channels, image.size[0] * image.size[1] * channels
+    with Image.open(path) as image:  # Reads the header only.
+      width, height = image.size
+      if image.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF: shown rotated a quarter.
+        width, height = height, width
+      return (width, height), image.mode in _GREY_MODES
   except Exception:  # pylint: disable=broad-except
-    return channels or 3, None  # Unreadable: reported (or skipped) when it is read.
+    return None  # Reported (or skipped) when the recipe reads it.
 
 
 def _header_size(path: str) -> tuple[int, int] | None:
-  try:
-    with Image.open(path) as image:  # Reads the header only.
-      return image.size
-  except Exception:  # pylint: disable=broad-except
-    return None  # Reported (or skipped) when the recipe reads it.
+  found = _header(path)
+  return None if found is None else found[0]
+
+
+def _spread(paths: list[str], sample: int) -> list[str]:
+  return [paths[i] for i in np.linspace(0, len(paths) - 1, min(sample, len(paths)),
+                                        dtype=np.int64)]
+
+
+@functools.lru_cache(maxsize=4)  # Train and eval splits decide once, together.
+def probe_dataset(root: str, *, test_fraction: float, seed: int, channels: int
+                  ) -> tuple[int, int | None, str]:
+  """`probe` over the files of every split of a folder dataset: train and evaluation
+  see the images with the same channels whichever split the odd one is in."""
+  _, splits = index(root, test_fraction=test_fraction, seed=seed)
+  return probe([p for paths, _ in splits.values() for p in paths], channels)
+
+
+def probe(paths: list[str], channels: int, sample: int = 20000
+          ) -> tuple[int, int | None, str]:
+  """(channels, decoded bytes of one image, what was decided and why) from the headers
+  of the files (up to `sample`, spread evenly over the split: every file of a smaller one).
+
+  channels=0 (as stored) becomes 1 if every image is grey, else 3: one colour image makes
+  the dataset colour, and its grey images are repeated to 3 channels (never the other way:
+  colour is not thrown away because the first file happened to be grey).
+  """
+  picked = _spread(paths, sample)
+  with concurrent.futures.ThreadPoolExecutor(8) as pool:
+    headers = [h for h in pool.map(_header, picked) if h is not None]
+  if not headers:
+    return channels or 3, None, ''  # Unreadable: reported (or skipped) when read.
+  grey = sum(is_grey for _, is_grey in headers)
+  looked = (f'{len(headers)} images' if len(picked) == len(paths) else
+            f'{len(headers)} images spread over the {len(paths)}')
+  if channels:
+    note = f'channels={channels} as configured (of {looked}, {grey} are grey)'
+  else:
+    channels = 1 if grey == len(headers) else 3
+    note = (f'channels={channels}: every one of {looked} is grey' if channels == 1 else
+            f'channels=3: of {looked}, {len(headers) - grey} are colour and {grey} grey '
+            '(grey images are repeated to 3 channels)' if grey else
+            f'channels=3: every one of {looked} is colour')
+  (width, height), _ = headers[0]
+  return channels, width * height * channels, note
 
 
 def common_size(paths: list[str], sample: int = 2000) -> tuple[int, str]:
   """(side, '') if the images are all side x side, else (0, why not), from the headers of
   up to `sample` files spread evenly over the split (every file of a smaller split)."""
-  picked = [paths[i] for i in np.linspace(0, len(paths) - 1, min(sample, len(paths)),
-                                          dtype=np.int64)]
+  picked = _spread(paths, sample)
   with concurrent.futures.ThreadPoolExecutor(8) as pool:
     found = {}
     for path, found_size in zip(picked, pool.map(_header_size, picked)):

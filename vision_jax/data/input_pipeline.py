@@ -24,6 +24,7 @@ import os
 import sys
 
 import grain
+from absl import logging
 import ml_collections
 import numpy as np
 
@@ -100,6 +101,7 @@ class Data:
   train_preprocess: str = 'resize'
   device_augment: str = ''  # Recipe the train step applies on device (device_augment.py).
   eval_image_size: int = 0  # 0: image_size.
+  decisions: dict | None = None  # sources.DatasetInfo.decisions of the train split.
 
   def train_batches(self, start: int = 0) -> Batches:
     """The training batches of steps start, start + 1, ...; close() (or `with`) at the end."""
@@ -117,7 +119,8 @@ class Data:
             'mean': list(self.mean), 'std': list(self.std), 'num_train': self.num_train,
             'eval_sizes': self.eval_sizes, 'eval_transform': self.eval_transform.to_json(),
             'train_preprocess': self.train_preprocess,
-            'device_augment': self.device_augment, 'train_image_size': self.image_size}
+            'device_augment': self.device_augment, 'train_image_size': self.image_size,
+            **({'decisions': self.decisions} if self.decisions else {})}
 
 
 def _check(ds_cfg: ml_collections.ConfigDict) -> None:
@@ -198,7 +201,14 @@ def build(config: ml_collections.ConfigDict, shard: HostShard = HostShard(), *,
       num_workers=auto_workers(in_memory) if workers == -1 else workers,
       eval_workers=auto_workers(evals_in_memory) if workers == -1 else workers,
       train_preprocess=ds_cfg.preprocess, device_augment=device_augment,
-      eval_image_size=eval_size)
+      eval_image_size=eval_size, decisions=_log_decisions(ds_cfg.name, info.decisions))
+
+
+def _log_decisions(name: str, decisions: dict | None) -> dict | None:
+  """Logs what was decided from the data (also written to dataset.json)."""
+  for key, value in (decisions or {}).items():
+    logging.info('Dataset %s: %s: %s', name, key, value)
+  return decisions
 
 
 def auto_workers(in_memory: bool, cores: int | None = None,

@@ -51,6 +51,7 @@ class DatasetInfo:
   channels: int
   class_names: list[str]
   size_note: str = 'vary in size'  # Why image_size is 0, after "The images of <name>".
+  decisions: dict | None = None  # What was decided from the data (folders), and why.
 
 
 class ArraySource:
@@ -266,11 +267,15 @@ def _open_folder(ds_cfg: ml_collections.ConfigDict, split: str) -> _Opened:
   paths, labels = folder.select(splits, split)
   if not paths:
     raise folder.FolderError(f'Split {split!r} of {ds_cfg.name} has no images.')
-  channels, example_bytes = folder.probe(paths[0], ds_cfg.channels)
+  channels, example_bytes, decided = folder.probe_dataset(
+      root, test_fraction=ds_cfg.folder_test_fraction, seed=ds_cfg.folder_split_seed,
+      channels=ds_cfg.channels)
   source = folder.FolderSource(paths, labels)
   size, note = (0, '') if ds_cfg.image_size else folder.common_size(paths)
+  decisions = {'root': os.path.abspath(root), 'channels': decided,
+               'exif_orientation': 'applied (training, evaluation and prediction alike)'}
   info = DatasetInfo(num_classes=len(class_names), image_size=size, channels=channels,
-                     class_names=class_names, size_note=note)
+                     class_names=class_names, size_note=note, decisions=decisions)
   return _Opened(source, info, lambda: labels, example_bytes)
 
 

@@ -85,6 +85,10 @@ class SimCLR(tasks.Task):
       raise ConfigError(f'config.task.blur={t.blur!r}; use one of '
                         f'{", ".join(map(repr, _BLUR))} (auto: from '
                         f'{two_views.BLUR_MIN_SIZE} px, as SimCLR at ImageNet size).')
+    if config.train.batch_size < 2:
+      raise ConfigError(f'config.train.batch_size={config.train.batch_size}: SimCLR contrasts '
+                        'each image with the rest of its batch, so a batch of one has no '
+                        'negatives and learns nothing. Use a batch of at least 2 (SimCLR: 4096).')
     for key in ('mixup_alpha', 'cutmix_alpha'):
       if config.dataset[key]:
         raise ConfigError(f'config.dataset.{key}={config.dataset[key]}: SimCLR trains on '
