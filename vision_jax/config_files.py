@@ -205,7 +205,8 @@ def absolute_paths(config: ml_collections.ConfigDict) -> list[str]:
   each path changed (to log)."""
   changed = []
   def resolve(section: str, key: str, prefix: str = '') -> None:
-    value = config[section][key]
+    node = config.get(section)
+    value = node.get(key) if isinstance(node, ml_collections.ConfigDict) else None
     if not isinstance(value, str) or not value.startswith(prefix):
       return
     path = value[len(prefix):]
