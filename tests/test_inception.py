@@ -5,12 +5,15 @@ import contextlib
 import io
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import pytest
 from flax import nnx
 
+from conftest import REPO
 import torch_reference
 from vision_jax import convert, inception_weights
 from vision_jax.errors import UserError
@@ -157,3 +160,14 @@ def test_existing_output_and_unconverted_directory(tmp_path, capsys):
   assert code == 2 and 'exists and is not an empty directory' in capsys.readouterr().err
   with pytest.raises(UserError, match='holds no converted Inception weights'):
     inception_weights.load_inception(str(tmp_path))
+
+
+def test_module_cli_route(tmp_path):
+  """`python -m vision_jax.convert inception` reaches this converter from the command line."""
+  proc = subprocess.run([sys.executable, '-m', 'vision_jax.convert', 'inception', '--weights',
+                         str(tmp_path / 'none.pth'), '--output', str(tmp_path / 'out')],
+                        cwd=REPO, capture_output=True, text=True, timeout=300,
+                        env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert proc.returncode == 2
+  assert proc.stderr == f'error: --weights={tmp_path / "none.pth"} does not exist. Pass the ' \
+      'weights file.\n'
