@@ -105,6 +105,9 @@ def test_encoded_images_take_the_same_path_as_arrays(photos):
                                   'label': 3}, None)
     np.testing.assert_array_equal(out['image'], transform(decoded))
     assert out['label'] == 3 and out['label'].dtype == np.int32
+  truncated = decode.Encoded(buf.getvalue()[:300], 'cut.jpg')
+  with pytest.raises(decode.CorruptImageError, match='Cannot read image cut.jpg'):
+    PIPELINES['timm'].example_fn()({'image': truncated, 'label': 0}, None)
 
 
 def test_our_recipes_run_the_recipe_unchanged(photos):

@@ -18,8 +18,8 @@ Two kinds (config.dataset.eval_preprocess):
     fit_and_pad     segmentation: shrink (aspect kept) until it fits, pad bottom/right
                     with `fill` (segmentation_preprocess.fit_and_pad).
 
-  Reference pipelines, reproduced exactly (PIL, as the references run on PIL images; the
-  image decoded at full size):
+  Reference pipelines, reproduced exactly (PIL, as the references run on PIL images; a
+  still-encoded image decoded whole by PIL, as their loaders do):
     torchvision_v1  torchvision's IMAGENET1K_V1 weights: Resize(256) + CenterCrop(224).
     torchvision_v2  torchvision's IMAGENET1K_V2 weights: Resize(232) + CenterCrop(224).
     timm            timm's eval transform (transforms_factory.transforms_imagenet_eval,
@@ -41,6 +41,7 @@ Needs numpy and PIL only (our recipes import OpenCV when they first run).
 from __future__ import annotations
 
 import dataclasses
+import io
 import math
 from typing import Any, Callable
 
@@ -204,7 +205,8 @@ class EvalTransform:
       return segmentation_preprocess.fit_and_pad(
           image, np.zeros(image.shape[:2], np.uint8), self.image_size,
           fill=self.fill or 0)[0]
-    return self._to_channels(self._resize_center_crop(image))
+    return self._to_channels(self._resize_center_crop(
+        Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)))
 
   def _to_channels(self, image: np.ndarray) -> np.ndarray:
     if not self.channels or image.shape[-1] == self.channels:
@@ -212,9 +214,9 @@ class EvalTransform:
     from vision_jax.data import preprocess  # pylint: disable=g-import-not-at-top
     return preprocess.to_channels(image, self.channels)
 
-  def _resize_center_crop(self, image: np.ndarray) -> np.ndarray:
-    """torchvision's Resize(resize_size) + CenterCrop(image_size) on a PIL image."""
-    pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+  def _resize_center_crop(self, pil: Image.Image) -> np.ndarray:
+    """torchvision's Resize(resize_size) + CenterCrop(image_size) of an 'L' or 'RGB' PIL
+    image, as an HWC array."""
     width, height = pil.size
     short, long = min(width, height), max(width, height)
     new_short, new_long = self.resize_size, int(self.resize_size * long / short)
@@ -223,8 +225,8 @@ class EvalTransform:
       pil = pil.resize(size, INTERPOLATIONS[self.interpolation])
     c, (width, height) = self.image_size, pil.size
     top, left = int(round((height - c) / 2.0)), int(round((width - c) / 2.0))
-    out = np.asarray(pil)[top:top + c, left:left + c]
-    return np.ascontiguousarray(out[..., None] if out.ndim == 2 else out)
+    out = np.asarray(pil.crop((left, top, left + c, top + c)))
+    return out[..., None] if out.ndim == 2 else out
 
   def _recipe(self):
     from vision_jax.data import preprocess  # pylint: disable=g-import-not-at-top
@@ -249,8 +251,18 @@ class EvalTransform:
   def _example(self, example: dict, rng: np.random.Generator | None) -> dict:
     del rng  # Deterministic.
     from vision_jax.data import decode  # pylint: disable=g-import-not-at-top
-    pixels, _ = decode.decode(example['image'], 1)
-    return {'image': self(pixels), 'label': np.asarray(example['label'], np.int32)}
+    image = example['image']
+    if isinstance(image, decode.Encoded):  # Decoded whole by PIL, as the references' loaders.
+      try:
+        with Image.open(io.BytesIO(image.data)) as pil:
+          pil.load()
+          pil = pil if pil.mode in ('L', 'RGB') else decode.to_8bit(pil)
+      except Exception as e:  # pylint: disable=broad-except  # PIL's many failure types.
+        raise decode.corrupt(image.name, e) from e
+      image = self._to_channels(self._resize_center_crop(pil))
+    else:
+      image = self(image)
+    return {'image': image, 'label': np.asarray(example['label'], np.int32)}
 
 
 def check_config(ds_cfg) -> None:
