@@ -56,7 +56,10 @@ def test_frechet_distance_of_random_gaussians(seed):
   assert value > 1
   assert value == pytest.approx(_sqrtm_reference(mu1, s1, mu2, s2), rel=1e-10)
   assert value == pytest.approx(_eigh_reference(mu1, s1, mu2, s2), rel=1e-9)
-  assert fd.frechet_distance(mu1, s1, mu1, s1) == pytest.approx(0, abs=1e-9)
+  assert fd.frechet_distance(mu1, s1, mu2, s2, method='eigh') == pytest.approx(value,
+                                                                               rel=1e-9)
+  for method in ('sqrtm', 'eigh'):
+    assert fd.frechet_distance(mu1, s1, mu1, s1, method=method) == pytest.approx(0, abs=1e-9)
 
 
 def test_frechet_distance_closed_form_for_diagonal_covariances():
@@ -65,8 +68,9 @@ def test_frechet_distance_closed_form_for_diagonal_covariances():
   a, b = rng.uniform(0.1, 3, 20), rng.uniform(0.1, 3, 20)
   mu1, mu2 = rng.standard_normal(20), rng.standard_normal(20)
   expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
-  assert fd.frechet_distance(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(
-      expected, rel=1e-12)
+  for method in ('sqrtm', 'eigh'):
+    assert fd.frechet_distance(mu1, np.diag(a), mu2, np.diag(b), method=method) == \
+        pytest.approx(expected, rel=1e-12)
 
 
 @pytest.mark.parametrize('n', [8, 20, 40])
@@ -80,6 +84,8 @@ def test_frechet_distance_with_singular_covariances(n):
   value = fd.frechet_distance(mu1, s1, mu2, s2)
   assert np.isfinite(value)
   assert value == pytest.approx(_eigh_reference(mu1, s1, mu2, s2), rel=1e-6, abs=1e-6)
+  assert value == pytest.approx(fd.frechet_distance(mu1, s1, mu2, s2, method='eigh'),
+                                rel=1e-6)
 
 
 def test_frechet_distance_with_near_singular_covariances():
@@ -95,6 +101,8 @@ def test_frechet_distance_with_near_singular_covariances():
   value = fd.frechet_distance(mu1, s1, mu2, s2)
   assert value == pytest.approx(_eigh_reference(mu1, s1, mu2, s2), rel=1e-8)
   assert value == pytest.approx(_sqrtm_reference(mu1, s1, mu2, s2), rel=1e-8)
+  assert fd.frechet_distance(mu1, s1, mu2, s2, method='eigh') == pytest.approx(value,
+                                                                               rel=1e-8)
 
 
 def test_non_finite_square_root_retries_with_eps_on_the_diagonal(monkeypatch):
@@ -119,6 +127,8 @@ def test_non_finite_square_root_retries_with_eps_on_the_diagonal(monkeypatch):
 def test_imaginary_square_root_and_mismatched_shapes_are_errors():
   with pytest.raises(ValueError, match='imaginary component of 1'):
     fd.frechet_distance(np.zeros(2), np.diag([1.0, -1.0]), np.zeros(2), np.eye(2))
+  with pytest.raises(ValueError, match="method 'svd': use 'sqrtm' or 'eigh'"):
+    fd.frechet_distance(np.zeros(2), np.eye(2), np.zeros(2), np.eye(2), method='svd')
   with pytest.raises(ValueError, match='Statistics do not match'):
     fd.frechet_distance(np.zeros(3), np.eye(3), np.zeros(2), np.eye(2))
   with pytest.raises(ValueError, match='non-finite values'):

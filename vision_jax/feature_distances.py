@@ -2,10 +2,14 @@
 features are InceptionV3 pool3's) and the kernel distance (KID), on the host in float64.
 
 - `frechet_distance` (Heusel et al. 2017) between Gaussians fitted to the features:
-  |mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)), with pytorch-fid's safeguards on the
-  matrix square root: when scipy's `sqrtm` of S1 S2 is not finite (a singular product),
-  it is recomputed with eps * I added to both covariances; an imaginary part that numerical
-  error leaves on the diagonal (|imag| <= 1e-3) is dropped, a larger one is an error.
+  |mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)). By default (method='sqrtm') exactly as
+  pytorch-fid, with its safeguards on the matrix square root: when scipy's `sqrtm` of
+  S1 S2 is not finite (a singular product), it is recomputed with eps * I added to both
+  covariances; an imaginary part that numerical error leaves on the diagonal
+  (|imag| <= 1e-3) is dropped, a larger one is an error. method='eigh' computes the same
+  trace as the sum of the square roots of the eigenvalues of the symmetric
+  S1^(1/2) S2 S1^(1/2) (similar to S1 S2), clipped at 0: no complex arithmetic, and
+  several times faster than sqrtm at Inception's 2048 dimensions.
 - `kernel_distance` (Binkowski et al. 2018): the unbiased estimate of the squared MMD with
   the polynomial kernel k(x, y) = (gamma x.y + coef0)^degree (degree 3, gamma 1 / dim,
   coef0 1), averaged over `subsets` random subsets of `subset_size` features from each
@@ -48,13 +52,25 @@ def _sqrtm(matrix: np.ndarray) -> np.ndarray:
     return scipy.linalg.sqrtm(matrix)
 
 
-def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
+def _trace_sqrt_product_eigh(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
+  """tr (S1 S2)^(1/2) from symmetric eigendecompositions (PSD inputs)."""
+  w, v = np.linalg.eigh(sigma1)
+  root = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+  eigenvalues = np.linalg.eigvalsh(root @ sigma2 @ root)
+  return float(np.sum(np.sqrt(np.clip(eigenvalues, 0, None))))
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6,
+                     method: str = 'sqrtm') -> float:
   """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2), in float64.
 
-  Raises ValueError for mismatched shapes or when the square root of sigma1 @ sigma2 has an
-  imaginary diagonal part above 1e-3 (a sign of broken statistics, not of rounding).
+  method: 'sqrtm' (pytorch-fid's computation and safeguards) or 'eigh' (see the module
+  docstring). Raises ValueError for mismatched shapes, an unknown method, or (sqrtm) when
+  the square root of sigma1 @ sigma2 has an imaginary diagonal part above 1e-3 (a sign of
+  broken statistics, not of rounding).
   """
-  mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
+  mu1 = np.atleast_1d(np.asarray(mu1, np.float64))
+  mu2 = np.atleast_1d(np.asarray(mu2, np.float64))
   sigma1 = np.atleast_2d(np.asarray(sigma1, np.float64))
   sigma2 = np.atleast_2d(np.asarray(sigma2, np.float64))
   d = mu1.shape[0]
@@ -62,7 +78,12 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
     raise ValueError(f'Statistics do not match: means {mu1.shape} and {mu2.shape}, '
                      f'covariances {sigma1.shape} and {sigma2.shape}; both sides need '
                      'features of the same network and layer.')
+  if method not in ('sqrtm', 'eigh'):
+    raise ValueError(f"Fréchet distance method {method!r}: use 'sqrtm' or 'eigh'.")
   diff = mu1 - mu2
+  traces = diff @ diff + np.trace(sigma1) + np.trace(sigma2)
+  if method == 'eigh':
+    return float(traces - 2 * _trace_sqrt_product_eigh(sigma1, sigma2))
   covmean = _sqrtm(sigma1 @ sigma2)
   if not np.all(np.isfinite(covmean)):
     logging.warning('Fréchet distance: sqrtm(sigma1 @ sigma2) is not finite (a singular '
@@ -77,7 +98,7 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
                        'covariances are not positive semi-definite (non-finite or '
                        'corrupted features?).')
     covmean = covmean.real
-  return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+  return float(traces - 2 * np.trace(covmean))
 
 
 def polynomial_kernel(x: np.ndarray, y: np.ndarray, degree: int = 3,

@@ -40,11 +40,13 @@ def power_iteration(matrix: jax.Array, u: jax.Array, steps: int, eps: float = 1e
   """(sigma, new u) after `steps` power iterations from `u` on `matrix` [rows, cols].
 
   With W = matrix^T (the paper's [out, in] weight): v = W^T u / ||.||, u = W v / ||.||,
-  sigma = u^T W v. u and v are returned and used without gradient.
+  sigma = u^T W v. u and v are constants to the gradient (sigma stays differentiable in
+  the matrix, linearly); steps >= 1.
   """
+  if steps < 1:
+    raise ValueError(f'power_iteration needs 1 or more steps, got {steps}.')
   m = matrix.astype(jnp.float32)
   u = u.astype(jnp.float32)
-  v = l2_normalize(m @ u, eps)
   for _ in range(steps):
     v = l2_normalize(m @ u, eps)
     u = l2_normalize(m.T @ v, eps)
