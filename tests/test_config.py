@@ -21,7 +21,7 @@ def test_model_kwargs_are_checked_against_the_constructor():
   config = base_config()
   config.model.depth = 3
   with pytest.raises(ConfigError, match=r"config.model.depth is not an option of model "
-                                        r"'convnet'. Its options: .*hidden"):
+                                        r"'convnet'.* Its options: .*hidden"):
     config_lib.validate(config, num_devices=1)
 
 

@@ -15,7 +15,7 @@ BASE = ['--config', 'configs/default.py', '--config.train.eval_every=0',
 
 def _params(workdir) -> dict:
   _, state = checkpoint.read_state(str(workdir))
-  return finetune.flat(state['params'])
+  return finetune.flat(state['parts']['model']['params'])
 
 
 @pytest.fixture(scope='module')

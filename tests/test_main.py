@@ -67,7 +67,7 @@ def test_trains_evaluates_and_checkpoints(tmp_path, data_dir):
     ('--config.model.name=resnet5', 'Unknown model'),
     ('--config.train.batch_size=0', 'config.train.batch_size=0 is out of range'),
     ('--config.train.steps=-3', 'config.train.steps=-3 is out of range'),
-    ('--config.model.depth=3', "config.model has no key 'depth'"),
+    ('--config.model.depth=3', "config.model.depth is not an option of model 'convnet'"),
 ])
 def test_bad_config_is_one_clear_error(tmp_path, data_dir, override, expected):
   workdir = tmp_path / 'run'

@@ -41,7 +41,7 @@ def trained(tmp_path_factory, data_dir) -> pathlib.Path:
      ['get_config() returned None', 'no return statement']),
     ('partial.py', 'import ml_collections\ndef get_config():\n'
      '  c = ml_collections.ConfigDict()\n  c.seed = 1\n  return c\n',
-     ['lacks 9 keys of base_config()', 'checkpoint, dataset']),
+     ['lacks 10 keys of base_config()', 'checkpoint, dataset']),
 ])
 def test_a_config_file_that_is_no_config(tmp_path, data_dir, name, text, needles):
   path = tmp_path / name

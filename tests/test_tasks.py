@@ -85,7 +85,7 @@ def test_segmentation_eval_driver_miou_equals_sklearn_with_a_padded_last_batch()
      r"config.model.name='convnet' is a classification model, but config.task.name="),
     ({'task.name': 'simclr', 'model.name': 'fcn_resnet18'},
      r"config.model.name='fcn_resnet18' is a segmentation model"),
-    ({'task.name': 'byol'}, r"config.task.name='byol'; use one of"),
+    ({'task.name': 'moco'}, r"config.task.name='moco'; use one of"),
     ({'task.name': 'segmentation', 'model.name': 'fcn_resnet18', 'task.ignore_label': 300},
      r'config.task.ignore_label=300'),
     ({'task.name': 'segmentation', 'model.name': 'fcn_resnet18',

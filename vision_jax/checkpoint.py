@@ -316,8 +316,6 @@ def read_state(path: str) -> tuple[int, dict]:
   into host memory whole, whatever sharding they were saved with (FSDP, several
   processes): the target is built from the checkpoint's own metadata.
   """
-  from vision_jax import init_source  # pylint: disable=g-import-not-at-top
-  init_source.check(path)  # A weights file, a directory that is no run: said as such.
   path = os.path.abspath(os.path.expanduser(path))
   if os.path.isdir(os.path.join(path, 'checkpoints')):
     path = os.path.join(path, 'checkpoints')

@@ -122,6 +122,8 @@ RANGES: dict[str, tuple[str, str]] = {
     'task.projector_layers': ('int [1, 64]', 'the projector\'s layers'),
     'task.knn_k': ('int [1, inf)', 'the neighbours of the k-NN evaluation'),
     'task.knn_temperature': ('float (0, 100]', 'the k-NN vote temperature'),
+    'task.predictor_hidden_dim': ('int [1, 1048576]', 'BYOL\'s predictor hidden width'),
+    'task.target_decay': ('float [0, 1]', 'the decay of BYOL\'s target network at step 0'),
 }
 
 _RULE = re.compile(r'^(each )?(int|float) (?:\{([^}]*)\}|([\[(])([^,]+), ([^\])]+)([\])]))'

@@ -97,6 +97,7 @@ def init_from_checkpoint(config: ml_collections.ConfigDict, state: ts.TrainState
   trained part restarts from zero, its moving average from the loaded weights.
   """
   cfg = config.init_from
+  init_source.check(cfg.checkpoint)  # A weights file, a directory that is no run: said so.
   step, raw = read_state(cfg.checkpoint)
   sources = part_sources(config, list(state.parts), list(raw['parts']))
   use_ema = cfg.use_ema

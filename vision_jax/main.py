@@ -177,9 +177,9 @@ def run(argv: list[str]) -> None:
     config = _load_config(workdir)
     from vision_jax import config_ranges, tasks  # pylint: disable=g-import-not-at-top
     config_lib.check_keys(config)
-    config_lib.import_extensions(config)
     config_lib.check_complete(config)
     config_ranges.check(config)  # Before the task reads its keys.
+    config_lib.import_extensions(config)
     task = tasks.build(config)  # The run's task: built once, passed to every mode.
     config_lib.validate(config, num_devices=jax.device_count(), task=task)
     if training and config.init_from.checkpoint and not _has_checkpoints(workdir):
@@ -221,6 +221,8 @@ def parse_flags(argv: list[str]) -> list[str]:
   Without --config, --config.key=value overrides apply to the workdir's config.json.
   """
   argv = _one_flag_per_image(argv)
+  _WORKDIR_OVERRIDES.clear()  # (parse_flags runs once per process; tests call it again.)
+  _MODEL_OVERRIDES.clear()
   if not any(a == '--config' or a.startswith('--config=') for a in argv):
     _WORKDIR_OVERRIDES.extend(a for a in argv if a.startswith('--config.'))
     argv = [a for a in argv if not a.startswith('--config.')]
