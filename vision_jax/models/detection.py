@@ -15,7 +15,8 @@ level (level by level, cells row-major, a cell's anchors last: the rows of
   'bbox_regression'  [B, N, 4]            RetinaNet: deltas; FCOS: ltrb / anchor size (>= 0)
   'bbox_ctrness'     [B, N, 1]            FCOS only: centerness logit
 `model.loss(outputs, targets, image_hw)` and `model.detect(outputs, image_hw, image_sizes)`
-apply the detector's own loss and postprocessing (vision_jax/detection).
+apply the detector's own loss and postprocessing (vision_jax/detection);
+`model.torchvision_frozen(trainable_layers)` lists what torchvision's recipe keeps fixed.
 
 Heads are shared across levels, four 3x3 convs (256 channels) and ReLU per branch:
   fcos            conv (bias) + GroupNorm(32) in each conv; classification, box and
