@@ -62,8 +62,9 @@ def run_converted(arch):
 
 
 def assert_outputs_equal(arch, outputs):
-  """Every ROW_STEP-th anchor's outputs within 1e-4 x their scale; per-level sums of |x|
-  within 1e-5 relative."""
+  """Every ROW_STEP-th anchor's outputs within 3e-5 x their scale (float32 on the CPU:
+  ~3e-6 seen; BatchNorm eps 1e-5 instead of retinanet_resnet50_fpn's 0 moves them by
+  1.3e-4); per-level sums of |x| within 1e-5 relative."""
   step = int(FIXTURE['row_step'])
   bounds = np.cumsum(np.concatenate([[0], FIXTURE[f'{arch}.counts']]))
   keys = [k.split('.')[1] for k in FIXTURE.files if k.startswith(arch + '.') and
@@ -75,7 +76,7 @@ def assert_outputs_equal(arch, outputs):
     scale = float(np.abs(theirs).max())
     assert ours.shape == theirs.shape and scale > 0.5
     diff = float(np.abs(ours - theirs).max())
-    assert diff <= 1e-4 * scale, f'{key}: max |diff| {diff:.3g} at scale {scale:.3g}'
+    assert diff <= 3e-5 * scale, f'{key}: max |diff| {diff:.3g} at scale {scale:.3g}'
     sums = [np.abs(outputs[key][:, a:b].astype(np.float64)).sum()
             for a, b in zip(bounds[:-1], bounds[1:])]
     np.testing.assert_allclose(sums, FIXTURE[f'{arch}.{key}.level_abs_sums'], rtol=1e-5,

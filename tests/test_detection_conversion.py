@@ -73,3 +73,31 @@ def test_wrong_shape_is_named():
 def test_unknown_arch():
   with pytest.raises(ConversionError, match='--arch=ssd300_vgg16'):
     tvw.detector_names('ssd300_vgg16')
+
+
+@pytest.mark.parametrize('arch', ARCHS)
+def test_torchvision_frozen_trains_what_torchvision_trains(arch):
+  """config.optim.freeze = model.torchvision_frozen() leaves trainable exactly the backbone
+  parameters torchvision trains (trainable_backbone_layers=3) and the whole FPN and head."""
+  import re  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  from vision_jax import optim  # pylint: disable=import-outside-toplevel
+  model = nnx.eval_shape(lambda: tvw.build_model(arch, ref.MODEL_NUM_CLASSES))
+  params = [optim.param_path(p) for p, _ in
+            jax.tree_util.tree_flatten_with_path(nnx.state(model, nnx.Param))[0]]
+  patterns = [re.compile(p) for p in model.torchvision_frozen()]
+  assert all(any(p.fullmatch(path) for path in params) for p in patterns)  # optim insists.
+  trainable = [p for p in params if not any(r.fullmatch(p) for r in patterns)]
+  names = tvw.detector_names(arch)
+  ours = {names[p] for p in trainable if names[p].startswith('backbone.body.')}
+  theirs = {str(n) for n in cd.FIXTURE[f'{arch}.trainable_backbone']
+            if str(n).startswith('backbone.body.')}
+  assert ours == theirs
+  assert all(names[p].startswith(('backbone.', 'head.')) for p in trainable)
+  assert {p for p in params if p.startswith(('fpn/', 'head/'))} <= set(trainable)
+  if arch != 'retinanet_resnet50_fpn_v2':
+    assert model.torchvision_frozen(5) == (r'(stem_bn|blocks/\d+/(bn\d|proj_bn))/(scale|bias)',)
+  else:
+    assert model.torchvision_frozen(5) == ()
+  assert len(model.torchvision_frozen(0)[1].split('|')) == 16  # Every ResNet-50 block.

@@ -45,12 +45,13 @@ def fcos_size_bounds(anchors: np.ndarray, counts: Sequence[int]) -> tuple[np.nda
   return lower, upper
 
 
-def fcos_match(anchors: jax.Array | np.ndarray, counts: Sequence[int], gt_boxes: jax.Array,
+def fcos_match(anchors: np.ndarray, counts: Sequence[int], gt_boxes: jax.Array,
                gt_mask: jax.Array, center_sampling_radius: float = 1.5) -> jax.Array:
   """int32 [N]: the index into gt_boxes [M, 4] of each anchor's box, or -1 (BACKGROUND).
 
-  `anchors` [N, 4] and `counts` (anchors per level) are those of `anchors.anchors(...,
-  anchors.FCOS)`; `gt_mask` [M] marks the real boxes.
+  `anchors` [N, 4] (numpy: the size bounds are computed at trace time) and `counts`
+  (anchors per level) are those of `anchors.anchors(..., anchors.FCOS)`; `gt_mask` [M]
+  marks the real boxes.
   """
   lower, upper = fcos_size_bounds(np.asarray(anchors), counts)
   anchors = jnp.asarray(anchors, jnp.float32)

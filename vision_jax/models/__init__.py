@@ -3,7 +3,8 @@
 Every model is called as `model(images_nhwc, train: bool) -> float32 logits`, and names its
 output layer(s) `head` (fine-tuning re-initialises it by that name). A model's task is its
 class's TASK ('classification' when absent): classifiers return [B, K], segmentation
-models (models/segmentation.py) [B, H, W, K].
+models (models/segmentation.py) [B, H, W, K], detectors (models/detection.py) a dict of
+per-anchor outputs.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from vision_jax import ops
 from vision_jax.errors import ConfigError
 from vision_jax.models import bit
 from vision_jax.models import cnn
+from vision_jax.models import detection
 from vision_jax.models import resnet
 from vision_jax.models import segmentation
 from vision_jax.models.summary import count_params, parameter_overview  # Re-exported.
@@ -46,6 +48,7 @@ _REGISTRY: dict[str, Callable[..., nnx.Module]] = {
     'deeplabv3_cifar_resnet18': segmentation.DeepLabV3CifarResNet18,
     'fcn_bit_r50x1': segmentation.FCNBitR50x1,
     'deeplabv3_bit_r50x1': segmentation.DeepLabV3BitR50x1,
+    **detection.DETECTORS,
 }
 
 
@@ -72,7 +75,8 @@ def model_class(name: str) -> Callable[..., nnx.Module]:
 
 
 def model_task(name: str) -> str:
-  """The task model `name` is built for: 'classification' or 'segmentation'."""
+  """The task model `name` is built for: 'classification', 'segmentation' or
+  'detection'."""
   return getattr(model_class(name), 'TASK', 'classification')
 
 

@@ -15,7 +15,8 @@ level (level by level, cells row-major, a cell's anchors last: the rows of
   'bbox_regression'  [B, N, 4]            RetinaNet: deltas; FCOS: ltrb / anchor size (>= 0)
   'bbox_ctrness'     [B, N, 1]            FCOS only: centerness logit
 `model.loss(outputs, targets, image_hw)` and `model.detect(outputs, image_hw, image_sizes)`
-apply the detector's own loss and postprocessing (vision_jax/detection).
+apply the detector's own loss and postprocessing (vision_jax/detection);
+`model.torchvision_frozen(trainable_layers)` lists what torchvision's recipe keeps fixed.
 
 Heads are shared across levels, four 3x3 convs (256 channels) and ReLU per branch:
   fcos            conv (bias) + GroupNorm(32) in each conv; classification, box and
@@ -177,6 +178,25 @@ class DetectorResNet(resnet.ResNet):
 
   def __call__(self, x: jax.Array, train: bool = False) -> dict[str, jax.Array]:
     return self.head(self.pyramid(x, train))
+
+  def torchvision_frozen(self, trainable_layers: int = 3) -> tuple[str, ...]:
+    """Regexes for config.optim.freeze that train what torchvision's detection builders
+    train: the last `trainable_layers` of (layer4, layer3, layer2, layer1, stem) and
+    everything outside the backbone (torchvision's default 3: the stem and the first stage
+    stay fixed). With frozen BatchNorm every BatchNorm scale and bias is fixed as well
+    (FrozenBatchNorm2d holds them as buffers)."""
+    if not isinstance(trainable_layers, int) or not 0 <= trainable_layers <= 5:
+      raise ConfigError(f'trainable_layers={trainable_layers!r}: use 0 to 5, the number of '
+                        'backbone stages trained counting from the last (5: all and the stem).')
+    patterns = []
+    if trainable_layers < 5:
+      patterns.append('stem_(conv|bn)/.*')
+    frozen_blocks = sum(self.STAGES[:max(0, 4 - trainable_layers)])
+    if frozen_blocks:
+      patterns.append(f'blocks/({"|".join(str(i) for i in range(frozen_blocks))})/.*')
+    if self.frozen_batch_norm:
+      patterns.append(r'(stem_bn|blocks/\d+/(bn\d|proj_bn))/(scale|bias)')
+    return tuple(patterns)
 
   def anchors(self, image_hw: Sequence[int]) -> tuple[np.ndarray, tuple[int, ...]]:
     """(anchors [N, 4], anchors per level) of a padded input of `image_hw` (numpy)."""
