@@ -17,6 +17,7 @@ from PIL import Image, ImageEnhance
 from scipy import stats
 from sklearn.datasets import load_sample_images
 
+from vision_jax.config import base_config
 from vision_jax.data import augment, autoaugment, color_jitter, erasing, image_ops
 from vision_jax.data import trivialaugment
 from vision_jax.data.image_ops import BICUBIC, BILINEAR, NEAREST, Step
@@ -362,8 +363,9 @@ def test_policy_runs_before_jitter_and_erasing_comes_last(photo):
 
 def test_config_defaults_are_off_and_from_config_reads_the_keys():
   assert augment.make_augment(mean=(0.5,), std=(0.5,)) is None
-  assert augment.from_config(ConfigDict({'name': 'digits'}), (0.5,), (0.5,)) is None
-  cfg = ConfigDict(dict(augment.CONFIG_DEFAULTS, randaugment='rand-m7-n3-p0.3-mmax15',
+  defaults = base_config().dataset
+  assert augment.from_config(defaults, (0.5,), (0.5,)) is None
+  cfg = ConfigDict(dict(defaults.to_dict(), randaugment='rand-m7-n3-p0.3-mmax15',
                         random_erasing=0.25))
   fn = augment.from_config(cfg, *IMAGENET)
   ra = fn.policy
@@ -383,7 +385,7 @@ def test_config_defaults_are_off_and_from_config_reads_the_keys():
   jitter = augment.make_augment(mean=(0.5,), std=(0.5,), color_jitter=0.4).jitter
   assert (jitter.brightness, jitter.contrast, jitter.saturation, jitter.hue) == (
       0.4, 0.4, 0.4, 0.0)
-  cfg = ConfigDict(dict(augment.CONFIG_DEFAULTS, color_jitter=0.3, color_jitter_hue=0.05))
+  cfg = ConfigDict(dict(defaults.to_dict(), color_jitter=0.3, color_jitter_hue=0.05))
   jitter = augment.from_config(cfg, (0.5,), (0.5,)).jitter
   assert (jitter.brightness, jitter.saturation, jitter.hue) == (0.3, 0.3, 0.05)
 

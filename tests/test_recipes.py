@@ -208,12 +208,6 @@ def test_two_policies_at_once_are_refused():
     config_lib.validate(config, 1)
 
 
-def test_the_config_lists_every_augmentation_key_with_augments_default():
-  dataset = base_config().dataset
-  for key, default in augment.CONFIG_DEFAULTS.items():
-    assert dataset[key] == default and type(dataset[key]) is type(default), key
-
-
 def test_the_cli_refuses_a_malformed_randaugment_string_in_one_paragraph(data_dir, tmp_path):
   from conftest import run_cli  # pylint: disable=g-import-not-at-top
   proc = run_cli(['--config', 'configs/default.py', '--workdir', str(tmp_path / 'w'),

@@ -163,9 +163,8 @@ def test_full_crop_without_random_steps_is_the_resized_image():
     np.testing.assert_array_equal(v, preprocess.resample(image, (0, 0, 32, 32), 16))
 
 
-def test_from_config_and_example_function():
-  assert two_views.from_config({}, 32) is None
-  views = two_views.from_config({'ssl_views': 'simclr', 'ssl_crop_min_scale': 0.3}, 16)
+def test_example_function():
+  views = two_views.make_two_views('simclr', 16, crop_min_scale=0.3)
   assert views.crop_min_scale == 0.3 and views.view1.blur_prob == 0.0
   fn = two_views.make_two_view_preprocess(views, channels=3)
   out = fn({'image': _photo(8, 8, 1), 'label': 7}, np.random.default_rng(0))
@@ -175,12 +174,12 @@ def test_from_config_and_example_function():
 
 
 @pytest.mark.parametrize('kwargs,key', [
-    ({'recipe': 'moco'}, 'ssl_views'),
-    ({'crop_min_scale': 0.0}, 'ssl_crop_min_scale'),
-    ({'color_jitter_strength': 3.0}, 'ssl_color_jitter_strength'),
-    ({'color_jitter_strength': -1.0}, 'ssl_color_jitter_strength'),
-    ({'blur': 'yes'}, 'ssl_blur')])
+    ({'recipe': 'moco'}, 'views'),
+    ({'crop_min_scale': 0.0}, 'crop_min_scale'),
+    ({'color_jitter_strength': 3.0}, 'color_jitter_strength'),
+    ({'color_jitter_strength': -1.0}, 'color_jitter_strength'),
+    ({'blur': 'yes'}, 'blur')])
 def test_bad_values_name_their_config_key(kwargs, key):
   args = {'recipe': 'simclr', 'image_size': 32} | kwargs
-  with pytest.raises(TwoViewsError, match=f'config.dataset.{key}='):
+  with pytest.raises(TwoViewsError, match=f'config.task.{key}='):
     two_views.make_two_views(args.pop('recipe'), args.pop('image_size'), **args)

@@ -269,8 +269,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, task=None) -> 
   from vision_jax import parallel
   from vision_jax.models import layers
   try:
-    ops.wants_fast_path(config.model.get('fast_cpu_ops', 'auto'), jax.default_backend())
-    layers.as_dtype(config.model.get('dtype', 'float32'))
+    ops.wants_fast_path(config.model.fast_cpu_ops, jax.default_backend())
+    layers.as_dtype(config.model.dtype)
   except ValueError as e:
     raise ConfigError(str(e)) from e
   data, fsdp = parallel.mesh_shape(config.mesh, num_devices)  # Raises if it does not fit.
@@ -284,7 +284,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, task=None) -> 
           f'{max(1, round(config[section][key] / num_devices)) * num_devices} (every device '
           f'takes an equal share of the batch; {mesh}), or a device count that divides it.')
   _check_recipe(config, accepted)
-  accum = config.optim.get('accum_steps', 1)
+  accum = config.optim.accum_steps
   if isinstance(accum, int) and accum > 1 and config.train.batch_size % (num_devices * accum):
     raise ConfigError(
         f'config.train.batch_size={config.train.batch_size} / config.optim.accum_steps='

@@ -171,7 +171,7 @@ def export(loaded, export_dir: str, *, saved_model: bool = True) -> dict:
       'input': {'shape': [None, height, width, channels], 'dtype': 'uint8', 'layout': 'NHWC',
                 'image_size': height, 'channels': channels,
                 'preprocessing': eval_preprocessing(
-                    loaded.dataset, loaded.config.dataset.get('channels', 0))},
+                    loaded.dataset, loaded.config.dataset.channels)},
       'normalization': {'mean': list(loaded.mean), 'std': list(loaded.std),
                         'formula': '(x / 255 - mean) / std, inside the function'},
       'output': {'logits': [None] + list(jax.eval_shape(

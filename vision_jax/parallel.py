@@ -33,7 +33,7 @@ def mesh_shape(mesh_config: ml_collections.ConfigDict, num_devices: int) -> tupl
   Pure arithmetic (no devices touched), so config validation can call it before anything
   is compiled. Raises ConfigError naming the numbers to change.
   """
-  sizes = {'data': mesh_config.data, 'fsdp': mesh_config.get('fsdp', 1)}
+  sizes = {'data': mesh_config.data, 'fsdp': mesh_config.fsdp}
   for name, value in sizes.items():
     if not isinstance(value, int) or isinstance(value, bool) or (value < 1 and value != -1):
       raise ConfigError(f'config.mesh.{name} must be a positive integer or -1 (all remaining '
@@ -79,7 +79,7 @@ def make_mesh(config: ml_collections.ConfigDict, devices=None) -> Mesh:
   """
   devices = list(devices if devices is not None else jax.devices())
   data, fsdp = mesh_shape(config.mesh, len(devices))
-  slices = config.mesh.get('slices', 1)
+  slices = config.mesh.slices
   if slices > 1:
     if not all(hasattr(d, 'slice_index') for d in devices):
       raise ConfigError(f'config.mesh.slices={slices}, but these {devices[0].platform} '
@@ -141,7 +141,7 @@ def state_shardings(abstract_state: Any, mesh: Mesh,
   BatchNorm statistics and counters (small: replicated).
   """
   fsdp = mesh.shape['fsdp']
-  min_bytes = config.mesh.get('fsdp_min_mib', 4.0) * 2**20
+  min_bytes = config.mesh.fsdp_min_mib * 2**20
   specs = jax.tree.map(lambda x: fsdp_spec(x.shape, _nbytes(x), fsdp, min_bytes),
                        abstract_state)
   if fsdp > 1:

@@ -124,7 +124,7 @@ class EvalPreprocess:
 
   @classmethod
   def of(cls, loaded) -> 'EvalPreprocess':
-    convert = loaded.config.dataset.get('channels', 0)  # The run converted channels itself.
+    convert = loaded.config.dataset.channels  # The run converted channels itself.
     return cls(EvalTransform.from_dataset_json(loaded.dataset, convert),
                loaded.image_shape[2], bool(convert))
 

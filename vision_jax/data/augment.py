@@ -8,7 +8,7 @@ Order, as timm's train transforms: the policy (one of RandAugment, AutoAugment,
 TrivialAugmentWide), then colour jitter, then random erasing (timm erases after normalising;
 see erasing.py for the uint8 equivalent). The policy and the jitter share one PIL image.
 
-Keys (config.dataset.*; CONFIG_DEFAULTS holds the defaults):
+Keys (config.dataset.*; base_config() holds the defaults, all off):
   randaugment            '' = off, or a timm string, e.g. 'rand-m9-mstd0.5-inc1' (autoaugment.py)
   autoaugment            '' = off, or an ImageNet policy: original | originalr | v0 | v0r | 3a,
                          optionally '-mstd<float>'
@@ -43,19 +43,6 @@ from vision_jax.data import image_ops
 from vision_jax.data import trivialaugment as trivialaugment_lib
 from vision_jax.errors import UserError
 
-CONFIG_DEFAULTS = {
-    'randaugment': '',
-    'autoaugment': '',
-    'trivialaugment': False,
-    'augment_interpolation': '',
-    'augment_fill': '',
-    'color_jitter': 0.0,
-    'color_jitter_hue': 0.0,
-    'random_erasing': 0.0,
-    'random_erasing_mode': 'pixel',
-    'random_erasing_count': 1,
-    'repeated_aug': 1,
-}
 INTERPOLATIONS = ('random', 'nearest', 'bilinear', 'bicubic')
 FILLS = ('mean', 'black')
 
@@ -185,9 +172,9 @@ def make_augment(*, mean: Sequence[float], std: Sequence[float], randaugment: st
 
 
 def from_config(ds_cfg, mean: Sequence[float], std: Sequence[float]) -> Augment | None:
-  """make_augment from config.dataset (keys missing there take CONFIG_DEFAULTS); also
-  checks config.dataset.repeated_aug."""
-  get = lambda key: ds_cfg.get(key, CONFIG_DEFAULTS[key])
+  """make_augment from config.dataset (every key of base_config's; their defaults are
+  off); also checks config.dataset.repeated_aug."""
+  get = lambda key: ds_cfg[key]
   k = get('repeated_aug')
   if not isinstance(k, int) or isinstance(k, bool) or k < 1:
     raise _fail('repeated_aug', k, 'use a whole number k >= 1, the copies of each example '

@@ -75,6 +75,11 @@ def eval_dataset(source, fn: preprocess.Preprocess, *, global_batch: int,
   return grain.MapDataset.range(num_batches).map(batch)
 
 
+def in_memory(source) -> bool:
+  """Whether a split is held in host memory (its per-example work stays in threads)."""
+  return isinstance(source, sources.ArraySource) or getattr(source, 'in_memory', False)
+
+
 def iterate(dataset: grain.MapDataset, start: int = 0, num_threads: int = 4,
             num_workers: int = 0) -> Batches:
   """dataset[start:], read ahead by worker processes or threads (workers.Batches)."""
@@ -137,7 +142,7 @@ def _check(ds_cfg: ml_collections.ConfigDict) -> None:
     eval_transform_lib.check_config(ds_cfg)
   except eval_transform_lib.EvalTransformError as e:
     problems.append(str(e))
-  workers = ds_cfg.get('num_workers', -1)
+  workers = ds_cfg.num_workers
   if not isinstance(workers, int) or workers < -1:
     problems.append(f'config.dataset.num_workers={workers!r}: use -1 (auto), 0 '
                     '(read in the training process) or a number of worker processes.')
@@ -178,7 +183,7 @@ def build(config: ml_collections.ConfigDict, shard: HostShard = HostShard(), *,
   train_fn = preprocess.make_preprocess('resize' if device_augment else ds_cfg.preprocess,
                                         size, train=True, augment=augment, **recipe)
   gathered = _gatherable(train_src, train_fn)
-  eval_size = ds_cfg.get('eval_image_size', 0) or size
+  eval_size = ds_cfg.eval_image_size or size
   eval_transform = eval_transform_lib.EvalTransform.from_config(ds_cfg, eval_size, channels)
   eval_fn = eval_transform.example_fn()
   evals, eval_sizes, evals_in_memory = {}, {}, True
@@ -189,11 +194,11 @@ def build(config: ml_collections.ConfigDict, shard: HostShard = HostShard(), *,
                                 shard=shard, skip_corrupt=ds_cfg.skip_corrupt)
     eval_sizes[split] = len(src)
     evals_in_memory &= isinstance(src, sources.ArraySource)
-  workers = ds_cfg.get('num_workers', -1)
+  workers = ds_cfg.num_workers
   return Data(
       train=train_dataset(train_src, train_fn, global_batch=config.train.batch_size,
                           seed=config.seed, shard=shard, skip_corrupt=ds_cfg.skip_corrupt,
-                          repeated_aug=ds_cfg.get('repeated_aug', 1)),
+                          repeated_aug=ds_cfg.repeated_aug),
       evals=evals, eval_sizes=eval_sizes, num_train=len(train_src),
       num_classes=info.num_classes, image_size=size, channels=channels,
       class_names=info.class_names, mean=mean, std=std, eval_transform=eval_transform,

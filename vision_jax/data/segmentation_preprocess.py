@@ -30,7 +30,8 @@ to zero.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import dataclasses
+from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -110,13 +111,49 @@ def fit_and_pad(image: np.ndarray, mask: np.ndarray, size: int, *,
   return out_image, out_mask
 
 
+@dataclasses.dataclass(frozen=True)
+class JointTransform:
+  """`fn(example, rng) -> {'image', 'label'}`: the training transform, or (train=False) the
+  deterministic eval transform, of an {'image', 'mask'} example; the image first given
+  `channels` channels (0: as stored). A plain object, so worker processes can run it."""
+  image_size: int
+  train: bool
+  base_size: int = 0
+  scale_range: tuple[float, float] = (0.5, 2.0)
+  fill: int | tuple[int, ...] = 0
+  ignore_label: int = 255
+  flip: bool = True
+  channels: int = 0
+
+  @property
+  def random(self) -> bool:
+    return self.train
+
+  def identity_for(self, shape) -> bool:
+    del shape
+    return False
+
+  def __call__(self, example: Example, rng: np.random.Generator | None) -> Example:
+    from vision_jax.data import preprocess  # pylint: disable=g-import-not-at-top
+    image, mask = np.asarray(example['image']), np.asarray(example['mask'])
+    if self.channels:
+      image = preprocess.to_channels(image, self.channels)
+    if self.train:
+      image, mask = random_scale_crop_flip(
+          image, mask, rng, size=self.image_size, base_size=self.base_size,
+          scale_range=self.scale_range, fill=self.fill, ignore_label=self.ignore_label,
+          flip=self.flip)
+    else:
+      image, mask = fit_and_pad(image, mask, self.image_size, fill=self.fill,
+                                ignore_label=self.ignore_label)
+    return {'image': image, 'label': mask}
+
+
 def make_transform(image_size: int, *, train: bool, base_size: int = 0,
                    scale_range: tuple[float, float] = (0.5, 2.0),
                    fill: int | Sequence[int] = 0, ignore_label: int = 255,
-                   flip: bool = True
-                   ) -> Callable[[Example, 'np.random.Generator | None'], Example]:
-  """`fn(example, rng) -> {'image', 'label'}`: the training transform, or (train=False) the
-  deterministic eval transform; `fn.random` says whether it draws from rng."""
+                   flip: bool = True, channels: int = 0) -> JointTransform:
+  """The JointTransform, its arguments checked."""
   if image_size < 1:
     raise SegmentationPreprocessError(
         f'A segmentation run needs a crop / eval size: config.dataset.image_size='
@@ -128,18 +165,6 @@ def make_transform(image_size: int, *, train: bool, base_size: int = 0,
   if not 0 <= ignore_label <= 255:
     raise SegmentationPreprocessError(f'ignore_label={ignore_label} must fit a uint8 label '
                                       'map (0..255; 255 is the convention).')
-
-  def fn(example: Example, rng: np.random.Generator | None) -> Example:
-    image, mask = np.asarray(example['image']), np.asarray(example['mask'])
-    if train:
-      image, mask = random_scale_crop_flip(image, mask, rng, size=image_size,
-                                           base_size=base_size, scale_range=scale_range,
-                                           fill=fill, ignore_label=ignore_label,
-                                           flip=flip)
-    else:
-      image, mask = fit_and_pad(image, mask, image_size, fill=fill,
-                                ignore_label=ignore_label)
-    return {'image': image, 'label': mask}
-
-  fn.random = train
-  return fn
+  return JointTransform(image_size, train, base_size, tuple(scale_range),
+                        tuple(fill) if isinstance(fill, (list, tuple)) else fill,
+                        ignore_label, flip, channels)

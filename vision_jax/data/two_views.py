@@ -24,16 +24,16 @@ size and not on CIFAR (32 px), where it hurts; on 8 or 16 px digits a 10% kernel
 radius 0 anyway. A grey (1-channel) image goes through every step; saturation, hue and
 grayscale leave it unchanged.
 
-Proposed config keys (config.dataset; DEFAULTS):
-  ssl_views                  '' = off (classification batches), 'simclr' or 'byol'
-  ssl_crop_min_scale         0.08 (smallest crop area; 0.2-0.3 suits 8 px digits)
-  ssl_color_jitter_strength  1.0 (SimCLR's s)
-  ssl_blur                   'auto' | True | False
+Config keys (config.task, read by the SimCLR and BYOL tasks):
+  views                  'simclr' or 'byol'
+  crop_min_scale         0.08 (smallest crop area; 0.2-0.3 suits 8 px digits)
+  color_jitter_strength  1.0 (SimCLR's s)
+  blur                   'auto' | 'on' | 'off' 
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+
 
 import numpy as np
 from scipy import ndimage
@@ -44,8 +44,6 @@ from vision_jax.data.color_jitter import ColorJitter
 from vision_jax.errors import UserError
 
 RECIPES = ('simclr', 'byol')
-DEFAULTS = {'ssl_views': '', 'ssl_crop_min_scale': 0.08, 'ssl_color_jitter_strength': 1.0,
-            'ssl_blur': 'auto'}
 # Per recipe: jitter strengths at s = 1 (brightness, contrast, saturation, hue) and the
 # (view 1, view 2) probabilities of blur and solarisation.
 _JITTER = {'simclr': (0.8, 0.8, 0.8, 0.2), 'byol': (0.4, 0.4, 0.2, 0.1)}
@@ -153,20 +151,20 @@ def make_two_views(recipe: str, image_size: int, *, crop_min_scale: float = 0.08
   Raises TwoViewsError naming the config key of a bad value.
   """
   if recipe not in RECIPES:
-    raise TwoViewsError(f'config.dataset.ssl_views={recipe!r} is not a two-view recipe; use '
-                        f'one of {", ".join(RECIPES)} (or \'\' for classification batches).')
+    raise TwoViewsError(f'config.task.views={recipe!r} is not a two-view recipe; use '
+                        f'one of {", ".join(RECIPES)}.')
   if not isinstance(crop_min_scale, (int, float)) or not 0 < crop_min_scale <= 1:
-    raise TwoViewsError(f'config.dataset.ssl_crop_min_scale={crop_min_scale!r}: use the '
+    raise TwoViewsError(f'config.task.crop_min_scale={crop_min_scale!r}: use the '
                         'smallest crop area as a fraction of the image in (0, 1], e.g. 0.08.')
   hue = _JITTER[recipe][3] * color_jitter_strength if isinstance(
       color_jitter_strength, (int, float)) else -1.0
   if not 0 <= hue <= 0.5:
     raise TwoViewsError(
-        f'config.dataset.ssl_color_jitter_strength={color_jitter_strength!r}: use a strength '
+        f'config.task.color_jitter_strength={color_jitter_strength!r}: use a strength '
         f's >= 0 with a hue strength {_JITTER[recipe][3]} s <= 0.5, i.e. s <= '
         f'{0.5 / _JITTER[recipe][3]:g} (SimCLR: 1.0 on ImageNet, 0.5 on CIFAR).')
   if blur not in ('auto', True, False):
-    raise TwoViewsError(f'config.dataset.ssl_blur={blur!r}: use \'auto\' (on from '
+    raise TwoViewsError(f'config.task.blur={blur!r}: use \'auto\' (on from '
                         f'{BLUR_MIN_SIZE} px, as SimCLR at ImageNet size), True or False.')
   if blur == 'auto':
     blur = image_size >= BLUR_MIN_SIZE
@@ -176,27 +174,25 @@ def make_two_views(recipe: str, image_size: int, *, crop_min_scale: float = 0.08
   return TwoViews(image_size, views[0], views[1], float(crop_min_scale))
 
 
-def from_config(ds_cfg, image_size: int) -> TwoViews | None:
-  """make_two_views from config.dataset (missing keys take DEFAULTS); None when off."""
-  get = lambda key: ds_cfg.get(key, DEFAULTS[key])
-  if not get('ssl_views'):
-    return None
-  return make_two_views(get('ssl_views'), image_size,
-                        crop_min_scale=get('ssl_crop_min_scale'),
-                        color_jitter_strength=get('ssl_color_jitter_strength'),
-                        blur=get('ssl_blur'))
-
-
-def make_two_view_preprocess(views: TwoViews, *, channels: int = 0) -> Callable:
+@dataclasses.dataclass(frozen=True)
+class TwoViewPreprocess:
   """A per-example train function (preprocess.make_preprocess's protocol) that turns
-  {'image', 'label'} into {'view1', 'view2', 'label'}, channels made explicit first."""
+  {'image', 'label'} into {'view1', 'view2', 'label'}, channels made explicit first. A
+  plain object, so input worker processes can run it."""
+  views: TwoViews
+  channels: int = 0
+  random = True
 
-  def fn(example: dict, rng: np.random.Generator) -> dict:
-    image = preprocess.to_channels(np.asarray(example['image']), channels)
-    view1, view2 = views(image, rng)
+  def identity_for(self, shape) -> bool:
+    del shape
+    return False
+
+  def __call__(self, example: dict, rng: np.random.Generator) -> dict:
+    image = preprocess.to_channels(np.asarray(example['image']), self.channels)
+    view1, view2 = self.views(image, rng)
     return {'view1': view1, 'view2': view2,
             'label': np.asarray(example['label'], np.int32)}
 
-  fn.random = True
-  fn.identity_for = lambda shape: False
-  return fn
+
+def make_two_view_preprocess(views: TwoViews, *, channels: int = 0) -> TwoViewPreprocess:
+  return TwoViewPreprocess(views, channels)

@@ -78,12 +78,27 @@ class Task(abc.ABC):
   serving_parts: tuple[str, ...] = ('model',)
   served_outputs = 'logits [N, num_classes]'
 
+  # config.dataset keys this task's data does not use, with the value that means "off":
+  # any other value is refused (check_dataset_keys), never silently ignored.
+  unused_dataset_keys: dict[str, Any] = {}
+
   def __init__(self, config: ml_collections.ConfigDict):
     self.config = config
 
   @abc.abstractmethod
   def validate(self) -> None:
     """See the module docstring."""
+
+  def check_dataset_keys(self) -> None:
+    """Refuses a config.dataset key set to something this task's data would ignore."""
+    for key, off in self.unused_dataset_keys.items():
+      value = self.config.dataset[key]
+      if value != off and not (isinstance(off, tuple) and tuple(value) == off):
+        raise ConfigError(
+            f'config.dataset.{key}={value!r}, but the {self.name} task does not use '
+            f'config.dataset.{key} (its data is built its own way: vision_jax/tasks/'
+            f'{self.name}.py), so the run would silently differ from what you asked. '
+            f'Set it back to {off!r}.')
 
   def model_options(self) -> dict[str, Any]:
     """config.model minus name and fast_cpu_ops: the keyword arguments of its constructor."""

@@ -43,6 +43,15 @@ from vision_jax.errors import ConfigError
 class Segmentation(tasks.Task):
   name = 'segmentation'
   eval_metrics = ('mean_iou', 'pixel_accuracy', 'loss')
+  # Joint image-and-mask transforms (config.task.scale_range, flip) replace the recipes.
+  unused_dataset_keys = {
+      'randaugment': '', 'autoaugment': '', 'trivialaugment': False,
+      'augment_interpolation': '', 'augment_fill': '', 'color_jitter': 0.0,
+      'color_jitter_hue': 0.0, 'random_erasing': 0.0, 'random_erasing_mode': 'pixel',
+      'random_erasing_count': 1, 'repeated_aug': 1, 'preprocess': 'resize',
+      'min_crop_area': 0.08, 'eval_image_size': 0, 'classes': (), 'eval_preprocess': '',
+      'crop_fraction': 0.875, 'eval_interpolation': '', 'cache': 'auto',
+      'skip_corrupt': False}
 
   def __init__(self, config: ml_collections.ConfigDict):
     super().__init__(config)
@@ -55,6 +64,7 @@ class Segmentation(tasks.Task):
     from vision_jax.data import segmentation_sources  # pylint: disable=g-import-not-at-top
     config = self.config
     models.check_model_task(config.model.name, 'segmentation')
+    self.check_dataset_keys()
     t = config.task
     if not isinstance(t.ignore_label, int) or not 0 <= t.ignore_label <= 255:
       raise ConfigError(f'config.task.ignore_label={t.ignore_label!r} must be a label-map '
@@ -90,15 +100,17 @@ class Segmentation(tasks.Task):
     mean, std = preprocess.mean_std(ds.mean, ds.std, ds.normalization, channels)
     fill = tuple(int(round(255 * m)) for m in mean)  # Padding normalises to zero.
     common = dict(fill=fill, ignore_label=t.ignore_label)
-    train_fn = _with_channels(seg_pre.make_transform(
-        size, train=True, scale_range=tuple(t.scale_range), flip=t.flip, **common), channels)
-    eval_fn = _with_channels(seg_pre.make_transform(size, train=False, **common), channels)
-    evals, eval_sizes = {}, {}
+    train_fn = seg_pre.make_transform(size, train=True, scale_range=tuple(t.scale_range),
+                                      flip=t.flip, channels=channels, **common)
+    eval_fn = seg_pre.make_transform(size, train=False, channels=channels, **common)
+    evals, eval_sizes, evals_in_memory = {}, {}, True
     for split in ds.eval_splits:
       src, _ = segmentation_sources.open_split(ds.name, split, **opts)
       evals[split] = input_pipeline.eval_dataset(src, eval_fn, global_batch=config.eval.batch_size,
                                                  shard=shard)
       eval_sizes[split] = len(src)
+      evals_in_memory &= input_pipeline.in_memory(src)
+    workers = ds.num_workers
     return input_pipeline.Data(
         train=input_pipeline.train_dataset(train_src, train_fn,
                                            global_batch=config.train.batch_size,
@@ -110,7 +122,9 @@ class Segmentation(tasks.Task):
                                                     fill=fill),
         train_preprocess='scale_crop_flip',
         num_threads=4 if ds.num_threads < 0 else ds.num_threads,
-        num_workers=0, eval_workers=0)
+        num_workers=input_pipeline.auto_workers(input_pipeline.in_memory(train_src))
+        if workers == -1 else workers,
+        eval_workers=input_pipeline.auto_workers(evals_in_memory) if workers == -1 else workers)
 
   def batch_spec(self, data) -> dict:
     b, s = self.config.train.batch_size, data.image_size
@@ -163,18 +177,6 @@ class Segmentation(tasks.Task):
     <workdir>/predict/), `write_masks`."""
     del top_k
     return write_masks(loaded, inputs, output=output)
-
-
-def _with_channels(fn: Callable, channels: int) -> Callable:
-  """The transform with images given `channels` channels first (grey <-> RGB)."""
-  from vision_jax.data import preprocess  # pylint: disable=g-import-not-at-top
-
-  def wrapped(example: dict, rng) -> dict:
-    image = preprocess.to_channels(np.asarray(example['image']), channels)
-    return fn({'image': image, 'mask': example['mask']}, rng)
-
-  wrapped.random = fn.random
-  return wrapped
 
 
 # ------------------------------------------------------------------------------ predict

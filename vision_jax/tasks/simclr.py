@@ -54,6 +54,13 @@ def _data_class():
 class SimCLR(tasks.Task):
   name = 'simclr'
   eval_metrics = ('knn_accuracy',)
+  # The views replace the train recipe (config.task.views, crop_min_scale, ...).
+  unused_dataset_keys = {
+      'randaugment': '', 'autoaugment': '', 'trivialaugment': False,
+      'augment_interpolation': '', 'augment_fill': '', 'color_jitter': 0.0,
+      'color_jitter_hue': 0.0, 'random_erasing': 0.0, 'random_erasing_mode': 'pixel',
+      'random_erasing_count': 1, 'repeated_aug': 1, 'preprocess': 'resize',
+      'min_crop_area': 0.08, 'eval_image_size': 0}
 
   def __init__(self, config: ml_collections.ConfigDict):
     super().__init__(config)
@@ -65,6 +72,7 @@ class SimCLR(tasks.Task):
     from vision_jax import models  # pylint: disable=g-import-not-at-top
     from vision_jax.data import two_views  # pylint: disable=g-import-not-at-top
     config = self.config
+    self.check_dataset_keys()
     t, name = config.task, config.model.name
     if models.model_task(name) != 'classification':
       backbones = ', '.join(n for n in models.list_models()
@@ -124,29 +132,36 @@ class SimCLR(tasks.Task):
           t.views, size, crop_min_scale=t.crop_min_scale,
           color_jitter_strength=t.color_jitter_strength, blur=_BLUR[t.blur])
     except two_views.TwoViewsError as e:
-      raise ConfigError(str(e).replace('config.dataset.ssl_', 'config.task.')) from e
+      raise ConfigError(str(e)) from e
     train_fn = two_views.make_two_view_preprocess(views, channels=channels)
     transform = eval_transform.EvalTransform.from_config(ds, size, channels)
     eval_fn = transform.example_fn()
     batch = config.eval.batch_size
-    evals, eval_sizes = {}, {}
+    evals, eval_sizes, evals_in_memory = {}, {}, input_pipeline.in_memory(train_src)
     for split in ds.eval_splits:
       src, _ = sources.open_split(ds, split)
       sources.check_disjoint(ds, ds.train_split, split)
-      evals[split] = input_pipeline.eval_dataset(src, eval_fn, global_batch=batch, shard=shard)
+      evals[split] = input_pipeline.eval_dataset(src, eval_fn, global_batch=batch, shard=shard,
+                                                 skip_corrupt=ds.skip_corrupt)
       eval_sizes[split] = len(src)
+      evals_in_memory &= input_pipeline.in_memory(src)
+    workers = ds.num_workers
     mean, std = preprocess.mean_std(ds.mean, ds.std, ds.normalization, channels)
     return _data_class()(
         train=input_pipeline.train_dataset(train_src, train_fn,
                                            global_batch=config.train.batch_size,
-                                           seed=config.seed, shard=shard),
+                                           seed=config.seed, shard=shard,
+                                           skip_corrupt=ds.skip_corrupt),
         evals=evals, eval_sizes=eval_sizes, num_train=len(train_src),
         num_classes=info.num_classes, image_size=size, channels=channels,
         class_names=list(info.class_names), mean=mean, std=std, eval_transform=transform,
         train_preprocess=f'two_views:{t.views}',
-        num_threads=4 if ds.num_threads < 0 else ds.num_threads, num_workers=0,
-        eval_workers=0,
-        bank=input_pipeline.eval_dataset(train_src, eval_fn, global_batch=batch, shard=shard))
+        num_threads=4 if ds.num_threads < 0 else ds.num_threads,
+        num_workers=input_pipeline.auto_workers(input_pipeline.in_memory(train_src))
+        if workers == -1 else workers,
+        eval_workers=input_pipeline.auto_workers(evals_in_memory) if workers == -1 else workers,
+        bank=input_pipeline.eval_dataset(train_src, eval_fn, global_batch=batch, shard=shard,
+                                         skip_corrupt=ds.skip_corrupt))
 
   def batch_spec(self, data) -> dict:
     b, s = self.config.train.batch_size, data.image_size
