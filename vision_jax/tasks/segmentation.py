@@ -4,9 +4,10 @@ Batches hold {'image': uint8 NHWC, 'label': uint8 [B, H, W]} (the label map; pix
 to `config.task.ignore_label` are no class). Sources (data/segmentation_sources.py):
 tfds oxford_iiit_pet, the offline digits_segmentation canvases, or 'folder:/root' with
 images/ and masks/. Training uses the joint random scale + crop (+ flip) transform,
-evaluation the fit-and-pad one (data/segmentation_preprocess.py), both on the host, in
-reader threads (config.dataset.num_threads; the transforms are closures, so not sent to
-worker processes).
+evaluation the fit-and-pad one (data/segmentation_preprocess.JointTransform), both on the
+host, in worker processes (config.dataset.num_workers, as for classification) or reader
+threads. The classification recipe's dataset keys (preprocess, randaugment, classes, ...)
+do not apply and are refused (`unused_dataset_keys`).
 
 Loss: the mean per-pixel cross-entropy over every counted pixel of the micro-batch
 (losses.mean_pixel_cross_entropy, with config.optim.label_smoothing); train metric: pixel
