@@ -41,12 +41,12 @@ class TinyBiT(bit.BiTResNet):
   STAGES = (1, 1, 1, 1)
 
 
-class TinyFCN(segmentation.SegmentationResNet):
-  STAGES, BLOCK, STEM, HEAD = (1, 1, 1), 'basic', 'cifar', 'fcn'
+class TinyCifar(resnet.ResNet):
+  STAGES, BLOCK, STEM = (1, 1, 1), 'basic', 'cifar'
 
 
-class TinyDeepLab(segmentation.SegmentationResNet):
-  STAGES, BLOCK, STEM, HEAD = (1, 1, 1), 'basic', 'cifar', 'deeplabv3'
+TinyFCN = segmentation.dense_model_class(TinyCifar, 'fcn')
+TinyDeepLab = segmentation.dense_model_class(TinyCifar, 'deeplabv3')
 
 
 def rngs(seed: int = 0) -> nnx.Rngs:
@@ -330,3 +330,23 @@ def test_bfloat16_compute_returns_float32_logits():
   out = logits(model, jnp.ones((1, 16, 16, 3)))
   assert out.dtype == jnp.float32 and out.shape == (1, 16, 16, 3)
   assert model.head.classifier.kernel[...].dtype == jnp.float32
+
+
+def test_any_registered_backbone_takes_a_dense_head_by_name():
+  """'<head>_<backbone>' composes a head with a registered backbone that has a feature map,
+  listed or not; its options are the backbone's and the head's; a backbone without a
+  feature map is refused."""
+  from vision_jax.config import base_config  # pylint: disable=g-import-not-at-top
+  from vision_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  assert models.known('deeplabv3_resnet34') and 'deeplabv3_resnet34' not in models.list_models()
+  model = build(lambda: models.create_model('deeplabv3_resnet34', 5, rngs=rngs(), width=8,
+                                            head_dropout=0.2))
+  assert model.TASK == 'segmentation' and isinstance(model, resnet.ResNet34)
+  out = jax.eval_shape(lambda: model(jnp.zeros((1, 64, 64, 3)), train=False))
+  assert out.shape == (1, 64, 64, 5)
+  assert isinstance(model.head, segmentation.DeepLabHead)
+  config = base_config()
+  config.task.name, config.model.name, config.model.widht = 'segmentation', 'fcn_resnet34', 8
+  with pytest.raises(ConfigError, match="Did you mean 'width'"):
+    config_lib.validate(config, num_devices=1)
+  assert not models.known('fcn_convnet')

@@ -251,7 +251,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, task=None) -> 
     raise ConfigError(f'config.checkpoint.keep_best={best!r} is not a metric evaluation '
                       f'produces, so no checkpoint would ever be kept as best. Use one of: '
                       f'{", ".join(eval_metric_names(config, task))} (split/metric), or \'\'.')
-  if config.model.name not in models.list_models():
+  if not models.known(config.model.name):
     raise ConfigError(f'Unknown model config.model.name={config.model.name!r}.'
                       f'{did_you_mean(config.model.name, models.list_models())} Known models: '
                       f'{", ".join(models.list_models())}.')

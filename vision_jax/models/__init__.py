@@ -38,18 +38,14 @@ _REGISTRY: dict[str, Callable[..., nnx.Module]] = {
     'bit_r50x1': bit.BitR50x1,
     'bit_r50x3': bit.BitR50x3,
     'bit_r101x1': bit.BitR101x1,
-    'fcn_resnet18': segmentation.FCNResNet18,
-    'fcn_resnet50': segmentation.FCNResNet50,
-    'fcn_resnet101': segmentation.FCNResNet101,
-    'deeplabv3_resnet18': segmentation.DeepLabV3ResNet18,
-    'deeplabv3_resnet50': segmentation.DeepLabV3ResNet50,
-    'deeplabv3_resnet101': segmentation.DeepLabV3ResNet101,
-    'fcn_cifar_resnet18': segmentation.FCNCifarResNet18,
-    'deeplabv3_cifar_resnet18': segmentation.DeepLabV3CifarResNet18,
-    'fcn_bit_r50x1': segmentation.FCNBitR50x1,
-    'deeplabv3_bit_r50x1': segmentation.DeepLabV3BitR50x1,
     **detection.DETECTORS,
 }
+# Segmentation models by composition: '<head>_<backbone>' is a dense head (fcn, deeplabv3)
+# on any registered backbone with a feature map; these are listed, any other such pair
+# (e.g. 'deeplabv3_resnet34', or a fork's registered backbone) is made on first use.
+_DENSE_LISTED = ('resnet18', 'resnet50', 'resnet101', 'cifar_resnet18', 'bit_r50x1')
+_REGISTRY.update({f'{head}_{backbone}': segmentation.dense_model_class(
+    _REGISTRY[backbone], head) for head in segmentation.HEADS for backbone in _DENSE_LISTED})
 
 
 def register(name: str, constructor: Callable[..., nnx.Module]) -> None:
@@ -67,8 +63,24 @@ def list_models() -> list[str]:
   return sorted(_REGISTRY)
 
 
+def _dense_pair(name: str) -> Callable[..., nnx.Module] | None:
+  """The segmentation model '<head>_<backbone>' of a registered backbone, or None."""
+  for head in segmentation.HEADS:
+    backbone = _REGISTRY.get(name[len(head) + 1:]) if name.startswith(head + '_') else None
+    if backbone is not None and segmentation.can_be_dense(backbone):
+      return segmentation.dense_model_class(backbone, head)
+  return None
+
+
+def known(name: str) -> bool:
+  """Whether `name` is a model: registered, or a dense head on a registered backbone."""
+  return name in _REGISTRY or _dense_pair(name) is not None
+
+
 def model_class(name: str) -> Callable[..., nnx.Module]:
   """The class registered as `name` (for inspecting its options without building it)."""
+  if name not in _REGISTRY and _dense_pair(name) is not None:
+    _REGISTRY[name] = _dense_pair(name)
   if name not in _REGISTRY:
     raise ValueError(f'Unknown model {name!r}. Known models: {", ".join(list_models())}.')
   return _REGISTRY[name]
@@ -104,10 +116,10 @@ def create_model(name: str, num_classes: int, *, rngs: nnx.Rngs | None = None,
                  kernels: ops.Kernels = ops.XLA, **kwargs: Any) -> nnx.Module:
   """Builds model `name` with `num_classes` outputs on `kernels` (XLA's own ops by default,
   see `ops.choose`); kwargs go to its constructor."""
-  if name not in _REGISTRY:
+  if not known(name):
     raise ValueError(f'Unknown model {name!r}. Known models: {", ".join(list_models())}. '
                      'Set config.model.name to one of them.')
-  constructor = _REGISTRY[name]
+  constructor = model_class(name)
   # The training loop always passes image_size; only models whose dense sizes depend on it
   # (ConvNet, AlexNet) name it in their signature. The others pool globally.
   if 'image_size' in kwargs and not _takes_argument(constructor, 'image_size'):

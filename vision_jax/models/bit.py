@@ -100,6 +100,7 @@ class BiTResNet(nnx.Module):
   """
   STAGES: tuple[int, ...] = ()
   WIDTH_FACTOR = 1
+  DENSE_NORM = 'group'  # The norm of a dense head on it (models/segmentation.py).
 
   def __init__(self, num_classes: int, *, output_stride: int | None = None,
                in_channels: int = 3, dtype='float32', remat: str = 'none',

@@ -29,6 +29,8 @@ independent of the per-device batch.
 """
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import Callable, Sequence
 
 import jax
@@ -37,14 +39,13 @@ from flax import nnx
 
 from vision_jax import ops
 from vision_jax.errors import ConfigError
-from vision_jax.models import bit
 from vision_jax.models import layers
-from vision_jax.models import resnet
 
 HEADS = ('fcn', 'deeplabv3')
 ASPP_CHANNELS = 256
 # Published dropout of each head (torchvision's FCNHead and ASPP projection).
 DEFAULT_DROPOUT = {'fcn': 0.1, 'deeplabv3': 0.5}
+_HEAD_NAMES = {'fcn': 'FCN', 'deeplabv3': 'DeepLabV3'}
 _CONV_INIT = nnx.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
 Norm = Callable[[int], nnx.Module]
@@ -173,31 +174,36 @@ def make_head(kind: str, cin: int, num_classes: int, *, output_stride: int, rate
   return DeepLabHead(cin, num_classes, rates=rates, **common)
 
 
-class SegmentationResNet(resnet.ResNet):
-  """A ResNet v1.5 backbone (dilated to `output_stride`) with a dense `head`.
+class DenseModel(nnx.Module):
+  """Mixed into a backbone class by `dense_model_class`: the backbone (a ResNet v1.5 or
+  BiT, dilated to `output_stride`) with a dense head in place of its classifier head.
 
-  Variants combine a head (HEAD) with a registered ResNet (its STAGES, BLOCK, STEM), e.g.
-  `class DeepLabV3ResNet50(SegmentationResNet, resnet.ResNet50)`.
+  Its options are the backbone's (width, in_channels, dtype, remat, ...) and the head's
+  (output_stride, head_dropout, aspp_rates). The head's norm is BatchNorm on ResNets and
+  GroupNorm(32) on BiT (`DENSE_NORM` of the backbone class), so a BiT segmenter stays
+  independent of the per-device batch.
   """
   TASK = 'segmentation'
   HEAD = 'fcn'
 
   def __init__(self, num_classes: int, *, output_stride: int | None = None,
                head_dropout: float | None = None, aspp_rates: Sequence[int] | None = None,
-               width: int = 64, zero_init_residual: bool = False, in_channels: int = 3,
-               dtype='float32', remat: str = 'none', kernels: ops.Kernels = ops.XLA,
-               rngs: nnx.Rngs):
-    own = (4 if self.STEM == 'imagenet' else 1) * 2**(len(self.STAGES) - 1)
+               dtype='float32', kernels: ops.Kernels = ops.XLA, rngs: nnx.Rngs,
+               **backbone_options):
+    imagenet_stem = getattr(self, 'STEM', 'imagenet') == 'imagenet'
+    own = (4 if imagenet_stem else 1) * 2**(len(self.STAGES) - 1)
     output_stride = dense_output_stride(own, len(self.STAGES), output_stride)
-    super().__init__(num_classes, width=width, zero_init_residual=zero_init_residual,
-                     output_stride=output_stride, in_channels=in_channels, dtype=dtype,
-                     remat=remat, kernels=kernels, rngs=rngs)
+    super().__init__(num_classes, output_stride=output_stride, dtype=dtype, kernels=kernels,
+                     rngs=rngs, **backbone_options)
     compute = layers.as_dtype(dtype)
-    norm = lambda c: layers.BatchNorm(c, momentum=0.9, epsilon=1e-5, dtype=compute,
-                                      kernels=kernels, rngs=rngs)
+    if getattr(self, 'DENSE_NORM', 'batch') == 'group':
+      norm = lambda c: nnx.GroupNorm(c, num_groups=32, epsilon=1e-6, dtype=compute,
+                                     rngs=rngs)
+    else:
+      norm = lambda c: layers.BatchNorm(c, momentum=0.9, epsilon=1e-5, dtype=compute,
+                                        kernels=kernels, rngs=rngs)
     self.head = make_head(self.HEAD, self.num_features, num_classes,
-                          output_stride=output_stride,
-                          rate_base=96 if self.STEM == 'imagenet' else 8,
+                          output_stride=output_stride, rate_base=96 if imagenet_stem else 8,
                           dropout=head_dropout, rates=aspp_rates, norm=norm, dtype=compute,
                           kernels=kernels, rngs=rngs)
 
@@ -205,65 +211,36 @@ class SegmentationResNet(resnet.ResNet):
     return upsample(self.head(self.features(x, train), train), x.shape[1:3])
 
 
-class SegmentationBiT(bit.BiTResNet):
-  """A BiT backbone (dilated to `output_stride`) with a dense `head` using GroupNorm."""
-  TASK = 'segmentation'
-  HEAD = 'fcn'
-
-  def __init__(self, num_classes: int, *, output_stride: int | None = None,
-               head_dropout: float | None = None, aspp_rates: Sequence[int] | None = None,
-               in_channels: int = 3, dtype='float32', remat: str = 'none',
-               kernels: ops.Kernels = ops.XLA, rngs: nnx.Rngs):
-    output_stride = dense_output_stride(4 * 2**(len(self.STAGES) - 1), len(self.STAGES),
-                                        output_stride)
-    super().__init__(num_classes, output_stride=output_stride, in_channels=in_channels,
-                     dtype=dtype, remat=remat, kernels=kernels, rngs=rngs)
-    compute = layers.as_dtype(dtype)
-    norm = lambda c: nnx.GroupNorm(c, num_groups=32, epsilon=1e-6, dtype=compute, rngs=rngs)
-    self.head = make_head(self.HEAD, self.num_features, num_classes,
-                          output_stride=output_stride, rate_base=96, dropout=head_dropout,
-                          rates=aspp_rates, norm=norm, dtype=compute, kernels=kernels,
-                          rngs=rngs)
-
-  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    return upsample(self.head(self.features(x, train), train), x.shape[1:3])
+def can_be_dense(backbone_cls: type) -> bool:
+  """Whether a registered classifier can carry a dense head: a staged backbone with a
+  feature map (the ResNets and BiT; not the ConvNet or AlexNet)."""
+  return (isinstance(backbone_cls, type) and hasattr(backbone_cls, 'features')
+          and bool(getattr(backbone_cls, 'STAGES', ())))
 
 
-class FCNResNet18(SegmentationResNet, resnet.ResNet18):
-  HEAD = 'fcn'
+@functools.cache
+def dense_model_class(backbone_cls: type, head: str) -> type:
+  """The segmentation model of `head` ('fcn' | 'deeplabv3') on `backbone_cls`, a class
+  made once per pair (cached, so graph definitions compare equal). Its parameters keep the
+  backbone's paths; its constructor's signature is the backbone's options and the head's,
+  which config validation reads."""
+  if head not in HEADS:
+    raise ConfigError(f'Unknown segmentation head {head!r}; known: {", ".join(HEADS)}.')
+  if not can_be_dense(backbone_cls):
+    raise ConfigError(f'{backbone_cls.__name__} returns no feature map, so no dense head can '
+                      'sit on it; use a ResNet or BiT backbone.')
+  cls = type(f'{_HEAD_NAMES[head]}{backbone_cls.__name__}', (DenseModel, backbone_cls),
+             {'HEAD': head, '__module__': __name__, '__doc__': DenseModel.__doc__})
+  own = inspect.signature(DenseModel.__init__).parameters
+  theirs = inspect.signature(backbone_cls.__init__).parameters
+  merged = [p for p in own.values() if p.kind != p.VAR_KEYWORD] + [
+      p for name, p in theirs.items() if name not in own and name != 'self'
+      and p.kind == p.KEYWORD_ONLY]
+  init = cls.__init__
 
+  def __init__(self, *args, **kwargs):  # pylint: disable=invalid-name
+    init(self, *args, **kwargs)
 
-class FCNResNet50(SegmentationResNet, resnet.ResNet50):
-  HEAD = 'fcn'
-
-
-class FCNResNet101(SegmentationResNet, resnet.ResNet101):
-  HEAD = 'fcn'
-
-
-class DeepLabV3ResNet18(SegmentationResNet, resnet.ResNet18):
-  HEAD = 'deeplabv3'
-
-
-class DeepLabV3ResNet50(SegmentationResNet, resnet.ResNet50):
-  HEAD = 'deeplabv3'
-
-
-class DeepLabV3ResNet101(SegmentationResNet, resnet.ResNet101):
-  HEAD = 'deeplabv3'
-
-
-class FCNCifarResNet18(SegmentationResNet, resnet.CifarResNet18):
-  HEAD = 'fcn'
-
-
-class DeepLabV3CifarResNet18(SegmentationResNet, resnet.CifarResNet18):
-  HEAD = 'deeplabv3'
-
-
-class FCNBitR50x1(SegmentationBiT, bit.BitR50x1):
-  HEAD = 'fcn'
-
-
-class DeepLabV3BitR50x1(SegmentationBiT, bit.BitR50x1):
-  HEAD = 'deeplabv3'
+  __init__.__signature__ = inspect.Signature(merged)
+  cls.__init__ = __init__
+  return cls
