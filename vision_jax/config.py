@@ -258,7 +258,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, task=None) -> 
   task.validate()
   accepted = inspect.signature(models.model_class(config.model.name).__init__).parameters
   options = [p for p in accepted if p not in ('self', 'num_classes', 'rngs', 'kernels')]
-  for key in task.model_options():
+  for key in (k for k in config.model if k not in ('name', 'fast_cpu_ops')):
     if key not in options:
       raise ConfigError(f'config.model.{key} is not an option of model '
                         f'{config.model.name!r}.{did_you_mean(key, options)} Its options: '

@@ -126,6 +126,11 @@ def _kernels(config: ml_collections.ConfigDict, mesh, platform: str | None) -> o
     raise ConfigError(str(e)) from e
 
 
+def model_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """config.model minus name and fast_cpu_ops: the keyword arguments of its constructor."""
+  return {k: v for k, v in config.model.items() if k not in ('name', 'fast_cpu_ops')}
+
+
 def build_models(task, *, num_classes: int, image_size: int, in_channels: int,
                  mesh: jax.sharding.Mesh | None = None, platform: str | None = None,
                  kernels: ops.Kernels | None = None, seed: int | None = None
@@ -139,7 +144,8 @@ def build_models(task, *, num_classes: int, image_size: int, in_channels: int,
     kernels = _kernels(config, mesh, platform)
   try:
     return task.create_parts(num_classes, rngs=nnx.Rngs(config.seed if seed is None else seed),
-                             image_size=image_size, in_channels=in_channels, kernels=kernels)
+                             image_size=image_size, in_channels=in_channels, kernels=kernels,
+                             **model_options(config))
   except (ValueError, TypeError) as e:  # An option or image size the model cannot take.
     raise ConfigError(
         f'config.model.name={config.model.name!r} cannot be built for {image_size}x'

@@ -100,15 +100,11 @@ class Task(abc.ABC):
             f'{self.name}.py), so the run would silently differ from what you asked. '
             f'Set it back to {off!r}.')
 
-  def model_options(self) -> dict[str, Any]:
-    """config.model minus name and fast_cpu_ops: the keyword arguments of its constructor."""
-    return {k: v for k, v in self.config.model.items() if k not in ('name', 'fast_cpu_ops')}
-
   def create_model(self, num_classes: int, *, rngs: nnx.Rngs, **kwargs: Any) -> nnx.Module:
-    """kwargs: image_size, in_channels, kernels; config.model's options are added."""
+    """kwargs: image_size, in_channels, kernels and config.model's options
+    (train_state.build_models)."""
     from vision_jax import models  # pylint: disable=g-import-not-at-top
-    return models.create_model(self.config.model.name, num_classes, rngs=rngs,
-                               **kwargs, **self.model_options())
+    return models.create_model(self.config.model.name, num_classes, rngs=rngs, **kwargs)
 
   def create_parts(self, num_classes: int, *, rngs: nnx.Rngs,
                    **kwargs: Any) -> dict[str, nnx.Module]:
@@ -137,7 +133,7 @@ class Task(abc.ABC):
     return state.replace_part('model', part), metrics
 
   def loss(self, model: nnx.Module, inputs: Batch) -> tuple[jax.Array, Any]:
-    raise NotImplementedError(f'{type(self).__name__} overrides update and has no loss.')
+    raise TypeError(f'{type(self).__name__} overrides update and has no loss.')
 
   def train_metrics(self, loss: jax.Array, aux: Any, inputs: Batch) -> dict:
     return {'loss': loss}

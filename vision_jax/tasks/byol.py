@@ -57,7 +57,7 @@ class BYOL(SimCLR):
     online = ssl.create_ssl_model(
         self.config.model.name, rngs=rngs, projector_hidden_dim=t.projector_hidden_dim,
         projector_output_dim=t.projector_output_dim, projector_layers=t.projector_layers,
-        predictor_hidden_dim=t.predictor_hidden_dim, **kwargs, **self.model_options())
+        predictor_hidden_dim=t.predictor_hidden_dim, **kwargs)
     target = nnx.clone(online)  # BYOL starts the target as a copy of the online network.
     target.predictor = None
     return {'online': online, 'target': target}

@@ -109,7 +109,7 @@ class SimCLR(tasks.Task):
     return ssl.create_ssl_model(
         self.config.model.name, rngs=rngs, projector_hidden_dim=t.projector_hidden_dim,
         projector_output_dim=t.projector_output_dim, projector_layers=t.projector_layers,
-        **kwargs, **self.model_options())
+        **kwargs)
 
   def build_data(self, shard, *, augment_on_device: bool = False):
     del augment_on_device  # The two views are drawn on the host.
