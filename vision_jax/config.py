@@ -234,14 +234,16 @@ def _choice(config, dotted: str, allowed: tuple) -> None:
                       f'{", ".join(map(repr, allowed))}.')
 
 
-def validate(config: ml_collections.ConfigDict, num_devices: int, task=None) -> None:
-  """Raises ConfigError naming the key, the bad value and what is allowed. `task` is the
-  run's task (vision_jax.tasks.build(config)); built here when not given."""
+def validate(config: ml_collections.ConfigDict, num_devices: int, task=None):
+  """Raises ConfigError naming the key, the bad value and what is allowed; returns the
+  run's task: `task` if given, else built here (tasks.build) once the keys it reads are
+  known to be complete and in range, after the modules of config.imports registered theirs."""
   from vision_jax import models  # pylint: disable=g-import-not-at-top
   from vision_jax import tasks  # pylint: disable=g-import-not-at-top
   check_keys(config)
   check_complete(config)
   config_ranges.check(config)  # Every numeric key within its range, before anything else.
+  import_extensions(config)
   _choice(config, 'task.name', tasks.names())
   task = task or tasks.build(config)
   _choice(config, 'checkpoint.keep_best_mode', ('max', 'min'))
@@ -291,6 +293,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, task=None) -> 
         f'{accum} does not split evenly over the {num_devices} devices: each micro-batch '
         f'must. Use a batch size that is a multiple of {num_devices * accum} '
         f'({num_devices} devices x {accum} micro-batches), or fewer accum_steps.')
+  return task
 
 
 def _check_recipe(config: ml_collections.ConfigDict, model_options) -> None:

@@ -175,13 +175,8 @@ def run(argv: list[str]) -> None:
   lock = _lock(workdir, writable)  # Before anything slow: a second run is refused at once.
   try:
     config = _load_config(workdir)
-    from vision_jax import config_ranges, tasks  # pylint: disable=g-import-not-at-top
-    config_lib.check_keys(config)
-    config_lib.check_complete(config)
-    config_ranges.check(config)  # Before the task reads its keys.
-    config_lib.import_extensions(config)
-    task = tasks.build(config)  # The run's task: built once, passed to every mode.
-    config_lib.validate(config, num_devices=jax.device_count(), task=task)
+    # The run's task, built once by validation and passed to every mode.
+    task = config_lib.validate(config, num_devices=jax.device_count())
     if training and config.init_from.checkpoint and not _has_checkpoints(workdir):
       from vision_jax import init_source  # pylint: disable=g-import-not-at-top
       init_source.check(config.init_from.checkpoint)  # Before the model is built.
