@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+from typing import Any, Callable
 
 import grain
 from absl import logging
@@ -77,7 +78,7 @@ def eval_dataset(source, fn: preprocess.Preprocess, *, global_batch: int,
 
 def in_memory(source) -> bool:
   """Whether a split is held in host memory (its per-example work stays in threads)."""
-  return isinstance(source, sources.ArraySource) or getattr(source, 'in_memory', False)
+  return isinstance(source, sources.ArraySource)
 
 
 def iterate(dataset: grain.MapDataset, start: int = 0, num_threads: int = 4,
@@ -150,63 +151,113 @@ def _check(ds_cfg: ml_collections.ConfigDict) -> None:
     raise sources.DatasetConfigError(' '.join(problems))
 
 
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  """The training images' geometry and normalisation, decided once per run from
+  config.dataset and the training split."""
+  size: int
+  channels: int
+  mean: tuple[float, ...]
+  std: tuple[float, ...]
+  train_in_memory: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Transforms:
+  """What a task does to one example: in training, in evaluation (the per-example function
+  and the transform recorded for predict and export), and the names dataset.json keeps."""
+  train: Callable
+  eval: Callable
+  eval_transform: eval_transform_lib.EvalTransform
+  train_preprocess: str
+  device_augment: str = ''
+  eval_image_size: int = 0  # 0: Layout.size.
+
+
+def assemble(config: ml_collections.ConfigDict, shard: HostShard, *,
+             open_split: Callable[[str], tuple[Any, Any]],
+             make_transforms: Callable[[Layout], Transforms],
+             data_class: type[Data] = Data,
+             extra_fields: Callable[[Any, Transforms], dict] | None = None) -> Data:
+  """The one data builder every task uses: opens the train and eval splits with the task's
+  `open_split(split) -> (source, info)` (info: num_classes, class_names, channels,
+  image_size), decides the Layout, builds the task's Transforms from it, and returns the
+  streams with what inference needs. `extra_fields(train_source, transforms)` adds a
+  `data_class`'s own fields (SimCLR's k-NN bank)."""
+  ds = config.dataset
+  train_src, info = open_split(ds.train_split)
+  size = ds.image_size or info.image_size
+  if not size:
+    raise sources.DatasetConfigError(
+        f'The images of {ds.name!r} {getattr(info, "size_note", "vary in size")}: set '
+        'config.dataset.image_size (e.g. 224).')
+  channels = ds.channels or info.channels
+  mean, std = preprocess.mean_std(ds.mean, ds.std, ds.normalization, channels)
+  layout = Layout(size, channels, mean, std, in_memory(train_src))
+  fns = make_transforms(layout)
+  evals, eval_sizes, evals_in_memory = {}, {}, True
+  for split in ds.eval_splits:
+    src, _ = open_split(split)
+    evals[split] = eval_dataset(src, fns.eval, global_batch=config.eval.batch_size,
+                                shard=shard, skip_corrupt=ds.skip_corrupt)
+    eval_sizes[split] = len(src)
+    evals_in_memory &= in_memory(src)
+  workers = ds.num_workers
+  return data_class(
+      train=train_dataset(train_src, fns.train, global_batch=config.train.batch_size,
+                          seed=config.seed, shard=shard, skip_corrupt=ds.skip_corrupt,
+                          repeated_aug=ds.repeated_aug),
+      evals=evals, eval_sizes=eval_sizes, num_train=len(train_src),
+      num_classes=info.num_classes, image_size=size, channels=channels,
+      class_names=list(info.class_names), mean=mean, std=std,
+      eval_transform=fns.eval_transform,
+      num_threads=_reader_threads(ds, _gatherable(train_src, fns.train)),
+      num_workers=auto_workers(layout.train_in_memory) if workers == -1 else workers,
+      eval_workers=auto_workers(evals_in_memory) if workers == -1 else workers,
+      train_preprocess=fns.train_preprocess, device_augment=fns.device_augment,
+      eval_image_size=fns.eval_image_size or size,
+      decisions=_log_decisions(ds.name, getattr(info, 'decisions', None)),
+      **(extra_fields(train_src, fns) if extra_fields else {}))
+
+
 def build(config: ml_collections.ConfigDict, shard: HostShard = HostShard(), *,
           augment_on_device: bool = False) -> Data:
-  """Opens the configured dataset (failing fast if absent) and builds both streams.
+  """Images with one class label each (classification; a GAN's real images): `assemble`
+  with config.dataset's train recipe (preprocess.py, augment.py) and eval transform.
 
   With `augment_on_device`, a caller whose train step applies `device_augment.
   make_device_augment(data.device_augment, ...)` lets the device do the CIFAR recipe's
   pad-crop-flip of a split held in memory; otherwise the host does the whole recipe (also
   when host augmentations follow it: they must see the cropped, flipped image).
   """
-  ds_cfg = config.dataset
-  _check(ds_cfg)
-  train_src, info = sources.open_split(ds_cfg, ds_cfg.train_split)
-  if info.num_classes < 2:
-    raise sources.DatasetConfigError(
-        f'{ds_cfg.name!r} has {info.num_classes} class{"es" * (info.num_classes != 1)} '
-        f'({", ".join(info.class_names)}): a classifier needs at least two. Add classes '
-        '(a folder dataset: one sub-folder per class) or widen config.dataset.classes.')
-  size = ds_cfg.image_size or info.image_size
-  if not size:
-    raise sources.DatasetConfigError(
-        f'The images of {ds_cfg.name!r} {info.size_note}: set config.dataset.image_size '
-        '(e.g. 224 with preprocess="inception").')
-  channels = ds_cfg.channels or info.channels
-  recipe = dict(channels=channels, crop_fraction=ds_cfg.crop_fraction,
-                min_crop_area=ds_cfg.min_crop_area)
-  in_memory = isinstance(train_src, sources.ArraySource)
-  mean, std = preprocess.mean_std(ds_cfg.mean, ds_cfg.std, ds_cfg.normalization, channels)
-  augment = augment_lib.from_config(ds_cfg, mean, std)
-  device_augment = ('cifar' if augment_on_device and ds_cfg.preprocess == 'cifar'
-                    and in_memory and augment is None else '')
-  train_fn = preprocess.make_preprocess('resize' if device_augment else ds_cfg.preprocess,
-                                        size, train=True, augment=augment, **recipe)
-  gathered = _gatherable(train_src, train_fn)
-  eval_size = ds_cfg.eval_image_size or size
-  eval_transform = eval_transform_lib.EvalTransform.from_config(ds_cfg, eval_size, channels)
-  eval_fn = eval_transform.example_fn()
-  evals, eval_sizes, evals_in_memory = {}, {}, True
-  for split in ds_cfg.eval_splits:
-    src, _ = sources.open_split(ds_cfg, split)
-    sources.check_disjoint(ds_cfg, ds_cfg.train_split, split)
-    evals[split] = eval_dataset(src, eval_fn, global_batch=config.eval.batch_size,
-                                shard=shard, skip_corrupt=ds_cfg.skip_corrupt)
-    eval_sizes[split] = len(src)
-    evals_in_memory &= isinstance(src, sources.ArraySource)
-  workers = ds_cfg.num_workers
-  return Data(
-      train=train_dataset(train_src, train_fn, global_batch=config.train.batch_size,
-                          seed=config.seed, shard=shard, skip_corrupt=ds_cfg.skip_corrupt,
-                          repeated_aug=ds_cfg.repeated_aug),
-      evals=evals, eval_sizes=eval_sizes, num_train=len(train_src),
-      num_classes=info.num_classes, image_size=size, channels=channels,
-      class_names=info.class_names, mean=mean, std=std, eval_transform=eval_transform,
-      num_threads=_reader_threads(ds_cfg, gathered),
-      num_workers=auto_workers(in_memory) if workers == -1 else workers,
-      eval_workers=auto_workers(evals_in_memory) if workers == -1 else workers,
-      train_preprocess=ds_cfg.preprocess, device_augment=device_augment,
-      eval_image_size=eval_size, decisions=_log_decisions(ds_cfg.name, info.decisions))
+  ds = config.dataset
+  _check(ds)
+
+  def open_split(split: str):
+    source, info = sources.open_split(ds, split)
+    if info.num_classes < 2:
+      raise sources.DatasetConfigError(
+          f'{ds.name!r} has {info.num_classes} class{"es" * (info.num_classes != 1)} '
+          f'({", ".join(info.class_names)}): a classifier needs at least two. Add classes '
+          '(a folder dataset: one sub-folder per class) or widen config.dataset.classes.')
+    sources.check_disjoint(ds, ds.train_split, split)
+    return source, info
+
+  def make_transforms(layout: Layout) -> Transforms:
+    augment = augment_lib.from_config(ds, layout.mean, layout.std)
+    device_augment = ('cifar' if augment_on_device and ds.preprocess == 'cifar'
+                      and layout.train_in_memory and augment is None else '')
+    train_fn = preprocess.make_preprocess(
+        'resize' if device_augment else ds.preprocess, layout.size, train=True,
+        augment=augment, channels=layout.channels, crop_fraction=ds.crop_fraction,
+        min_crop_area=ds.min_crop_area)
+    eval_size = ds.eval_image_size or layout.size
+    transform = eval_transform_lib.EvalTransform.from_config(ds, eval_size, layout.channels)
+    return Transforms(train=train_fn, eval=transform.example_fn(), eval_transform=transform,
+                      train_preprocess=ds.preprocess, device_augment=device_augment,
+                      eval_image_size=eval_size)
+
+  return assemble(config, shard, open_split=open_split, make_transforms=make_transforms)
 
 
 def _log_decisions(name: str, decisions: dict | None) -> dict | None:

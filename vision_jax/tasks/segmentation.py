@@ -84,48 +84,33 @@ class Segmentation(tasks.Task):
 
   def build_data(self, shard, *, augment_on_device: bool = False):
     del augment_on_device  # The joint transform runs on the host.
-    config = self.config
     # pylint: disable=g-import-not-at-top
     from vision_jax.data import eval_transform
     from vision_jax.data import input_pipeline
-    from vision_jax.data import preprocess
     from vision_jax.data import segmentation_sources
-    ds, t = config.dataset, config.task
-    opts = dict(data_dir=ds.data_dir, download=ds.download, ignore_label=t.ignore_label,
-                pets_border=t.pets_border, num_classes=t.num_classes, channels=ds.channels,
-                folder_test_fraction=ds.folder_test_fraction,
-                folder_split_seed=ds.folder_split_seed)
-    train_src, info = segmentation_sources.open_split(ds.name, ds.train_split, **opts)
-    size = ds.image_size or info.image_size
-    channels = ds.channels or info.channels
-    mean, std = preprocess.mean_std(ds.mean, ds.std, ds.normalization, channels)
-    fill = tuple(int(round(255 * m)) for m in mean)  # Padding normalises to zero.
-    common = dict(fill=fill, ignore_label=t.ignore_label)
-    train_fn = seg_pre.make_transform(size, train=True, scale_range=tuple(t.scale_range),
-                                      flip=t.flip, channels=channels, **common)
-    eval_fn = seg_pre.make_transform(size, train=False, channels=channels, **common)
-    evals, eval_sizes, evals_in_memory = {}, {}, True
-    for split in ds.eval_splits:
-      src, _ = segmentation_sources.open_split(ds.name, split, **opts)
-      evals[split] = input_pipeline.eval_dataset(src, eval_fn, global_batch=config.eval.batch_size,
-                                                 shard=shard)
-      eval_sizes[split] = len(src)
-      evals_in_memory &= input_pipeline.in_memory(src)
-    workers = ds.num_workers
-    return input_pipeline.Data(
-        train=input_pipeline.train_dataset(train_src, train_fn,
-                                           global_batch=config.train.batch_size,
-                                           seed=config.seed, shard=shard),
-        evals=evals, eval_sizes=eval_sizes, num_train=len(train_src),
-        num_classes=info.num_classes, image_size=size, channels=channels,
-        class_names=list(info.class_names), mean=mean, std=std,
-        eval_transform=eval_transform.EvalTransform('fit_and_pad', size, channels=channels,
-                                                    fill=fill),
-        train_preprocess='scale_crop_flip',
-        num_threads=4 if ds.num_threads < 0 else ds.num_threads,
-        num_workers=input_pipeline.auto_workers(input_pipeline.in_memory(train_src))
-        if workers == -1 else workers,
-        eval_workers=input_pipeline.auto_workers(evals_in_memory) if workers == -1 else workers)
+    ds, t = self.config.dataset, self.config.task
+
+    def open_split(split: str):
+      return segmentation_sources.open_split(
+          ds.name, split, data_dir=ds.data_dir, download=ds.download,
+          ignore_label=t.ignore_label, pets_border=t.pets_border, num_classes=t.num_classes,
+          channels=ds.channels, folder_test_fraction=ds.folder_test_fraction,
+          folder_split_seed=ds.folder_split_seed)
+
+    def make_transforms(layout):
+      fill = tuple(int(round(255 * m)) for m in layout.mean)  # Padding normalises to zero.
+      common = dict(fill=fill, ignore_label=t.ignore_label, channels=layout.channels)
+      return input_pipeline.Transforms(
+          train=seg_pre.make_transform(layout.size, train=True,
+                                       scale_range=tuple(t.scale_range), flip=t.flip,
+                                       **common),
+          eval=seg_pre.make_transform(layout.size, train=False, **common),
+          eval_transform=eval_transform.EvalTransform('fit_and_pad', layout.size,
+                                                      channels=layout.channels, fill=fill),
+          train_preprocess='scale_crop_flip')
+
+    return input_pipeline.assemble(self.config, shard, open_split=open_split,
+                                   make_transforms=make_transforms)
 
   def batch_spec(self, data) -> dict:
     b, s = self.config.train.batch_size, data.image_size

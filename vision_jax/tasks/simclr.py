@@ -46,7 +46,8 @@ def _data_class():
     bank: grain.MapDataset | None = None
 
     def bank_batches(self):
-      return input_pipeline.iterate(self.bank, 0, self.num_threads, self.eval_workers)
+      # The train split's examples: read by as many workers as training reads it with.
+      return input_pipeline.iterate(self.bank, 0, self.num_threads, self.num_workers)
 
   return SSLData
 
@@ -113,55 +114,39 @@ class SimCLR(tasks.Task):
 
   def build_data(self, shard, *, augment_on_device: bool = False):
     del augment_on_device  # The two views are drawn on the host.
-    config = self.config
     # pylint: disable=g-import-not-at-top
     from vision_jax.data import eval_transform
     from vision_jax.data import input_pipeline
-    from vision_jax.data import preprocess
     from vision_jax.data import sources
     from vision_jax.data import two_views
-    ds, t = config.dataset, config.task
-    train_src, info = sources.open_split(ds, ds.train_split)
-    size = ds.image_size or info.image_size
-    if not size:
-      raise sources.DatasetConfigError(f'The images of {ds.name!r} {info.size_note}: set '
-                                       'config.dataset.image_size (e.g. 224).')
-    channels = ds.channels or info.channels
-    try:
-      views = two_views.make_two_views(
-          t.views, size, crop_min_scale=t.crop_min_scale,
-          color_jitter_strength=t.color_jitter_strength, blur=_BLUR[t.blur])
-    except two_views.TwoViewsError as e:
-      raise ConfigError(str(e)) from e
-    train_fn = two_views.make_two_view_preprocess(views, channels=channels)
-    transform = eval_transform.EvalTransform.from_config(ds, size, channels)
-    eval_fn = transform.example_fn()
-    batch = config.eval.batch_size
-    evals, eval_sizes, evals_in_memory = {}, {}, input_pipeline.in_memory(train_src)
-    for split in ds.eval_splits:
-      src, _ = sources.open_split(ds, split)
+    ds, t = self.config.dataset, self.config.task
+
+    def open_split(split: str):
+      opened = sources.open_split(ds, split)
       sources.check_disjoint(ds, ds.train_split, split)
-      evals[split] = input_pipeline.eval_dataset(src, eval_fn, global_batch=batch, shard=shard,
-                                                 skip_corrupt=ds.skip_corrupt)
-      eval_sizes[split] = len(src)
-      evals_in_memory &= input_pipeline.in_memory(src)
-    workers = ds.num_workers
-    mean, std = preprocess.mean_std(ds.mean, ds.std, ds.normalization, channels)
-    return _data_class()(
-        train=input_pipeline.train_dataset(train_src, train_fn,
-                                           global_batch=config.train.batch_size,
-                                           seed=config.seed, shard=shard,
-                                           skip_corrupt=ds.skip_corrupt),
-        evals=evals, eval_sizes=eval_sizes, num_train=len(train_src),
-        num_classes=info.num_classes, image_size=size, channels=channels,
-        class_names=list(info.class_names), mean=mean, std=std, eval_transform=transform,
-        train_preprocess=f'two_views:{t.views}',
-        num_threads=4 if ds.num_threads < 0 else ds.num_threads,
-        num_workers=input_pipeline.auto_workers(input_pipeline.in_memory(train_src))
-        if workers == -1 else workers,
-        eval_workers=input_pipeline.auto_workers(evals_in_memory) if workers == -1 else workers,
-        bank=input_pipeline.eval_dataset(train_src, eval_fn, global_batch=batch, shard=shard,
-                                         skip_corrupt=ds.skip_corrupt))
+      return opened
+
+    def make_transforms(layout):
+      try:
+        views = two_views.make_two_views(
+            t.views, layout.size, crop_min_scale=t.crop_min_scale,
+            color_jitter_strength=t.color_jitter_strength, blur=_BLUR[t.blur])
+      except two_views.TwoViewsError as e:
+        raise ConfigError(str(e)) from e
+      transform = eval_transform.EvalTransform.from_config(ds, layout.size, layout.channels)
+      return input_pipeline.Transforms(
+          train=two_views.make_two_view_preprocess(views, channels=layout.channels),
+          eval=transform.example_fn(), eval_transform=transform,
+          train_preprocess=f'two_views:{t.views}')
+
+    def bank(train_source, transforms) -> dict:
+      return {'bank': input_pipeline.eval_dataset(
+          train_source, transforms.eval, global_batch=self.config.eval.batch_size,
+          shard=shard, skip_corrupt=ds.skip_corrupt)}
+
+    return input_pipeline.assemble(self.config, shard, open_split=open_split,
+                                   make_transforms=make_transforms,
+                                   data_class=_data_class(), extra_fields=bank)
 
   def batch_spec(self, data) -> dict:
     b, s = self.config.train.batch_size, data.image_size
