@@ -16,7 +16,9 @@ holds its config and is what differs between tasks, and only that:
   create_parts(...)           the networks, {part name: module}: 'model' for one network
   part_optim(name)            the optimiser config of a part, None if no optimiser trains it
   serving_parts               the parts evaluation, predict and export run
-  build_data(shard)           an input_pipeline.Data whose batches hold what the step reads
+  build_data(shard)           an input_pipeline.Data whose batches hold what the step reads:
+                              input_pipeline.assemble with the task's open_split and
+                              Transforms (classification's: input_pipeline.build)
   batch_spec(data)            shapes and dtypes of one training batch (ahead-of-time compile)
   train_inputs(batch, norm)   the normalised arrays the loss reads
   update(updater, state, x)   the new state and the step's metrics (default: one gradient
