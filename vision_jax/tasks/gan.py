@@ -118,7 +118,6 @@ class GAN(tasks.Task):
           f'equal chunks of a multiple of config.optim.accum_steps={accum}: each of the '
           f'{k} discriminator updates of a step takes one chunk of the batch. Use a batch '
           f'size that is a multiple of {k * accum} (SN-GAN: n_critic 5, batch 5 x 64).')
-    gan_features.check(t)
 
   def create_parts(self, num_classes: int, *, rngs: nnx.Rngs, **kwargs
                    ) -> dict[str, nnx.Module]:
@@ -135,7 +134,9 @@ class GAN(tasks.Task):
   def build_data(self, shard, *, augment_on_device: bool = False):
     from vision_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
     data = input_pipeline.build(self.config, shard, augment_on_device=augment_on_device)
-    self.feature_fns()  # Loaded now: the eval step closes over them when it is traced.
+    # Checked and loaded now, before anything compiles (the eval step closes over them).
+    gan_features.check(self.config.task)
+    self.feature_fns()
     add = AddPositions(self.config.eval.batch_size, shard)
     return dataclasses.replace(
         data, evals={split: ds.map_with_index(add) for split, ds in data.evals.items()})
@@ -273,12 +274,15 @@ class GAN(tasks.Task):
     t = self.config.task
     out = {'num_examples': n, 'num_samples': n}
     size = min(int(t.kid_subset_size), n)
+    # Subsets of every sample (a split smaller than kid_subset_size) are all the same sets:
+    # one computes what all of them would.
+    subsets = 1 if size == n else int(t.kid_subsets)
     for name in self.feature_names:
       real, fake = arrays[f'real_{name}'], arrays[f'fake_{name}']
       suffix = gan_features.metric_suffix(name)
       out[f'fid{suffix}'] = fd.frechet_distance(*fd.feature_statistics(real),
                                                 *fd.feature_statistics(fake))
       out[f'kid{suffix}'], out[f'kid{suffix}_std'] = fd.kernel_distance(
-          real, fake, subsets=int(t.kid_subsets), subset_size=size)
-      out[f'kid{suffix}_subset_size'] = size
+          real, fake, subsets=subsets, subset_size=size)
+      out[f'kid{suffix}_subsets'], out[f'kid{suffix}_subset_size'] = subsets, size
     return out
