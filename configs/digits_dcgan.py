@@ -10,7 +10,10 @@ config.task.fid_classifier names that workdir). Then
 `python -m vision_jax.main --mode=predict --workdir /tmp/vision_jax/digits_dcgan` writes
 samples/samples.png and samples/interpolation.png.
 
-RESULT
+Measured (3,000 steps, batch 64; 1 min 50 s wall on a 2-core CPU shared with other jobs,
+37 s of CPU time): fid_digits 49.9 on the 360 test images, against 1954.4 for the same
+generator untrained and a floor of 17.9 for 360 real train images (11.6 for all 1,437);
+bench/gan_digits_fid.py, docs/tasks.md.
 """
 import ml_collections
 
