@@ -21,6 +21,11 @@ _CHECKED_SECTIONS = ('dataset', 'optim', 'train', 'eval', 'checkpoint', 'mesh', 
                      'task')
 
 
+# DCGAN's Adam (Radford et al. 2015): lr 2e-4, beta1 0.5, no decay, constant rate.
+_GAN_ADAM = dict(name='adamw', learning_rate=2e-4, b1=0.5, b2=0.999, weight_decay=0.0,
+                 schedule='constant', warmup_steps=0)
+
+
 def base_config() -> ml_collections.ConfigDict:
   """Every key a run understands, with its default (the digits default run)."""
   c = ml_collections.ConfigDict()
@@ -143,7 +148,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh.fsdp_min_mib = 4.0         # Arrays smaller than this stay replicated under FSDP.
   c.mesh.slices = 1                 # Multi-slice TPU: the data axis over this many slices.
   c.task = ml_collections.ConfigDict()  # What is trained: vision_jax/tasks.
-  c.task.name = 'classification'    # 'classification' | 'segmentation' | 'simclr' | 'byol'.
+  c.task.name = 'classification'    # 'classification' | 'segmentation' | 'simclr' | 'byol' | 'gan'.
   c.task.ignore_label = 255         # segmentation: label-map value that is no class.
   c.task.num_classes = 0            # segmentation folder without classes.txt: its classes.
   c.task.scale_range = (0.5, 2.0)   # segmentation: random scale of the training crop.
@@ -161,6 +166,18 @@ def base_config() -> ml_collections.ConfigDict:
   c.task.knn_temperature = 0.1      # ... with weight exp(cosine / this).
   c.task.predictor_hidden_dim = 4096  # byol: the online predictor MLP's hidden width.
   c.task.target_decay = 0.996       # byol: target EMA decay at step 0, cosine to 1 at the end.
+  c.task.gan_loss = 'nonsaturating'  # gan: 'nonsaturating' (DCGAN) | 'hinge' (SN-GAN).
+  c.task.n_critic = 1               # gan: discriminator updates per generator update.
+  # gan: the keys of config.optim that differ for each network (any config.optim key may be
+  # added in a config file); the defaults are DCGAN's Adam, and an EMA of the generator.
+  c.task.generator_optim = ml_collections.ConfigDict(dict(_GAN_ADAM, ema_decay=0.999))
+  c.task.discriminator_optim = ml_collections.ConfigDict(dict(_GAN_ADAM, ema_decay=0.0))
+  c.task.fid_inception = ''         # gan: converted InceptionV3 weights dir -> fid, kid.
+  c.task.fid_classifier = ''        # gan: a classifier's workdir -> fid_<its dataset>, kid_...
+  c.task.kid_subsets = 100          # gan: KID's subsets (torch-fidelity: 100) ...
+  c.task.kid_subset_size = 1000     # ... of this many samples (fewer if the split is smaller).
+  c.task.sample_seed = 0            # gan: the latents of evaluation and predict.
+  c.task.num_samples = 64           # gan predict: samples in the grid (per class if conditional).
   return c
 
 

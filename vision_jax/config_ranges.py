@@ -124,7 +124,17 @@ RANGES: dict[str, tuple[str, str]] = {
     'task.knn_temperature': ('float (0, 100]', 'the k-NN vote temperature'),
     'task.predictor_hidden_dim': ('int [1, 1048576]', 'BYOL\'s predictor hidden width'),
     'task.target_decay': ('float [0, 1]', 'the decay of BYOL\'s target network at step 0'),
+    'task.n_critic': ('int [1, 1000]', 'the GAN discriminator\'s updates per generator update'),
+    'task.kid_subsets': ('int [1, 100000]', 'the subsets KID averages over'),
+    'task.kid_subset_size': ('int [2, inf)', 'the samples of each KID subset'),
+    'task.sample_seed': (_SEED, 'the seed of the GAN\'s evaluation and predict latents'),
+    'task.num_samples': ('int [1, 4096]', 'the samples of the GAN\'s predict grid'),
 }
+# The GAN's per-network optimiser keys (config.task.<part>_optim) take config.optim's ranges.
+for _part in ('generator', 'discriminator'):
+  for _key in ('learning_rate', 'b1', 'b2', 'weight_decay', 'warmup_steps', 'ema_decay'):
+    _rule_text, _meaning = RANGES[f'optim.{_key}']
+    RANGES[f'task.{_part}_optim.{_key}'] = (_rule_text, f'{_meaning} of the GAN {_part}')
 
 _RULE = re.compile(r'^(each )?(int|float) (?:\{([^}]*)\}|([\[(])([^,]+), ([^\])]+)([\])]))'
                    r'(?: or (.+))?$')

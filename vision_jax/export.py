@@ -57,7 +57,11 @@ class Served:
       self._weights = [jax.device_put(npz[f'w{i:04d}'])
                        for i in range(self.metadata['num_weights'])]
     self._call = jax.jit(exported.call)
-    self.input_shape = tuple(self.metadata['input']['shape'][1:])
+    # Image tasks take uint8 images of this shape; others their named inputs (metadata
+    # 'inputs', e.g. a GAN's latents and labels), given to __call__ in that order.
+    self.input_shape = (tuple(self.metadata['input']['shape'][1:])
+                        if 'input' in self.metadata else None)
+    self.inputs = self.metadata.get('inputs', {})
     self.class_names: list[str] = self.metadata['class_names']
 
   def prepare(self, image: np.ndarray) -> np.ndarray:
@@ -73,7 +77,9 @@ class Served:
           channels=spec.get('convert_channels', 0), fill=tuple(spec.get('fill', ())))
     return transform(np.asarray(image, np.uint8))
 
-  def __call__(self, images: np.ndarray) -> np.ndarray:
+  def __call__(self, images: np.ndarray, *more: np.ndarray) -> np.ndarray:
+    if self.input_shape is None:
+      return self._call_inputs(images, *more)
     images = np.asarray(images)
     single = images.ndim == 3
     images = images[None] if single else images
@@ -84,6 +90,24 @@ class Served:
                        'count first.')
     logits = np.asarray(self._call(self._weights, images))
     return logits[0] if single else logits
+
+  def _call_inputs(self, *arrays: np.ndarray) -> np.ndarray:
+    """A task whose function takes named inputs (metadata['inputs']), in that order."""
+    if len(arrays) != len(self.inputs):
+      raise ValueError(f'This export takes {len(self.inputs)} inputs '
+                       f'({", ".join(self.inputs)}); got {len(arrays)}.')
+    batch, checked = None, []
+    for (name, spec), array in zip(self.inputs.items(), arrays):
+      array = np.asarray(array)
+      if array.dtype.kind != np.dtype(spec['dtype']).kind or (
+          tuple(array.shape[1:]) != tuple(spec['shape'][1:])) or (
+              batch is not None and len(array) != batch):
+        raise ValueError(f'Expected {name} of dtype {spec["dtype"]} and shape (N, '
+                         f'{", ".join(map(str, spec["shape"][1:]))}) with the same N as '
+                         f'the other inputs, got {array.dtype} {array.shape}.')
+      batch = len(array)
+      checked.append(array.astype(spec['dtype']))
+    return np.asarray(self._call(self._weights, *checked))
 
   def probabilities(self, images: np.ndarray) -> np.ndarray:
     logits = self(images)
@@ -104,37 +128,45 @@ def _key_data(tree):
 
 
 def _serve_fn(loaded):
-  """serve(weights: list of arrays, uint8 images) -> logits, and those weights (numpy)."""
+  """serve(weights: list of arrays, *inputs) -> the served output, and those weights
+  (numpy). The inputs are the task's serving inputs in order (uint8 images for an image
+  task: serve(weights, images) -> logits)."""
   import jax  # pylint: disable=g-import-not-at-top
   state = loaded.serving_state  # Params (or their EMA) and statistics; no optimiser state.
   leaves, treedef = jax.tree.flatten(_key_data(state))
   templates = jax.tree.leaves(state)
+  names = list(loaded.serving_inputs())
 
-  def serve(weights: list, images: jax.Array) -> jax.Array:
+  def serve(weights: list, *inputs: jax.Array) -> jax.Array:
     restored = [jax.random.wrap_key_data(w, impl=jax.random.key_impl(t))
                 if jax.dtypes.issubdtype(t.dtype, jax.dtypes.prng_key) else w
                 for w, t in zip(weights, templates)]
-    return loaded.apply(jax.tree.unflatten(treedef, restored), images)
+    return loaded.serve(jax.tree.unflatten(treedef, restored), dict(zip(names, inputs)))
 
   return serve, [np.asarray(x) for x in leaves]
 
 
-def _write_saved_model(serve, weights: list[np.ndarray], shape: tuple[int, int, int],
-                       path: str) -> None:
-  """serve as a TF SavedModel (serving_default: uint8 images -> logits, probabilities)."""
+def _write_saved_model(serve, weights: list[np.ndarray], inputs: dict, path: str) -> None:
+  """serve as a TF SavedModel (serving_default: uint8 images -> logits, probabilities;
+  other serving inputs (e.g. a generator's latents) -> {'outputs'})."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from jax.experimental import jax2tf  # pylint: disable=g-import-not-at-top
   module = tf.Module()
   module.weights = [tf.Variable(w, trainable=False, name=f'w{i:04d}')
                     for i, w in enumerate(weights)]
-  tf_serve = jax2tf.convert(serve, polymorphic_shapes=[None, f'(b, {", ".join(map(str, shape))})'],
+  polymorphic = [None] + [f'(b, {", ".join(map(str, shape))})' if shape else '(b,)'
+                          for shape, _ in inputs.values()]
+  tf_serve = jax2tf.convert(serve, polymorphic_shapes=polymorphic,
                             with_gradient=False, native_serialization_platforms=PLATFORMS)
+  signature = [tf.TensorSpec((None,) + tuple(shape), tf.as_dtype(dtype), name=name)
+               for name, (shape, dtype) in inputs.items()]
 
-  @tf.function(input_signature=[tf.TensorSpec((None,) + shape, tf.uint8, name='images')],
-               autograph=False)
-  def serving_default(images):
-    logits = tf_serve(module.weights, images)
-    return {'logits': logits, 'probabilities': tf.nn.softmax(logits)}
+  @tf.function(input_signature=signature, autograph=False)
+  def serving_default(*args):
+    out = tf_serve(module.weights, *args)
+    if list(inputs) != ['images']:
+      return {'outputs': out}
+    return {'logits': out, 'probabilities': tf.nn.softmax(out)}
 
   module.serving_default = serving_default
   tf.saved_model.save(module, path, signatures={'serving_default': serving_default})
@@ -156,10 +188,13 @@ def export(loaded, export_dir: str, *, saved_model: bool = True) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   serve, weights = _serve_fn(loaded)
   height, width, channels = loaded.image_shape
-  batch = jax.export.symbolic_shape(f'b, {height}, {width}, {channels}')
+  inputs = loaded.serving_inputs()
+  b = jax.export.symbolic_shape('b')[0]
   specs = ([jax.ShapeDtypeStruct(w.shape, w.dtype) for w in weights],
-           jax.ShapeDtypeStruct(batch, np.uint8))
+           *[jax.ShapeDtypeStruct((b, *shape), np.dtype(dtype))
+             for shape, dtype in inputs.values()])
   exported = jax.export.export(jax.jit(serve), platforms=PLATFORMS)(*specs)
+  one = [jax.ShapeDtypeStruct((1, *shape), np.dtype(dtype)) for shape, dtype in inputs.values()]
   os.makedirs(export_dir, exist_ok=True)
   with open(os.path.join(export_dir, FUNCTION_FILE), 'wb') as f:
     f.write(exported.serialize())
@@ -168,16 +203,12 @@ def export(loaded, export_dir: str, *, saved_model: bool = True) -> dict:
   metadata = {
       'step': loaded.step,
       'model': loaded.config.model.name,
-      'input': {'shape': [None, height, width, channels], 'dtype': 'uint8', 'layout': 'NHWC',
-                'image_size': height, 'channels': channels,
-                'preprocessing': eval_preprocessing(
-                    loaded.dataset, loaded.config.dataset.channels)},
-      'normalization': {'mean': list(loaded.mean), 'std': list(loaded.std),
-                        'formula': '(x / 255 - mean) / std, inside the function'},
-      'output': {'logits': [None] + list(jax.eval_shape(
-          serve, specs[0], jax.ShapeDtypeStruct((1, height, width, channels), np.uint8)
-      ).shape[1:]), 'dtype': 'float32', 'task': loaded.task.name,
-                 'meaning': loaded.task.served_outputs},
+      'inputs': {name: {'shape': [None, *shape], 'dtype': dtype}
+                 for name, (shape, dtype) in inputs.items()},
+      'output': {('logits' if list(inputs) == ['images'] else 'shape'):
+                 [None] + list(jax.eval_shape(serve, specs[0], *one).shape[1:]),
+                 'dtype': str(jax.eval_shape(serve, specs[0], *one).dtype),
+                 'task': loaded.task.name, 'meaning': loaded.task.served_outputs},
       'num_classes': loaded.num_classes,
       'class_names': loaded.class_names,
       'num_weights': len(weights),
@@ -186,9 +217,16 @@ def export(loaded, export_dir: str, *, saved_model: bool = True) -> dict:
       'jax_version': jax.__version__,
       'calling_convention_version': exported.calling_convention_version,
   }
+  if list(inputs) == ['images']:  # An image task: how images reach the function.
+    metadata['input'] = {
+        'shape': [None, height, width, channels], 'dtype': 'uint8', 'layout': 'NHWC',
+        'image_size': height, 'channels': channels,
+        'preprocessing': eval_preprocessing(loaded.dataset, loaded.config.dataset.channels)}
+    metadata['normalization'] = {'mean': list(loaded.mean), 'std': list(loaded.std),
+                                 'formula': '(x / 255 - mean) / std, inside the function'}
   if saved_model:
     relative = os.path.join('saved_model', str(loaded.step))
-    _write_saved_model(serve, weights, loaded.image_shape, os.path.join(export_dir, relative))
+    _write_saved_model(serve, weights, inputs, os.path.join(export_dir, relative))
     metadata['files']['saved_model'] = relative
   with open(os.path.join(export_dir, METADATA_FILE), 'w') as f:
     json.dump(metadata, f, indent=2)

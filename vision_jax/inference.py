@@ -84,6 +84,17 @@ class Loaded:
     models = {name: self.structure.model(state, name) for name in self.task.serving_parts}
     return self.task.apply(models, normalize(images, self.mean, self.std))
 
+  def serve(self, state: train_state.TrainState, inputs: dict[str, jax.Array]) -> jax.Array:
+    """Pure `(serving state, the task's serving inputs) -> its served output`: export's
+    function (for an image task, `apply` of inputs['images'])."""
+    models = {name: self.structure.model(state, name) for name in self.task.serving_parts}
+    return self.task.serve(models, inputs, lambda x: normalize(x, self.mean, self.std))
+
+  def serving_inputs(self) -> dict[str, tuple[tuple[int, ...], str]]:
+    """The task's serving inputs for this run (Task.serving_inputs)."""
+    models = {name: self.model(name) for name in self.task.serving_parts}
+    return self.task.serving_inputs(models, self.image_shape)
+
   @functools.cached_property
   def _jitted_logits(self):
     return jax.jit(self.apply, compiler_options=ops.compiler_options())

@@ -194,7 +194,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, inputs: Sequence[str], 
   probabilities, masks, ...), and fails if any image did. `task`: the run's task (main
   builds it once)."""
   from vision_jax import inference  # pylint: disable=g-import-not-at-top
-  if not inputs:
+  from vision_jax import tasks  # pylint: disable=g-import-not-at-top
+  task = task or tasks.build(config)
+  if not inputs and task.takes_images:
     raise UserError('--mode=predict needs images: pass --images a.png b.jpg DIR ...')
   loaded = inference.load(workdir, config, task=task)
   return loaded.task.predict(loaded, inputs, output=output, top_k=top_k)

@@ -75,7 +75,8 @@ def make_eval_step(task, structure: ts.Structure, *, mean: Sequence[float],
   def eval_step(state: ts.TrainState, batch: Batch):
     models = {name: structure.model(state, name, use_eval_variables=True)
               for name in task.serving_parts}
-    return task.eval_outputs(task.apply(models, normalize(batch['image'], mean, std)), batch)
+    outputs = task.eval_apply(models, batch, lambda x: normalize(x, mean, std))
+    return task.eval_outputs(outputs, batch)
 
   return eval_step
 

@@ -4,7 +4,7 @@ Every model is called as `model(images_nhwc, train: bool) -> float32 logits`, an
 output layer(s) `head` (fine-tuning re-initialises it by that name). A model's task is its
 class's TASK ('classification' when absent): classifiers return [B, K], segmentation
 models (models/segmentation.py) [B, H, W, K], detectors (models/detection.py) a dict of
-per-anchor outputs.
+per-anchor outputs; the GAN pairs (models/gan.py) hold a generator and a discriminator.
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from vision_jax.errors import ConfigError
 from vision_jax.models import bit
 from vision_jax.models import cnn
 from vision_jax.models import detection
+from vision_jax.models import gan
 from vision_jax.models import resnet
 from vision_jax.models import segmentation
 from vision_jax.models.summary import count_params, parameter_overview  # Re-exported.
@@ -39,6 +40,7 @@ _REGISTRY: dict[str, Callable[..., nnx.Module]] = {
     'bit_r50x3': bit.BitR50x3,
     'bit_r101x1': bit.BitR101x1,
     **detection.DETECTORS,
+    **gan.GAN_MODELS,  # Generator + discriminator pairs (TASK 'gan').
 }
 # Segmentation models by composition: '<head>_<backbone>' is a dense head (fcn, deeplabv3)
 # on any registered backbone with a feature map; these are listed, any other such pair

@@ -48,3 +48,59 @@ def create_discriminator(arch: str, image_size: int, channels: int, *,
   dcgan batch_norm."""
   return _classes(arch)[1](image_size, channels, num_classes=num_classes, kernels=kernels,
                            rngs=rngs, **options)
+
+
+class GANPair(nnx.Module):
+  """A generator and a discriminator of one family, built together from config.model:
+  what the model registry holds under 'dcgan' and 'sngan' (TASK 'gan'). The gan task
+  (vision_jax/tasks/gan.py) takes them apart into its two state parts, `generator` and
+  `discriminator`; the pair itself is never called. `conditional=True` conditions both on
+  the dataset's classes (conditional BatchNorm in G, projection in D)."""
+  TASK = 'gan'
+  ARCH = ''
+
+  def _build(self, num_classes: int, image_size: int, in_channels: int, conditional: bool,
+             g_options: dict, d_options: dict, kernels: ops.Kernels, rngs: nnx.Rngs) -> None:
+    if not isinstance(conditional, bool):
+      raise ConfigError(f'config.model.conditional={conditional!r}: use True (condition on '
+                        'the dataset\'s classes) or False.')
+    classes = num_classes if conditional else 0
+    self.generator = create_generator(self.ARCH, image_size, in_channels,
+                                      num_classes=classes, rngs=rngs, kernels=kernels,
+                                      **g_options)
+    self.discriminator = create_discriminator(self.ARCH, image_size, in_channels,
+                                              num_classes=classes, rngs=rngs,
+                                              kernels=kernels, **d_options)
+
+
+class DCGAN(GANPair):
+  """DCGAN (models/dcgan.py) for images of side 4 * 2^n; `spectral_norm` normalises D's
+  weights (usually with `batch_norm=False`)."""
+  ARCH = 'dcgan'
+
+  def __init__(self, num_classes: int, *, image_size: int = 64, in_channels: int = 3,
+               latent_dim: int = 100, base_features: int = 64, conditional: bool = False,
+               batch_norm: bool = True, spectral_norm: bool = False, dtype='float32',
+               kernels: ops.Kernels = ops.XLA, rngs: nnx.Rngs):
+    self._build(num_classes, image_size, in_channels, conditional,
+                dict(latent_dim=latent_dim, base_features=base_features, dtype=dtype),
+                dict(base_features=base_features, batch_norm=batch_norm,
+                     spectral_norm=spectral_norm, dtype=dtype), kernels, rngs)
+
+
+class SNGAN(GANPair):
+  """The SN-GAN standard CNN (models/sngan.py) for image sides divisible by 8."""
+  ARCH = 'sngan'
+
+  def __init__(self, num_classes: int, *, image_size: int = 32, in_channels: int = 3,
+               latent_dim: int = 128, base_features: int = 64, conditional: bool = False,
+               spectral_norm: bool = True, dtype='float32',
+               kernels: ops.Kernels = ops.XLA, rngs: nnx.Rngs):
+    self._build(num_classes, image_size, in_channels, conditional,
+                dict(latent_dim=latent_dim, base_features=base_features, dtype=dtype),
+                dict(base_features=base_features, spectral_norm=spectral_norm, dtype=dtype),
+                kernels, rngs)
+
+
+# config.model.name -> the pair (models/__init__.py registers them).
+GAN_MODELS = {'dcgan': DCGAN, 'sngan': SNGAN}

@@ -7,6 +7,8 @@
                   batch; evaluated by k-NN accuracy of the backbone's features
   byol            two views, an online network (+ predictor) regressing the projections
                   of its EMA target network; evaluated by k-NN like SimCLR
+  gan             a generator and a discriminator trained against each other; evaluated
+                  by FID / KID of the generator's samples
 
 `build(config)` makes the run's task once (main.py); the loop (train.py), the steps
 (steps.py), evaluation, predict, export and inference receive it and name no task. A `Task`
@@ -26,6 +28,8 @@ holds its config and is what differs between tasks, and only that:
   loss(model, inputs)         (scalar loss, aux) of one micro-batch, differentiated
   train_metrics(loss, aux, x) the step's metrics besides lr / grad norm
   apply(models, images)       what eval, predict and export compute (eval mode)
+  eval_apply(models, batch, normalize)  what the eval step computes from a whole eval batch
+                              (default: apply on its normalised images; a GAN generates)
   eval_outputs(out, batch)    per-batch eval arrays: keys 'sum_*' are summed over the split
                               on the host (int64 / float64), the others are per-example rows
                               whose padding (batch['mask'] == 0) evaluate.collect drops
@@ -33,7 +37,11 @@ holds its config and is what differs between tasks, and only that:
                               bank); None for most tasks
   summarize(arrays, ...)      one split's results (results.json's eval/<split>)
   eval_metrics                the scalar names summarize produces (checkpoint.keep_best)
-  predict(loaded, images, ...)  --mode=predict: what it writes for image files
+  predict(loaded, images, ...)  --mode=predict: what it writes for image files (or, for a
+                              task whose `takes_images` is False, from nothing: samples)
+  serving_inputs(models, shape)  what export's function takes besides the weights: name ->
+                              (shape after the batch dimension, dtype); default uint8 images
+  serve(models, inputs, normalize)  export's function of those inputs (default: apply)
   served_outputs              what export's function returns, in words (its metadata)
 
 Tasks import no loop module (steps, evaluate, train, predict's driver, config): those
@@ -58,6 +66,7 @@ _REGISTRY = {
     'segmentation': 'vision_jax.tasks.segmentation:Segmentation',
     'simclr': 'vision_jax.tasks.simclr:SimCLR',
     'byol': 'vision_jax.tasks.byol:BYOL',
+    'gan': 'vision_jax.tasks.gan:GAN',
 }
 Batch = dict[str, jax.Array]
 
@@ -79,6 +88,9 @@ class Task(abc.ABC):
   eval_metrics: tuple[str, ...] = ('accuracy', 'top5', 'loss')
   serving_parts: tuple[str, ...] = ('model',)
   served_outputs = 'logits [N, num_classes]'
+
+  # Whether --mode=predict reads image files (False: it generates, from no input).
+  takes_images = True
 
   # config.dataset keys this task's data does not use, with the value that means "off":
   # any other value is refused (check_dataset_keys), never silently ignored.
@@ -143,6 +155,12 @@ class Task(abc.ABC):
   def apply(self, models: dict[str, nnx.Module], images: jax.Array) -> jax.Array:
     return models['model'](images, train=False)
 
+  def eval_apply(self, models: dict[str, nnx.Module], batch: Batch,
+                 normalize: Callable[[jax.Array], jax.Array]) -> Any:
+    """The eval step's outputs for one eval batch (`normalize`: the run's uint8 ->
+    normalised images)."""
+    return self.apply(models, normalize(batch['image']))
+
   @abc.abstractmethod
   def eval_outputs(self, outputs: jax.Array, batch: Batch) -> dict:
     """See the module docstring."""
@@ -154,6 +172,17 @@ class Task(abc.ABC):
   @abc.abstractmethod
   def summarize(self, arrays: dict, *, num_classes: int, class_names, context=None) -> dict:
     """See the module docstring."""
+
+  def serving_inputs(self, models: dict[str, nnx.Module], image_shape: tuple[int, int, int]
+                     ) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Export's inputs: name -> (shape after the batch dimension, numpy dtype name)."""
+    del models
+    return {'images': (tuple(image_shape), 'uint8')}
+
+  def serve(self, models: dict[str, nnx.Module], inputs: dict[str, jax.Array],
+            normalize: Callable[[jax.Array], jax.Array]) -> jax.Array:
+    """Export's function of `inputs` (named as serving_inputs), in eval mode."""
+    return self.apply(models, normalize(inputs['images']))
 
   def predict(self, loaded, inputs: Sequence[str], *, output: str | None,
               top_k: int) -> list[dict]:
