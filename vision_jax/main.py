@@ -19,6 +19,10 @@ import traceback
 # runtime's warnings and errors (an out-of-memory report, say) must stay visible.
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
 
+if __name__ == '__main__':  # The imports below take seconds: a SIGTERM then ends the run too.
+  from vision_jax import preemption as _preemption  # pylint: disable=g-import-not-at-top
+  _preemption.exit_on_sigterm(_preemption.mode_from_argv(sys.argv))
+
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 from absl import logging

@@ -61,11 +61,12 @@ def explain(error: OSError, what: str = '') -> str:
   path = error.filename or ''
   fix = _FIXES.get(error.errno, 'fix the path or the machine, and rerun')
   fix = fix.format(nofile=resource.getrlimit(resource.RLIMIT_NOFILE)[0])
-  where = f' {path}' if path else ''
   doing = f' while {what}' if what else ''
   reason = error.strerror or str(error)
-  return (f'Could not write or open{where}{doing} ({reason}): {fix}. Nothing that was '
-          'being written is presented as finished.')
+  head = f'Could not open or write {path}{doing}' if path else f'A write failed{doing}'
+  tail = ('' if error.errno in (errno.EMFILE, errno.ENFILE) else
+          ' Nothing that was being written is presented as finished.')
+  return f'{head} ({reason}): {fix}.{tail}'
 
 
 def _temporary(path: str) -> str:

@@ -14,9 +14,7 @@ import sys
 import threading
 from typing import Callable
 
-import jax
 from absl import logging
-from jax.experimental import multihost_utils
 
 
 _cleanups: list[Callable[[], None]] = []
@@ -72,6 +70,16 @@ class _ExitNow:
     os._exit(code)  # pylint: disable=protected-access
 
 
+def mode_from_argv(argv: list[str]) -> str:
+  """The --mode of a command line, read before flags are parsed ('train' if absent)."""
+  for i, arg in enumerate(argv):
+    if arg.startswith('--mode='):
+      return arg.split('=', 1)[1]
+    if arg == '--mode' and i + 1 < len(argv):
+      return argv[i + 1]
+  return 'train'
+
+
 def exit_on_sigterm(mode: str) -> None:
   """From now until a `PreemptionWatcher` exists (and again once it is closed), SIGTERM
   ends the process at once (`_ExitNow`); `mode` is the CLI's --mode."""
@@ -82,6 +90,7 @@ class PreemptionWatcher:
   """`should_stop(step)` turns True on every host at the same step after a notice."""
 
   def __init__(self):
+    import jax  # pylint: disable=g-import-not-at-top  # (This module loads before JAX.)
     self._requested = threading.Event()
     self._multi = jax.process_count() > 1
     self._previous = None
@@ -105,6 +114,7 @@ class PreemptionWatcher:
 
   def should_stop(self, step: int) -> bool:
     if self._multi:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
       try:
         return multihost_utils.reached_preemption_sync_point(step)
       except RuntimeError:  # No preemption service (e.g. disabled): nothing to sync on.

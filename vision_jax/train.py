@@ -245,7 +245,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   `task` is the run's task (main builds it once); by default built from `config`."""
   task = task or tasks.build(config)
   # Whose checkpoints these are, before anything is built: another run's are refused.
-  identity = run_identity.claim(workdir, config)
+  run_identity.check_resume(workdir, config)
   mesh = parallel.make_mesh(config)
   shard = input_pipeline.HostShard(jax.process_index(), jax.process_count())
   data = task.build_data(shard, augment_on_device=True)
@@ -286,6 +286,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                              image_size=data.image_size), state, data, task)
   compile_s = time.perf_counter() - t0
   # Every check that can fail before the first step has passed: the run is real now.
+  identity = run_identity.claim(workdir, config)  # run.json at the workdir's first run.
   if jax.process_index() == 0:
     workdir_lib.write_metadata(workdir, config.to_json_best_effort(indent=2),
                                data.describe())

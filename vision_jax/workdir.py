@@ -32,7 +32,8 @@ HEARTBEAT_S = 20.0
 STALE_S = 120.0
 # Files and folders that make a directory a vision_jax workdir (a run, a converted
 # checkpoint, or one launch/local.sh is about to start with its logs/) a run may write into.
-_MARKERS = ('config.json', 'checkpoints', 'dataset.json', 'metrics.jsonl', 'logs', LOCK_FILE)
+_MARKERS = ('config.json', 'checkpoints', 'dataset.json', 'metrics.jsonl', 'logs', 'run.json',
+            LOCK_FILE)
 
 
 class WorkdirError(UserError):
