@@ -226,7 +226,7 @@ def _fail(message: str) -> None:
   _exit(2)
 
 
-def _exit(code: int, grace_s: float = 5.0) -> None:
+def _exit(code: int, grace_s: float = 1.0) -> None:
   """sys.exit(code), unless threads that are not daemons are still running `grace_s`
   after a failure: orbax leaves those of a failed save waiting for ever, and the
   interpreter would wait for them at exit (a run that printed its error and hangs). Then
