@@ -56,3 +56,18 @@ def lower_digits_train_step(batch_size: int):
   batch = {'image': jnp.zeros((batch_size, 8, 8, 1), jnp.uint8),
            'label': jnp.zeros((batch_size,), jnp.int32)}
   return step.lower(state, batch)
+
+
+TINY_RUN = ['--config', 'configs/default.py', '--config.train.steps=20',
+            '--config.train.log_every=5', '--config.train.eval_every=0',
+            '--config.checkpoint.every_steps=10', '--config.optim.warmup_steps=2']
+
+
+@pytest.fixture(scope='session')
+def tiny_run(tmp_path_factory, data_dir):
+  """A finished 20-step run of configs/default.py (TINY_RUN; checkpoints 10 and 20),
+  shared by the modules that copy it before touching it."""
+  workdir = tmp_path_factory.mktemp('tiny_run') / 'W'
+  proc = run_cli(TINY_RUN + ['--workdir', str(workdir)], data_dir)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return workdir

@@ -227,6 +227,21 @@ class Checkpointer:
       self._watcher = None
     self.check()
 
+  def abandon(self) -> None:
+    """On the way out of a failed run: lets a save still being written finish (a good
+    checkpoint is kept), drops a save failure (the run's own error is reported) and
+    closes the manager (whose threads would otherwise keep the process alive).
+    Orbax may leave threads of a failed save waiting for ever; the CLI does not wait for
+    them at exit (main._exit)."""
+    try:
+      self.wait()
+    except CheckpointError:
+      pass
+    try:
+      self._manager.close()
+    except Exception:  # pylint: disable=broad-except  # The failure is reported already.
+      pass
+
   def _save_failed(self, step: int, nbytes: int, error: Exception) -> 'CheckpointError':
     try:
       free = shutil.disk_usage(self.directory).free

@@ -87,10 +87,12 @@ def scalars(results: dict[str, dict]) -> dict[str, float]:
 
 
 def write_json(path: str, obj) -> None:
-  """Writes JSON atomically (a temporary file renamed): never a half-written file."""
-  with open(path + '.tmp', 'w') as f:
-    json.dump(obj, f, indent=2)
-  os.replace(path + '.tmp', path)
+  """Writes JSON atomically (a temporary file renamed): never a half-written file; a
+  failed write is an outputs.OutputError naming the path."""
+  from vision_jax import outputs  # pylint: disable=g-import-not-at-top
+  with outputs.atomic(path) as tmp:
+    with open(tmp, 'w') as f:
+      json.dump(obj, f, indent=2)
 
 
 def write_results(workdir: str, step: int, results: dict[str, dict],
@@ -102,6 +104,7 @@ def write_results(workdir: str, step: int, results: dict[str, dict],
   step are merged, another step starts the file afresh. Returns what results.json holds.
   Writes on process 0 only.
   """
+  from vision_jax import outputs  # pylint: disable=g-import-not-at-top
   from vision_jax import visualize  # pylint: disable=g-import-not-at-top
   results = {split: dict(r) for split, r in results.items()}
   confusions = {split: r.pop('confusion_matrix') for split, r in results.items()
@@ -124,9 +127,9 @@ def write_results(workdir: str, step: int, results: dict[str, dict],
     write_json(os.path.join(workdir, f'confusion_{split}.json'), counts)
     names = list(class_names) if len(class_names) == len(counts) else [
         str(i) for i in range(len(counts))]
-    visualize.write_confusion(np.asarray(counts), names,
-                              os.path.join(workdir, f'confusion_{split}.png'),
-                              title=f'{split}, step {step}')
+    with outputs.atomic(os.path.join(workdir, f'confusion_{split}.png')) as tmp:
+      visualize.write_confusion(np.asarray(counts), names, tmp,
+                                title=f'{split}, step {step}')
   write_json(path, out)
   return out
 
@@ -156,5 +159,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, output: str | None = No
   logging.info('Evaluating checkpoint %d of %s on %s.', loaded.step, workdir, list(data.evals))
   results = evaluate_splits(eval_step, loaded.state, data, loaded.mesh, task)
   if output:
-    os.makedirs(output, exist_ok=True)
+    from vision_jax import outputs  # pylint: disable=g-import-not-at-top
+    try:
+      os.makedirs(output, exist_ok=True)
+    except OSError as e:
+      raise outputs.OutputError(outputs.explain(e, f'creating --output={output}')) from e
   return write_results(output or workdir, loaded.step, results, loaded.class_names)

@@ -36,6 +36,7 @@ import shutil
 from typing import Any
 
 import numpy as np
+from absl import logging
 
 PLATFORMS = ('cpu', 'cuda', 'tpu')
 FUNCTION_FILE, WEIGHTS_FILE, METADATA_FILE = 'model.stablehlo', 'weights.npz', 'metadata.json'
@@ -243,15 +244,36 @@ def run(config, workdir: str, output: str | None = None, *, task=None) -> dict:
   export_dir = os.path.abspath(output or os.path.join(workdir, 'export'))
   if jax.process_index() != 0:
     return {}
+  from vision_jax import outputs  # pylint: disable=g-import-not-at-top
+  from vision_jax import preemption  # pylint: disable=g-import-not-at-top
+  parent, name = os.path.split(export_dir)
+  for stale in outputs.remove_stale(parent, name):
+    logging.info('Removed %s, left by an export that was killed.', os.path.join(parent, stale))
   staging = f'{export_dir}.tmp-{os.getpid()}'
-  shutil.rmtree(staging, ignore_errors=True)
-  metadata = export(loaded, staging)
-  if os.path.exists(export_dir):
-    old = f'{export_dir}.old-{os.getpid()}'
-    os.replace(export_dir, old)
-    os.replace(staging, export_dir)
-    shutil.rmtree(old, ignore_errors=True)
-  else:
-    os.makedirs(os.path.dirname(export_dir), exist_ok=True)
-    os.replace(staging, export_dir)
+  cleanup = lambda: shutil.rmtree(staging, ignore_errors=True)
+  preemption.at_exit_now(cleanup)  # A SIGTERM mid-export leaves no half export behind.
+  try:
+    os.makedirs(parent, exist_ok=True)
+    shutil.rmtree(staging, ignore_errors=True)
+    metadata = export(loaded, staging)
+    if os.path.exists(export_dir):
+      old = f'{export_dir}.old-{os.getpid()}'
+      os.replace(export_dir, old)
+      os.replace(staging, export_dir)
+      shutil.rmtree(old, ignore_errors=True)
+    else:
+      os.replace(staging, export_dir)
+  except Exception as e:  # pylint: disable=broad-except
+    cleanup()
+    kept = ' A previous export there is kept as it was.' if os.path.exists(export_dir) else ''
+    if isinstance(e, OSError):
+      raise outputs.OutputError(outputs.explain(e, f'exporting to {export_dir}') + kept) from e
+    if type(e).__module__.startswith('tensorflow'):  # TF's own I/O errors (SavedModel).
+      raise outputs.OutputError(
+          f'Writing the SavedModel of the export into {staging} failed '
+          f'({type(e).__name__}: {str(e).strip().splitlines()[0][:300]}): is the disk full or '
+          f'the directory unwritable? Nothing was exported.{kept} Fix it and rerun.') from e
+    raise
+  finally:
+    preemption.forget(cleanup)
   return {'export_dir': export_dir, 'step': metadata['step'], 'files': metadata['files']}

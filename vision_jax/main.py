@@ -19,6 +19,10 @@ import traceback
 # runtime's warnings and errors (an out-of-memory report, say) must stay visible.
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
 
+if __name__ == '__main__':  # The imports below take seconds: a SIGTERM then ends the run too.
+  from vision_jax import preemption as _preemption  # pylint: disable=g-import-not-at-top
+  _preemption.exit_on_sigterm(_preemption.mode_from_argv(sys.argv))
+
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 from absl import logging
@@ -57,6 +61,7 @@ class UsageError(UserError):
 # config.json): taken out of argv before absl sees them, applied to that config.
 _WORKDIR_OVERRIDES: list[str] = []
 _MODEL_OVERRIDES: list[str] = []  # --config.model.<option>=v with --config (apply_overrides).
+_OWN_PROCESS = False  # True when run as `python -m vision_jax.main` (the process is ours).
 
 
 def _load_config(workdir: str) -> ml_collections.ConfigDict:
@@ -132,6 +137,9 @@ def _lock(workdir: str, writable: bool):
                                        '(its log says why).')
   if error is not None:
     raise error
+  if jax.process_index() == 0:
+    from vision_jax import preemption  # pylint: disable=g-import-not-at-top
+    preemption.at_exit_now(lock.release)  # A SIGTERM outside the loop frees it too.
   return lock
 
 
@@ -171,12 +179,20 @@ def run(argv: list[str]) -> None:
     raise UsageError(f'--workdir={workdir} is read-only, and --mode={_MODE.value} writes '
                      'its results there by default. Pass --output=DIR to write them '
                      'elsewhere.')
+  from vision_jax import outputs  # pylint: disable=g-import-not-at-top
+  if _OUTPUT.value and _MODE.value in ('eval', 'export'):
+    outputs.check_dir(_OUTPUT.value, '--output')
   distributed.check_shared_workdir(workdir)  # Multi-host: every process sees one workdir.
   lock = _lock(workdir, writable)  # Before anything slow: a second run is refused at once.
   try:
+    if training:  # A checkpoints/ that is a file would fail the first save, after training.
+      from vision_jax import run_identity  # pylint: disable=g-import-not-at-top
+      run_identity.check_checkpoints_dir(workdir)
     config = _load_config(workdir)
     # The run's task, built once by validation and passed to every mode.
     task = config_lib.validate(config, num_devices=jax.device_count())
+    from vision_jax import environment  # pylint: disable=g-import-not-at-top
+    environment.check(config)  # The data directory and the open-file limit.
     if training and config.init_from.checkpoint and not _has_checkpoints(workdir):
       from vision_jax import init_source  # pylint: disable=g-import-not-at-top
       init_source.check(config.init_from.checkpoint)  # Before the model is built.
@@ -207,7 +223,29 @@ def run(argv: list[str]) -> None:
 
 def _fail(message: str) -> None:
   print(f'error: {message}', file=sys.stderr)
-  sys.exit(2)
+  _exit(2)
+
+
+def _exit(code: int, grace_s: float = 1.0) -> None:
+  """sys.exit(code), unless threads that are not daemons are still running `grace_s`
+  after a failure: orbax leaves those of a failed save waiting for ever, and the
+  interpreter would wait for them at exit (a run that printed its error and hangs). Then
+  the logs are flushed and the process ends without waiting (os._exit)."""
+  import threading  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  if not _OWN_PROCESS:  # Called in a test's process (tests/cli_in_process.py): never end it.
+    sys.exit(code)
+  deadline = time.monotonic() + grace_s
+  for thread in threading.enumerate():
+    if thread is not threading.current_thread() and not thread.daemon:
+      thread.join(max(0.0, deadline - time.monotonic()))
+  if any(t.is_alive() and not t.daemon and t is not threading.current_thread()
+         for t in threading.enumerate()):
+    logging.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # pylint: disable=protected-access
+  sys.exit(code)
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -260,21 +298,23 @@ class _QuietOrbax(logging_std.Filter):
 
 def main(argv: list[str]) -> None:
   logging.get_absl_handler().addFilter(_QuietOrbax())
-  # Until the training loop takes SIGTERM over (to save at the next step), a SIGTERM ends
-  # the start-up cleanly: nothing has been trained, nothing needs saving.
+  # Outside the training loop (which saves at the next step), a SIGTERM ends the run at
+  # once: exit 0 for training (nothing to save), 143 for eval, predict and export.
   from vision_jax import preemption  # pylint: disable=g-import-not-at-top
-  preemption.stop_while_starting()
+  preemption.exit_on_sigterm(_MODE.value)
   try:
     run(argv)
   except UserError as e:
     logging.flush()
     _fail(str(e))
-  except preemption.StoppedBeforeTraining:
-    logging.warning('Received SIGTERM while starting: stopped before training (nothing '
-                    'was trained or saved; rerun to start).')
+  except OSError as e:  # The machine's, not ours: disk full, limits, permissions.
+    from vision_jax import outputs  # pylint: disable=g-import-not-at-top
+    if e.errno not in outputs.ENVIRONMENT_ERRNOS:
+      raise
     logging.flush()
-    sys.exit(0)
+    _fail(outputs.explain(e))
 
 
 if __name__ == '__main__':
+  _OWN_PROCESS = True
   app.run(main, flags_parser=parse_flags)

@@ -24,6 +24,7 @@ from vision_jax import device_memory
 from vision_jax import evaluate
 from vision_jax import finetune
 from vision_jax import parallel
+from vision_jax import run_identity
 from vision_jax import steps
 from vision_jax import tasks
 from vision_jax import train_state
@@ -184,12 +185,13 @@ def _log_evals(writer: writers.Writer, workdir: str, step: int, evals: dict) -> 
 
 def _loop(state, start: int, total: int, train_step, batches: Iterator[dict], run_evals,
           config: ml_collections.ConfigDict, ckpt: checkpoint.Checkpointer, log: 'MetricsLog',
-          writer: writers.Writer, watch: 'Stopwatch', workdir: str) -> dict | None:
+          writer: writers.Writer, watch: 'Stopwatch', workdir: str, identity: dict,
+          preemption: PreemptionWatcher) -> dict | None:
   """Steps start + 1 .. total: step, log, evaluate, save. Returns the last evaluation's
-  results, or None when a preemption notice (SIGTERM) stopped it after saving."""
+  results, or None when a preemption notice (SIGTERM) stopped it after saving. Each
+  checkpoint records `identity` (run_identity.claim)."""
   progress = writers.Progress(total, writer)
   show_bar = sys.stdout.isatty() and jax.process_index() == 0
-  preemption = PreemptionWatcher()
   running = collections.deque()  # (step, metrics) dispatched and not yet waited for.
   batch, evals = next(batches), {}
   for step in range(start + 1, total + 1):
@@ -223,7 +225,7 @@ def _loop(state, start: int, total: int, train_step, batches: Iterator[dict], ru
       log.write(step)
       t = time.perf_counter()
       ckpt.save(step, state, {'next_step': step, 'seed': config.seed,
-                              'global_batch': config.train.batch_size},
+                              'global_batch': config.train.batch_size, **identity},
                 metrics=evaluate.scalars(evals))
       watch.time('checkpoint', t)
     if stop:
@@ -242,6 +244,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   """Trains (or resumes) the configured run in `workdir`; returns the final results.
   `task` is the run's task (main builds it once); by default built from `config`."""
   task = task or tasks.build(config)
+  # Whose checkpoints these are, before anything is built: another run's are refused.
+  run_identity.check_resume(workdir, config)
   mesh = parallel.make_mesh(config)
   shard = input_pipeline.HostShard(jax.process_index(), jax.process_count())
   data = task.build_data(shard, augment_on_device=True)
@@ -262,7 +266,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   restored = ckpt.restore_latest(train_state.abstract(state), config.checkpoint.on_corrupt)
   if restored:
     start, state, stream = restored
-    logging.info('Resumed from checkpoint at step %d (%s).', start, stream)
+    logging.info('Resumed from checkpoint at step %d (%s).', start, {
+        k: stream.get(k) for k in ('next_step', 'seed', 'global_batch', 'run')})
     _warn_if_stream_changed(stream, config, start)
   report = None
   if not restored and config.init_from.checkpoint:
@@ -281,6 +286,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                              image_size=data.image_size), state, data, task)
   compile_s = time.perf_counter() - t0
   # Every check that can fail before the first step has passed: the run is real now.
+  identity = run_identity.claim(workdir, config)  # run.json at the workdir's first run.
   if jax.process_index() == 0:
     workdir_lib.write_metadata(workdir, config.to_json_best_effort(indent=2),
                                data.describe())
@@ -300,11 +306,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   evaluate.compile_ahead(eval_step, state, data.evals, mesh)  # Fails before training if so.
   watch.time('compile_eval', t)
   host_batches = data.train_batches(start)  # Worker processes end with the loop.
+  preemption = PreemptionWatcher()
   try:
     evals = _loop(state, start, total, train_step, device_batches(
         host_batches, mesh, config.train.device_prefetch), run_evals, config, ckpt,
-                  log, writer, watch, workdir)
+                  log, writer, watch, workdir, identity, preemption)
+  except BaseException:
+    ckpt.abandon()  # A save still being written finishes first; the error is the story.
+    raise
   finally:
+    preemption.close()  # After the loop a SIGTERM has no step to save at.
     host_batches.close()
   if evals is None:  # Preempted: saved, and said so.
     return {'preempted_at_step': log.last_step}

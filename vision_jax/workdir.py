@@ -32,7 +32,8 @@ HEARTBEAT_S = 20.0
 STALE_S = 120.0
 # Files and folders that make a directory a vision_jax workdir (a run, a converted
 # checkpoint, or one launch/local.sh is about to start with its logs/) a run may write into.
-_MARKERS = ('config.json', 'checkpoints', 'dataset.json', 'metrics.jsonl', 'logs', LOCK_FILE)
+_MARKERS = ('config.json', 'checkpoints', 'dataset.json', 'metrics.jsonl', 'logs', 'run.json',
+            LOCK_FILE)
 
 
 class WorkdirError(UserError):
@@ -88,7 +89,8 @@ def _holder() -> dict:
           'since': time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+  """Whether a process with this pid runs on this host."""
   try:
     os.kill(pid, 0)
   except ProcessLookupError:
@@ -134,7 +136,7 @@ class Lock:
     except (OSError, json.JSONDecodeError, ValueError):
       holder, age = {}, STALE_S + 1  # Unreadable: a half-written lock of a dead run.
     same_host = holder.get('host') == socket.gethostname()
-    dead = (not _alive(int(holder['pid']))) if same_host and 'pid' in holder else (
+    dead = (not pid_alive(int(holder['pid']))) if same_host and 'pid' in holder else (
         age > STALE_S)
     if not dead:
       raise WorkdirError(

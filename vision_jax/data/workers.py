@@ -25,6 +25,7 @@ again, the same type and message, by `next()` in the training process.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 import threading
@@ -32,6 +33,8 @@ import time
 
 import grain
 from absl import flags
+
+from vision_jax.errors import UserError
 
 SHM_MIN_FREE = 1 << 30  # Bytes /dev/shm must have free for batches to go through it.
 
@@ -58,6 +61,25 @@ def _worker_init(parent: int, index: int, count: int) -> None:
   threading.Thread(target=_end_with_parent, args=(parent,), daemon=True).start()
   if not flags.FLAGS.is_parsed():  # grain reads its absl flags in the worker.
     flags.FLAGS.mark_as_parsed()
+
+
+class WorkerDiedError(UserError):
+  """An input worker process ended without a Python error (killed, crashed)."""
+
+
+# What grain raises in the reading process when a worker process is gone.
+_WORKER_DIED = re.compile(r'Worker process was terminated unexpectedly with exit code (-?\d+)')
+
+
+def _worker_died_message(code: int, num_workers: int) -> str:
+  how = (f'killed by signal {-code} ({signal.Signals(-code).name}; SIGKILL is also what the '
+         "kernel's out-of-memory killer sends)" if code < 0 and -code in
+         signal.valid_signals() else f'exit code {code}')
+  return (f'An input worker process ({num_workers} were reading batches) ended '
+          f'unexpectedly: {how}. The run stopped; its checkpoints are intact and the input '
+          'stream is a function of the step, so rerunning the same command resumes from the '
+          'last checkpoint exactly. If it recurs, give the machine more memory or lower '
+          '--config.dataset.num_workers.')
 
 
 class Batches:
@@ -95,7 +117,13 @@ class Batches:
   def __next__(self) -> dict:
     if self._closed:
       raise StopIteration
-    return next(self._it)
+    try:
+      return next(self._it)
+    except RuntimeError as e:
+      died = _WORKER_DIED.search(str(e))
+      if not died:
+        raise
+      raise WorkerDiedError(_worker_died_message(int(died.group(1)), self.num_workers)) from e
 
   def close(self) -> None:
     """Ends the readers: worker processes are stopped and joined."""

@@ -105,6 +105,9 @@ class Classification(tasks.Task):
 
   def predict(self, loaded, inputs, *, output: str | None, top_k: int) -> list[dict]:
     """Class probabilities: one line per image printed, `output` (JSON) if given."""
+    from vision_jax import outputs  # pylint: disable=g-import-not-at-top
+    if output:
+      outputs.check_file(output, '--output')  # Before any image is read.
     results = predict_probabilities(loaded, inputs, top_k)
     for r in results:
       if 'error' in r:
@@ -114,9 +117,10 @@ class Classification(tasks.Task):
                                            for t in r['top_k']))
     sys.stdout.flush()
     if output:
-      os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-      with open(output, 'w') as f:
-        json.dump(results, f, indent=2)
+      with outputs.atomic(output, f'writing --output={output}') as tmp:
+        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+        with open(tmp, 'w') as f:
+          json.dump(results, f, indent=2)
     from vision_jax import predict  # pylint: disable=g-import-not-at-top
     predict.check_failures(results, 'see the lines above' + (f' and {output}' if output else ''))
     return results

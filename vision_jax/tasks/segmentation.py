@@ -211,8 +211,13 @@ def segmentation_masks(loaded, images: Sequence[np.ndarray]) -> list[np.ndarray]
 def write_masks(loaded, inputs: Sequence[str], *, output: str | None = None) -> list[dict]:
   """A segmentation run's --mode=predict (module docstring): the masks and
   predictions.json; raises PredictError if any image failed."""
+  from vision_jax import outputs  # pylint: disable=g-import-not-at-top
   out_dir = os.path.abspath(output or os.path.join(loaded.workdir, 'predict'))
-  os.makedirs(out_dir, exist_ok=True)
+  outputs.check_dir(out_dir, '--output')
+  try:
+    os.makedirs(out_dir, exist_ok=True)
+  except OSError as e:
+    raise outputs.OutputError(outputs.explain(e, f'creating {out_dir}')) from e
   items = predict.expand(inputs)
   for item in items:
     if item.error is None:
@@ -233,13 +238,15 @@ def write_masks(loaded, inputs: Sequence[str], *, output: str | None = None) -> 
     name = f'{stem}.png' if stem not in used else f'{stem}_{i}.png'
     used.add(stem)
     path = os.path.join(out_dir, name)
-    mask_images.save_mask_png(mask, path)
+    with outputs.atomic(path) as tmp:  # Never a partial PNG under its name.
+      mask_images.save_mask_png(mask, tmp)
     histogram = mask_images.class_histogram(mask, loaded.class_names)
     results.append({'image': item.path, 'mask': path, 'histogram': histogram})
     top = sorted(((n, c) for n, c in histogram.items() if c), key=lambda x: -x[1])[:4]
     print(f'{item.path}: {path} ' + ', '.join(f'{n}: {c} px' for n, c in top))
   sys.stdout.flush()
-  with open(os.path.join(out_dir, 'predictions.json'), 'w') as f:
-    json.dump(results, f, indent=2)
+  with outputs.atomic(os.path.join(out_dir, 'predictions.json')) as tmp:  # Written last.
+    with open(tmp, 'w') as f:
+      json.dump(results, f, indent=2)
   predict.check_failures(results, f'masks and predictions.json in {out_dir}')
   return results
