@@ -143,11 +143,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh.fsdp_min_mib = 4.0         # Arrays smaller than this stay replicated under FSDP.
   c.mesh.slices = 1                 # Multi-slice TPU: the data axis over this many slices.
   c.task = ml_collections.ConfigDict()  # What is trained: vision_jax/tasks.
-  c.task.name = 'classification'    # 'classification' | 'segmentation' | 'simclr' | 'byol'.
+  c.task.name = 'classification'    # 'classification' | 'segmentation' | 'detection' | 'simclr' | 'byol'.
   c.task.ignore_label = 255         # segmentation: label-map value that is no class.
   c.task.num_classes = 0            # segmentation folder without classes.txt: its classes.
-  c.task.scale_range = (0.5, 2.0)   # segmentation: random scale of the training crop.
-  c.task.flip = True                # segmentation: random horizontal flip.
+  c.task.scale_range = (0.5, 2.0)   # segmentation, detection: random scale of the training crop.
+  c.task.flip = True                # segmentation, detection: random horizontal flip.
   c.task.pets_border = 'ignore'     # oxford_iiit_pet trimap border: 'ignore' | 'class'.
   c.task.views = 'simclr'           # simclr, byol: two-view recipe (data/two_views.py): simclr | byol.
   c.task.crop_min_scale = 0.08      # simclr: smallest random-resized-crop area.
@@ -161,6 +161,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.task.knn_temperature = 0.1      # ... with weight exp(cosine / this).
   c.task.predictor_hidden_dim = 4096  # byol: the online predictor MLP's hidden width.
   c.task.target_decay = 0.996       # byol: target EMA decay at step 0, cosine to 1 at the end.
+  c.task.max_boxes = 100             # detection: ground-truth boxes per image (padded, masked).
+  c.task.max_detections = 100        # detection: boxes per image after NMS (COCO reads 100).
+  c.task.score_thresh = -1.0         # detection: minimum score; -1 = the detector's own.
+  c.task.min_size = 0                # detection: shorter side resized to this (0: fit image_size) ...
+  c.task.max_size = 0                # ... longer side at most this (0: image_size); padded to image_size.
+  c.task.min_box_size = 2.0          # detection: boxes narrower / shorter than this after a crop (px) are dropped.
   return c
 
 
