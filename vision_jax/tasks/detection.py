@@ -209,7 +209,7 @@ def summarize(arrays: dict, *, class_names: list[str],
                                       category_ids)
   results = coco_eval.results(detections, ids, coco_eval._category_ids(  # pylint: disable=protected-access
       category_ids, len(class_names)))
-  out = coco_eval.summarize(gt, results)
+  out = coco_eval.summarize(gt, [dict(r) for r in results])  # loadRes adds keys to its input.
   out['num_examples'] = len(ids)
   out['json_files'] = {'detections': results}
   return out
