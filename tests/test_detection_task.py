@@ -132,7 +132,7 @@ def _args(name):
           '--config.checkpoint.keep=5']
 
 
-def test_sigkill_resume_bit_identical_then_predict_export_and_bad_input(tmp_path):
+def test_sigkill_resume_bit_identical_then_predict_export_and_bad_input(tmp_path, caplog):
   name = _coco_folder(tmp_path / 'data')
   args = _args(name)
   straight = tmp_path / 'straight'
@@ -154,7 +154,7 @@ def test_sigkill_resume_bit_identical_then_predict_export_and_bad_input(tmp_path
       victim.wait()
   code, err = run_main(args + ['--workdir', str(killed)])
   assert code == 0, err[-3000:]
-  assert 'Resumed from checkpoint at step' in err
+  assert 'Resumed from checkpoint at step 3' in caplog.text
   (step_a, a), (step_b, b) = checkpoint.read_state(str(straight)), checkpoint.read_state(
       str(killed))
   assert step_a == step_b == 6
