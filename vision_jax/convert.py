@@ -262,7 +262,10 @@ def convert(source: str, arch: str, weights_path: str, output: str, *,
   from vision_jax.detection import torchvision_weights  # pylint: disable=g-import-not-at-top
   if source == 'torchvision' and arch in torchvision_weights.ARCHS:  # A detector.
     from vision_jax.detection import torchvision_workdir  # pylint: disable=g-import-not-at-top
-    return torchvision_workdir.convert(arch, weights_path, output)
+    output = _check_output(output)  # Before the slow part: fail fast.
+    arrays, config, dataset, provenance = torchvision_workdir.prepare(arch, weights_path)
+    write_workdir(arrays, config, dataset, provenance, output)
+    return provenance
   transform, note = _eval_transform(eval_transform, source, image_size, crop_fraction,
                                     interpolation)
   output = _check_output(output)  # Before the slow part: fail fast.

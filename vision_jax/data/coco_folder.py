@@ -25,8 +25,8 @@ import os
 
 import numpy as np
 
-from vision_jax.data.detection_sources import DetectionDataError
-from vision_jax.data.detection_sources import check_boxes
+from vision_jax.data.detection_boxes import DetectionDataError
+from vision_jax.data.detection_boxes import check_boxes
 
 
 def annotation_path(root: str, split: str) -> str:

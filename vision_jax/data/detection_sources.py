@@ -20,7 +20,8 @@ from typing import Sequence
 
 import numpy as np
 
-from vision_jax.errors import UserError
+from vision_jax.data.detection_boxes import DetectionDataError  # pylint: disable=unused-import
+from vision_jax.data.detection_boxes import check_boxes
 
 COCO_PREFIX = 'coco_folder:'
 TFDS = ('coco/2017', 'voc/2007')
@@ -30,11 +31,6 @@ COCO_CATEGORY_IDS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 
                      43, 44, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61,
                      62, 63, 64, 65, 67, 70, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 84,
                      85, 86, 87, 88, 89, 90)
-BOX_TOLERANCE = 1.0  # Pixels a box may reach past its image (rounding in tools); clipped.
-
-
-class DetectionDataError(UserError):
-  """A detection example or dataset option that cannot work; names the example."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,34 +40,6 @@ class DetectionInfo:
   channels: int
   image_size: int                      # 0 when the images' sizes vary.
   category_ids: tuple[int, ...] | None  # Class index -> the id results JSON uses.
-
-
-def check_boxes(boxes: np.ndarray, classes: np.ndarray, height: int, width: int,
-                num_classes: int, where: str, *, names: Sequence[str] = ()
-                ) -> np.ndarray:
-  """The boxes clipped to the image, after checking them; raises DetectionDataError for a
-  box outside its image (by more than BOX_TOLERANCE), a degenerate box or a class id
-  outside 0..num_classes-1. `names[j]`: what to call box j (default 'box j')."""
-  boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
-  classes = np.asarray(classes).reshape(-1)
-  label = lambda j: names[j] if names else f'box {j}'
-  for j, (x1, y1, x2, y2) in enumerate(boxes):
-    if not (x2 > x1 and y2 > y1):
-      raise DetectionDataError(
-          f'{where}: {label(j)} (x1, y1, x2, y2) = ({x1:g}, {y1:g}, {x2:g}, {y2:g}) has no '
-          'area (a width or height <= 0). Fix or delete this annotation (COCO bboxes are '
-          '[x, y, width, height] with width, height > 0).')
-    if (x1 < -BOX_TOLERANCE or y1 < -BOX_TOLERANCE or x2 > width + BOX_TOLERANCE
-        or y2 > height + BOX_TOLERANCE):
-      raise DetectionDataError(
-          f'{where}: {label(j)} (x1, y1, x2, y2) = ({x1:g}, {y1:g}, {x2:g}, {y2:g}) lies '
-          f'outside its {width}x{height} (WxH) image. Fix this annotation (boxes are in the '
-          'pixels of the image file, as stored: EXIF rotation is not applied).')
-    if not 0 <= int(classes[j]) < num_classes:
-      raise DetectionDataError(
-          f'{where}: {label(j)} has class {int(classes[j])}, outside the {num_classes} '
-          'classes 0..{}. Fix the annotation or the class list.'.format(num_classes - 1))
-  return np.clip(boxes, 0, np.array([width, height, width, height], np.float32))
 
 
 class TfdsDetectionSource:

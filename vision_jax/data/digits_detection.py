@@ -82,7 +82,7 @@ class DigitsDetectionSource:
 
   def __init__(self, split: str):
     if split not in NUM_CANVASES:
-      from vision_jax.data.detection_sources import DetectionDataError  # pylint: disable=g-import-not-at-top
+      from vision_jax.data.detection_boxes import DetectionDataError  # pylint: disable=g-import-not-at-top
       raise DetectionDataError(f'digits_detection has the splits '
                                f'{", ".join(NUM_CANVASES)}; got {split!r}.')
     self.images, self.boxes, self.classes = make_split(split)

@@ -5,7 +5,8 @@
   python -m vision_jax.main --mode=predict --workdir /tmp/vision_jax/tv_fcos --images a.jpg
 
 As convert.py's classifiers: config.json, dataset.json, conversion.json and checkpoints/0
-(convert.write_workdir), the arrays mapped by torchvision_weights.convert_detector. The
+(convert.write_workdir writes what `prepare` returns), the arrays mapped by
+torchvision_weights.convert_detector. The
 config is the detection task with torchvision's inference settings: ImageNet
 normalisation, images resized to shorter side 800 with the longer at most 1333 (padded to
 1344 x 1344), the detector's own score and NMS thresholds, 100 detections; the classes are
@@ -39,6 +40,7 @@ COCO_CATEGORY_NAMES = (
     'vase', 'scissors', 'teddy bear', 'hair drier', 'toothbrush',
 )
 IMAGE_SIZE, MIN_SIZE, MAX_SIZE = 1344, 800, 1333
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def make_config(arch: str):
@@ -60,21 +62,20 @@ def make_config(arch: str):
   return config
 
 
-def convert(arch: str, weights_path: str, output: str) -> dict:
-  """The whole conversion of a torchvision detector; returns conversion.json's content."""
-  from vision_jax import convert as convert_lib  # pylint: disable=g-import-not-at-top
+def prepare(arch: str, weights_path: str) -> tuple[dict, object, dict, dict]:
+  """(arrays by parameter path, config, dataset.json, conversion.json) of a torchvision
+  detector's weights; convert.py writes them as a workdir (convert.write_workdir)."""
   from vision_jax.data import eval_transform  # pylint: disable=g-import-not-at-top
-  output = convert_lib._check_output(output)  # pylint: disable=protected-access
-  weights = convert_lib.read_weights(weights_path)
+  from vision_jax.pretrained_weights import read_weights  # pylint: disable=g-import-not-at-top
+  weights = read_weights(weights_path)
   arrays = torchvision_weights.convert_detector(weights, arch, weights_path)
   classes = torchvision_weights.num_classes(weights, arch)
   names = (list(COCO_CATEGORY_NAMES) if classes == len(COCO_CATEGORY_NAMES)
            else [str(k) for k in range(classes)])
-  mean, std = convert_lib.IMAGENET_MEAN, convert_lib.IMAGENET_STD
-  fill = tuple(int(round(255 * m)) for m in mean)
+  fill = tuple(int(round(255 * m)) for m in IMAGENET_MEAN)
   dataset = {'num_classes': classes, 'image_size': IMAGE_SIZE, 'channels': 3,
-             'class_names': names, 'mean': list(mean), 'std': list(std), 'num_train': 0,
-             'eval_sizes': {}, 'train_image_size': IMAGE_SIZE,
+             'class_names': names, 'mean': list(IMAGENET_MEAN), 'std': list(IMAGENET_STD),
+             'num_train': 0, 'eval_sizes': {}, 'train_image_size': IMAGE_SIZE,
              'eval_transform': eval_transform.EvalTransform(
                  'fit_and_pad', IMAGE_SIZE, channels=3, fill=fill).to_json()}
   provenance = {'source': 'torchvision', 'weights': os.path.abspath(weights_path),
@@ -83,6 +84,5 @@ def convert(arch: str, weights_path: str, output: str) -> dict:
                 'eval_transform_note': f'resize to shorter side {MIN_SIZE}, longer at most '
                 f'{MAX_SIZE}, pad to {IMAGE_SIZE}', 'class_names':
                 'torchvision COCO categories' if classes == 91 else 'indices'}
-  arrays = {k: np.asarray(v) for k, v in arrays.items()}
-  convert_lib.write_workdir(arrays, make_config(arch), dataset, provenance, output)
-  return provenance
+  return ({k: np.asarray(v) for k, v in arrays.items()}, make_config(arch), dataset,
+          provenance)
