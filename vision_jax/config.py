@@ -148,11 +148,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh.fsdp_min_mib = 4.0         # Arrays smaller than this stay replicated under FSDP.
   c.mesh.slices = 1                 # Multi-slice TPU: the data axis over this many slices.
   c.task = ml_collections.ConfigDict()  # What is trained: vision_jax/tasks.
-  c.task.name = 'classification'    # 'classification' | 'segmentation' | 'simclr' | 'byol' | 'gan'.
+  c.task.name = 'classification'    # 'classification' | 'segmentation' | 'detection' | 'simclr' | 'byol' | 'gan'.
   c.task.ignore_label = 255         # segmentation: label-map value that is no class.
   c.task.num_classes = 0            # segmentation folder without classes.txt: its classes.
-  c.task.scale_range = (0.5, 2.0)   # segmentation: random scale of the training crop.
-  c.task.flip = True                # segmentation: random horizontal flip.
+  c.task.scale_range = (0.5, 2.0)   # segmentation, detection: random scale of the training crop.
+  c.task.flip = True                # segmentation, detection: random horizontal flip.
   c.task.pets_border = 'ignore'     # oxford_iiit_pet trimap border: 'ignore' | 'class'.
   c.task.views = 'simclr'           # simclr, byol: two-view recipe (data/two_views.py): simclr | byol.
   c.task.crop_min_scale = 0.08      # simclr: smallest random-resized-crop area.
@@ -178,6 +178,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.task.kid_subset_size = 1000     # ... of this many samples (fewer if the split is smaller).
   c.task.sample_seed = 0            # gan: the latents of evaluation and predict.
   c.task.num_samples = 64           # gan predict: samples in the grid (per class if conditional).
+  c.task.max_boxes = 100             # detection: ground-truth boxes per image (padded, masked).
+  c.task.max_detections = 100        # detection: boxes per image after NMS (COCO reads 100).
+  c.task.score_thresh = -1.0         # detection: minimum score; -1 = the detector's own.
+  c.task.min_size = 0                # detection: shorter side resized to this (0: fit image_size) ...
+  c.task.max_size = 0                # ... longer side at most this (0: image_size); padded to image_size.
+  c.task.min_box_size = 2.0          # detection: boxes narrower / shorter than this after a crop (px) are dropped.
   return c
 
 

@@ -114,6 +114,17 @@ RANGES: dict[str, tuple[str, str]] = {
                          'classes.txt (0 = from classes.txt)'),
     'task.scale_range': ('each float (0, 100]', 'the random scale (low, high) of the '
                          'segmentation training crop'),
+    'task.max_boxes': ('int [1, 10000]', 'the ground-truth boxes a detection example holds '
+                       '(padded with a mask)'),
+    'task.max_detections': ('int [1, 10000]', 'the detections kept per image after NMS'),
+    'task.score_thresh': ('float [0, 1) or -1', 'the lowest detection score kept (-1 = the '
+                          'detector\'s own: FCOS 0.2, RetinaNet 0.05)'),
+    'task.min_size': ('int [1, 16384] or 0', 'the shorter side detection images are resized '
+                      'to (0 = fit in image_size)'),
+    'task.max_size': ('int [1, 16384] or 0', 'the cap on the longer side of a resized '
+                      'detection image (0 = image_size)'),
+    'task.min_box_size': ('float [0, 10000]', 'the width and height under which a cropped '
+                          'box is dropped (pixels)'),
     'task.crop_min_scale': ('float (0, 1]', 'the smallest SimCLR crop area'),
     'task.color_jitter_strength': ('float [0, 10]', 'SimCLR\'s colour distortion strength s'),
     'task.temperature': ('float (0, 100]', 'the NT-Xent temperature'),

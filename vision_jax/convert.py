@@ -259,6 +259,13 @@ def convert(source: str, arch: str, weights_path: str, output: str, *,
   """The whole conversion; returns the provenance written to conversion.json."""
   if source not in SOURCES:
     raise ConversionError(f'Unknown source {source!r}; use one of {", ".join(SOURCES)}.')
+  from vision_jax.detection import torchvision_weights  # pylint: disable=g-import-not-at-top
+  if source == 'torchvision' and arch in torchvision_weights.ARCHS:  # A detector.
+    from vision_jax.detection import torchvision_workdir  # pylint: disable=g-import-not-at-top
+    output = _check_output(output)  # Before the slow part: fail fast.
+    arrays, config, dataset, provenance = torchvision_workdir.prepare(arch, weights_path)
+    write_workdir(arrays, config, dataset, provenance, output)
+    return provenance
   transform, note = _eval_transform(eval_transform, source, image_size, crop_fraction,
                                     interpolation)
   output = _check_output(output)  # Before the slow part: fail fast.
@@ -295,7 +302,9 @@ def main(argv: list[str] | None = None) -> int:
       '--output DIR.')
   parser.add_argument('source', choices=SOURCES, help='Whose weights these are.')
   parser.add_argument('--arch', required=True, help='Our model: resnet18/34/50/101/152 '
-                      '(torchvision, timm) or bit_r50x1/bit_r50x3/bit_r101x1 (bit).')
+                      '(torchvision, timm), bit_r50x1/bit_r50x3/bit_r101x1 (bit), or a '
+                      'torchvision detector: fcos_resnet50_fpn, retinanet_resnet50_fpn, '
+                      'retinanet_resnet50_fpn_v2.')
   parser.add_argument('--weights', required=True, help='.safetensors, .pth/.pt or BiT .npz.')
   parser.add_argument('--output', required=True, help='New workdir to write.')
   parser.add_argument('--eval_transform', choices=sorted(EVAL_TRANSFORMS), default=None,

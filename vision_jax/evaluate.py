@@ -99,8 +99,8 @@ def write_results(workdir: str, step: int, results: dict[str, dict],
                   class_names: Sequence[str]) -> dict:
   """results.json, confusion_<split>.json and confusion_<split>.png for checkpoint `step`.
 
-  `results` maps splits to `summarize` outputs; their confusion matrices go to their own
-  files. results.json always describes one checkpoint (its "step"): splits of the same
+  `results` maps splits to `summarize` outputs; their confusion matrices and 'json_files'
+  ({stem: object} -> <stem>_<split>.json) go to their own files. results.json always describes one checkpoint (its "step"): splits of the same
   step are merged, another step starts the file afresh. Returns what results.json holds.
   Writes on process 0 only.
   """
@@ -109,6 +109,9 @@ def write_results(workdir: str, step: int, results: dict[str, dict],
   results = {split: dict(r) for split, r in results.items()}
   confusions = {split: r.pop('confusion_matrix') for split, r in results.items()
                 if 'confusion_matrix' in r}
+  # A summary's 'json_files' {stem: JSON-able object} go to <stem>_<split>.json (e.g. a
+  # detection split's COCO results), not into results.json.
+  files = {split: r.pop('json_files') for split, r in results.items() if 'json_files' in r}
   path = os.path.join(workdir, 'results.json')
   old = {}
   if os.path.exists(path):
@@ -130,6 +133,9 @@ def write_results(workdir: str, step: int, results: dict[str, dict],
     with outputs.atomic(os.path.join(workdir, f'confusion_{split}.png')) as tmp:
       visualize.write_confusion(np.asarray(counts), names, tmp,
                                 title=f'{split}, step {step}')
+  for split, named in files.items():
+    for stem, obj in named.items():
+      write_json(os.path.join(workdir, f'{stem}_{split}.json'), obj)
   write_json(path, out)
   return out
 

@@ -6,14 +6,16 @@ writes W/export/:
 
   model.stablehlo      jax.export of serve(weights, images) -> the task's eval output
                        (class logits [N, K], per-pixel logits [N, H, W, K], features
-                       [N, F]; metadata.json's output.meaning says which): the run's
+                       [N, F], a detector's {boxes, scores, classes, num_detections};
+                       metadata.json's output.meaning says which): the run's
                        normalisation + the model in eval mode, for uint8 NHWC images of any
                        batch size (a symbolic batch dimension), lowered for CPU, CUDA and TPU
   weights.npz          the arrays `weights` stands for (w0000, w0001, ...), in order
   metadata.json        input shape and dtype, normalisation, class names, step, files
   saved_model/<step>/  the same function as a TF SavedModel (jax2tf, weights as variables):
                        signature serving_default(images: uint8[None, H, W, C]) ->
-                       {logits, probabilities}; <step> is the version TF Serving serves
+                       {logits, probabilities} (or the named outputs as they are);
+                       <step> is the version TF Serving serves
 
 Weights travel next to the function rather than inside it as constants, so the StableHLO
 stays small and a 100 MB ResNet does not become a 100 MB program. `load(dir)` needs only
@@ -89,8 +91,9 @@ class Served:
       raise ValueError(f'Expected uint8 images of shape (N, {shape}), got {images.dtype} '
                        f"{images.shape}: resize to the model's input size with its channel "
                        'count first.')
-    logits = np.asarray(self._call(self._weights, images))
-    return logits[0] if single else logits
+    import jax  # pylint: disable=g-import-not-at-top
+    out = jax.tree.map(np.asarray, self._call(self._weights, images))  # A dict for detectors.
+    return jax.tree.map(lambda x: x[0], out) if single else out
 
   def _call_inputs(self, *arrays: np.ndarray) -> np.ndarray:
     """A task whose function takes named inputs (metadata['inputs']), in that order."""
@@ -108,7 +111,8 @@ class Served:
                          f'the other inputs, got {array.dtype} {array.shape}.')
       batch = len(array)
       checked.append(array.astype(spec['dtype']))
-    return np.asarray(self._call(self._weights, *checked))
+    import jax  # pylint: disable=g-import-not-at-top
+    return jax.tree.map(np.asarray, self._call(self._weights, *checked))
 
   def probabilities(self, images: np.ndarray) -> np.ndarray:
     logits = self(images)
@@ -165,6 +169,8 @@ def _write_saved_model(serve, weights: list[np.ndarray], inputs: dict, path: str
   @tf.function(input_signature=signature, autograph=False)
   def serving_default(*args):
     out = tf_serve(module.weights, *args)
+    if isinstance(out, dict):  # Named outputs (a detector's boxes, scores, ...): as they are.
+      return dict(out)
     if list(inputs) != ['images']:
       return {'outputs': out}
     return {'logits': out, 'probabilities': tf.nn.softmax(out)}
@@ -182,6 +188,19 @@ def eval_preprocessing(dataset: dict, convert_channels: int = 0) -> dict:
   spec = eval_transform.EvalTransform.from_dataset_json(dataset, convert_channels).to_json()
   spec['description'] += ' (Served.prepare does it)'
   return spec
+
+
+def _output_spec(shape, task, *, images: bool) -> dict:
+  """metadata.json's 'output': for one array {'logits': [None, ...], 'dtype'} (an image
+  task) or {'shape': [None, ...], 'dtype'} (another input, e.g. a generator's latents), or
+  {'outputs': {name: {'shape', 'dtype'}}} for named ones (a detector's boxes, scores,
+  classes, num_detections); with the task and its words for them."""
+  described = {'task': task.name, 'meaning': task.served_outputs}
+  if isinstance(shape, dict):
+    return {'outputs': {k: {'shape': [None] + list(v.shape[1:]), 'dtype': str(v.dtype)}
+                        for k, v in shape.items()}, **described}
+  return {('logits' if images else 'shape'): [None] + list(shape.shape[1:]),
+          'dtype': str(shape.dtype), **described}
 
 
 def export(loaded, export_dir: str, *, saved_model: bool = True) -> dict:
@@ -206,10 +225,8 @@ def export(loaded, export_dir: str, *, saved_model: bool = True) -> dict:
       'model': loaded.config.model.name,
       'inputs': {name: {'shape': [None, *shape], 'dtype': dtype}
                  for name, (shape, dtype) in inputs.items()},
-      'output': {('logits' if list(inputs) == ['images'] else 'shape'):
-                 [None] + list(jax.eval_shape(serve, specs[0], *one).shape[1:]),
-                 'dtype': str(jax.eval_shape(serve, specs[0], *one).dtype),
-                 'task': loaded.task.name, 'meaning': loaded.task.served_outputs},
+      'output': _output_spec(jax.eval_shape(serve, specs[0], *one), loaded.task,
+                             images=list(inputs) == ['images']),
       'num_classes': loaded.num_classes,
       'class_names': loaded.class_names,
       'num_weights': len(weights),

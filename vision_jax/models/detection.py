@@ -135,7 +135,8 @@ class DetectorResNet(resnet.ResNet):
   TASK = 'detection'
   KIND = 'fcos'
 
-  def __init__(self, num_classes: int, *, fpn_channels: int = 256, head_depth: int = 4,
+  def __init__(self, num_classes: int, *, width: int = 64, fpn_channels: int = 256,
+               head_depth: int = 4,
                prior_probability: float = 0.01, frozen_batch_norm: bool | None = None,
                bn_epsilon: float = 1e-5, center_sampling_radius: float = 1.5,
                in_channels: int = 3, dtype='float32', remat: str = 'none',
@@ -151,8 +152,8 @@ class DetectorResNet(resnet.ResNet):
     if not 0 < prior_probability < 1:
       raise ConfigError(f'config.model.prior_probability={prior_probability} must be in '
                         '(0, 1): the initial probability of every class.')
-    super().__init__(num_classes, in_channels=in_channels, dtype=dtype, remat=remat,
-                     kernels=kernels, rngs=rngs)
+    super().__init__(num_classes, width=width, in_channels=in_channels, dtype=dtype,
+                     remat=remat, kernels=kernels, rngs=rngs)
     compute = layers.as_dtype(dtype)
     self.frozen_batch_norm = (self.KIND != 'retinanet_v2' if frozen_batch_norm is None
                               else bool(frozen_batch_norm))
@@ -160,7 +161,7 @@ class DetectorResNet(resnet.ResNet):
       if isinstance(module, layers.BatchNorm):
         module.epsilon = float(bn_epsilon)
     expansion = 4 if self.BLOCK == 'bottleneck' else 1
-    stage_channels = [64 * 2**i * expansion for i in range(1, 4)]
+    stage_channels = [width * 2**i * expansion for i in range(1, 4)]
     self.fpn = fpn_lib.FPN(stage_channels, fpn_channels,
                            p6_input='c5' if self.KIND == 'retinanet_v2' else 'p5',
                            dtype=compute, kernels=kernels, rngs=rngs)

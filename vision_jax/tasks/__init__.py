@@ -3,6 +3,8 @@
   classification  one label per image: softmax cross-entropy, top-1/top-5 (the default)
   segmentation    one label per pixel: dense heads (models/segmentation.py), per-pixel
                   cross-entropy with an ignore label, confusion-matrix mIoU
+  detection       boxes and classes: FCOS / RetinaNet (models/detection.py), COCO mAP by
+                  pycocotools
   simclr          no labels in training: two views per image, NT-Xent over the global
                   batch; evaluated by k-NN accuracy of the backbone's features
   byol            two views, an online network (+ predictor) regressing the projections
@@ -64,6 +66,7 @@ from vision_jax.errors import UserError
 _REGISTRY = {
     'classification': 'vision_jax.tasks.classification:Classification',
     'segmentation': 'vision_jax.tasks.segmentation:Segmentation',
+    'detection': 'vision_jax.tasks.detection:Detection',
     'simclr': 'vision_jax.tasks.simclr:SimCLR',
     'byol': 'vision_jax.tasks.byol:BYOL',
     'gan': 'vision_jax.tasks.gan:GAN',
