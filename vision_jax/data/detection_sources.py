@@ -40,6 +40,8 @@ class DetectionInfo:
   channels: int
   image_size: int                      # 0 when the images' sizes vary.
   category_ids: tuple[int, ...] | None  # Class index -> the id results JSON uses.
+  size_note: str = ('vary in size (a detector resizes them by task.min_size / max_size and '
+                    'pads them to config.dataset.image_size, e.g. 1344 for COCO at 800 / 1333)')
 
 
 class TfdsDetectionSource:

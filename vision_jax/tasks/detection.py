@@ -27,7 +27,6 @@ import dataclasses
 from typing import Callable
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
@@ -84,48 +83,31 @@ class Detection(tasks.Task):
 
   def build_data(self, shard, *, augment_on_device: bool = False):
     del augment_on_device  # The joint transform runs on the host.
-    config = self.config
     # pylint: disable=g-import-not-at-top
     from vision_jax.data import detection_sources
     from vision_jax.data import eval_transform
     from vision_jax.data import input_pipeline
-    from vision_jax.data import preprocess
-    ds = config.dataset
-    opts = dict(data_dir=ds.data_dir, download=ds.download, channels=ds.channels)
-    train_src, info = detection_sources.open_split(ds.name, ds.train_split, **opts)
-    size = ds.image_size or info.image_size
-    if not size:
-      raise ConfigError(f'The images of {ds.name!r} vary in size: set '
-                        'config.dataset.image_size, the padded input (e.g. 1344 for COCO '
-                        'with task.min_size=800, task.max_size=1333).')
-    channels = ds.channels or info.channels
-    mean, std = preprocess.mean_std(ds.mean, ds.std, ds.normalization, channels)
-    train_fn = self.transform(size, channels, mean, train=True)
-    eval_fn = self.transform(size, channels, mean, train=False)
-    self.category_ids = info.category_ids
-    evals, eval_sizes, evals_in_memory = {}, {}, True
-    for split in ds.eval_splits:
-      src, _ = detection_sources.open_split(ds.name, split, **opts)
-      evals[split] = input_pipeline.eval_dataset(src, eval_fn, global_batch=config.eval.batch_size,
-                                                 shard=shard)
-      eval_sizes[split] = len(src)
-      evals_in_memory &= input_pipeline.in_memory(src)
-    workers = ds.num_workers
-    return input_pipeline.Data(
-        train=input_pipeline.train_dataset(train_src, train_fn,
-                                           global_batch=config.train.batch_size,
-                                           seed=config.seed, shard=shard),
-        evals=evals, eval_sizes=eval_sizes, num_train=len(train_src),
-        num_classes=info.num_classes, image_size=size, channels=channels,
-        class_names=list(info.class_names), mean=mean, std=std,
-        eval_transform=eval_transform.EvalTransform('fit_and_pad', size, channels=channels,
-                                                    fill=eval_fn.fill if isinstance(
-                                                        eval_fn.fill, tuple) else ()),
-        train_preprocess='detection_resize_flip_crop',
-        num_threads=4 if ds.num_threads < 0 else ds.num_threads,
-        num_workers=input_pipeline.auto_workers(input_pipeline.in_memory(train_src))
-        if workers == -1 else workers,
-        eval_workers=input_pipeline.auto_workers(evals_in_memory) if workers == -1 else workers)
+    ds = self.config.dataset
+
+    def open_split(split: str):
+      source, info = detection_sources.open_split(ds.name, split, data_dir=ds.data_dir,
+                                                  download=ds.download, channels=ds.channels)
+      if split == ds.train_split:
+        self.category_ids = info.category_ids
+      return source, info
+
+    def make_transforms(layout):
+      eval_fn = self.transform(layout.size, layout.channels, layout.mean, train=False)
+      fill = eval_fn.fill if isinstance(eval_fn.fill, tuple) else ()
+      return input_pipeline.Transforms(
+          train=self.transform(layout.size, layout.channels, layout.mean, train=True),
+          eval=eval_fn,
+          eval_transform=eval_transform.EvalTransform('fit_and_pad', layout.size,
+                                                      channels=layout.channels, fill=fill),
+          train_preprocess='detection_resize_flip_crop')
+
+    return input_pipeline.assemble(self.config, shard, open_split=open_split,
+                                   make_transforms=make_transforms)
 
   def batch_spec(self, data) -> dict:
     b, s, m = self.config.train.batch_size, data.image_size, self.config.task.max_boxes
