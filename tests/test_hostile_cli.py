@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from cli_in_process import one_paragraph, run_main
 from conftest import REPO, run_cli
 
 RUN = ['--config', 'configs/default.py', '--config.train.steps=20',
@@ -107,17 +108,30 @@ def test_a_stale_lock_of_a_killed_run_is_taken_over(tmp_path, data_dir, trained)
     ("--config.optim.learning_rate=nan", ('learning_rate', 'nan')),
     ("--config.checkpoint.keep_best=test/acc", ('test/acc', 'test/accuracy', 'test/loss')),
     ("--config.model.dtype=bf17", ('bf17', 'bfloat16', 'bf16')),
-    ('--config.dataset.image_size=2', ('config.dataset.image_size', 'at least 4x4')),
+    ('--config.dataset.image_size=2', ('dataset.image_size: 0 -> 2', 'keys that define it')),
     ('--config.train.batch_size=2000000', ('does not fit in memory', 'batch of about')),
 ])
 def test_a_rejected_run_changes_nothing(tmp_path, data_dir, trained, override, needles):
   workdir = _copy(trained, tmp_path)
   before = _hashes(workdir)
-  proc = run_cli(RUN + ['--workdir', str(workdir), '--config.train.steps=30', override],
-                 data_dir)
-  _one_paragraph(proc, *needles)
+  # The CLI's entry function in this process: a refusal is about messages and files.
+  one_paragraph(*run_main(RUN + ['--workdir', str(workdir), '--config.train.steps=30',
+                                 override]), *needles)
   assert _hashes(workdir) == before
-  again = run_cli(['--mode=eval', '--workdir', str(workdir)], data_dir)  # Still usable.
+
+
+def test_an_image_too_small_for_the_model_is_refused(tmp_path, data_dir):
+  one_paragraph(*run_main(RUN + ['--workdir', str(tmp_path / 'small'),
+                                 '--config.dataset.image_size=2']),
+                'config.dataset.image_size', 'at least 4x4')
+
+
+def test_a_workdir_that_refused_a_run_still_evaluates(tmp_path, data_dir, trained):
+  workdir = _copy(trained, tmp_path)
+  proc = run_cli(RUN + ['--workdir', str(workdir), '--config.train.steps=30',
+                        '--config.optim.learning_rate=nan'], data_dir)
+  _one_paragraph(proc, 'learning_rate', 'nan')
+  again = run_cli(['--mode=eval', '--workdir', str(workdir)], data_dir)
   assert again.returncode == 0, again.stderr[-3000:]
 
 

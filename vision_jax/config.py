@@ -309,6 +309,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, task=None):
           f'{max(1, round(config[section][key] / num_devices)) * num_devices} (every device '
           f'takes an equal share of the batch; {mesh}), or a device count that divides it.')
   _check_recipe(config, accepted)
+  from vision_jax import optim  # pylint: disable=g-import-not-at-top
+  if config.optim.name not in optim.OPTIMIZERS:
+    raise ConfigError(f'config.optim.name={config.optim.name!r} is not an optimiser here; use '
+                      f'one of {", ".join(map(repr, optim.OPTIMIZERS))}.')
   accum = config.optim.accum_steps
   if isinstance(accum, int) and accum > 1 and config.train.batch_size % (num_devices * accum):
     raise ConfigError(
