@@ -185,17 +185,21 @@ def claim(workdir: str, config) -> dict:
   {'run', 'workdir', 'run_keys', 'config_fingerprint'}. Every process of a multi-host
   run returns the same (process 0 writes run.json)."""
   import jax  # pylint: disable=g-import-not-at-top
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   run = check_resume(workdir, config)
+  # Every process takes the same barriers, whatever it read: all have read the workdir
+  # before process 0 writes run.json, and all read it back after.
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices('vision_jax: run identity checked')
+  if run is None and jax.process_index() == 0:
+    from vision_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+    workdir_lib.write_json(os.path.join(workdir, RUN_FILE), {
+        'run': uuid.uuid4().hex, 'host': socket.gethostname(),
+        'started': time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime()),
+        'workdir': workdir})
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices('vision_jax: run.json written')
   if run is None:
-    if jax.process_index() == 0:
-      from vision_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
-      workdir_lib.write_json(os.path.join(workdir, RUN_FILE), {
-          'run': uuid.uuid4().hex, 'host': socket.gethostname(),
-          'started': time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime()),
-          'workdir': workdir})
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-      multihost_utils.sync_global_devices('vision_jax: run.json written')
     run = read_run(workdir)
     if run is None:
       raise RunIdentityError(f'{os.path.join(workdir, RUN_FILE)} could not be written or '
