@@ -110,7 +110,7 @@ def write_results(workdir: str, step: int, results: dict[str, dict],
   confusions = {split: r.pop('confusion_matrix') for split, r in results.items()
                 if 'confusion_matrix' in r}
   # A summary's 'json_files' {stem: JSON-able object} go to <stem>_<split>.json (e.g. a
-  # detection split's COCO results), not into results.json.
+  # split's predictions in a format other tools read), not into results.json.
   files = {split: r.pop('json_files') for split, r in results.items() if 'json_files' in r}
   path = os.path.join(workdir, 'results.json')
   old = {}

@@ -4,10 +4,10 @@
 
 writes W/export/:
 
-  model.stablehlo      jax.export of serve(weights, images) -> the task's eval output
-                       (class logits [N, K], per-pixel logits [N, H, W, K], features
-                       [N, F], a detector's {boxes, scores, classes, num_detections};
-                       metadata.json's output.meaning says which): the run's
+  model.stablehlo      jax.export of serve(weights, images) -> the task's served output
+                       (one array, e.g. logits, or named arrays, e.g. boxes and scores;
+                       other inputs than images where the task serves them: metadata.json's
+                       inputs, output and output.meaning say which): the run's
                        normalisation + the model in eval mode, for uint8 NHWC images of any
                        batch size (a symbolic batch dimension), lowered for CPU, CUDA and TPU
   weights.npz          the arrays `weights` stands for (w0000, w0001, ...), in order
@@ -92,7 +92,7 @@ class Served:
                        f"{images.shape}: resize to the model's input size with its channel "
                        'count first.')
     import jax  # pylint: disable=g-import-not-at-top
-    out = jax.tree.map(np.asarray, self._call(self._weights, images))  # A dict for detectors.
+    out = jax.tree.map(np.asarray, self._call(self._weights, images))  # Named outputs: a dict.
     return jax.tree.map(lambda x: x[0], out) if single else out
 
   def _call_inputs(self, *arrays: np.ndarray) -> np.ndarray:
@@ -153,7 +153,7 @@ def _serve_fn(loaded):
 
 def _write_saved_model(serve, weights: list[np.ndarray], inputs: dict, path: str) -> None:
   """serve as a TF SavedModel (serving_default: uint8 images -> logits, probabilities;
-  other serving inputs (e.g. a generator's latents) -> {'outputs'})."""
+  other serving inputs (e.g. latents) -> {'outputs'})."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from jax.experimental import jax2tf  # pylint: disable=g-import-not-at-top
   module = tf.Module()
@@ -169,7 +169,7 @@ def _write_saved_model(serve, weights: list[np.ndarray], inputs: dict, path: str
   @tf.function(input_signature=signature, autograph=False)
   def serving_default(*args):
     out = tf_serve(module.weights, *args)
-    if isinstance(out, dict):  # Named outputs (a detector's boxes, scores, ...): as they are.
+    if isinstance(out, dict):  # Named outputs (e.g. boxes, scores): as they are.
       return dict(out)
     if list(inputs) != ['images']:
       return {'outputs': out}
@@ -192,9 +192,9 @@ def eval_preprocessing(dataset: dict, convert_channels: int = 0) -> dict:
 
 def _output_spec(shape, task, *, images: bool) -> dict:
   """metadata.json's 'output': for one array {'logits': [None, ...], 'dtype'} (an image
-  task) or {'shape': [None, ...], 'dtype'} (another input, e.g. a generator's latents), or
-  {'outputs': {name: {'shape', 'dtype'}}} for named ones (a detector's boxes, scores,
-  classes, num_detections); with the task and its words for them."""
+  task) or {'shape': [None, ...], 'dtype'} (other inputs, e.g. latents), or
+  {'outputs': {name: {'shape', 'dtype'}}} for named ones (e.g. boxes, scores, classes);
+  with the task and its words for them."""
   described = {'task': task.name, 'meaning': task.served_outputs}
   if isinstance(shape, dict):
     return {'outputs': {k: {'shape': [None] + list(v.shape[1:]), 'dtype': str(v.dtype)}
