@@ -138,6 +138,9 @@ import grain, numpy as np
 from vision_jax.data import folder, preprocess, stream, workers
 
 if __name__ == '__main__':  # Imports no TensorFlow: starts in seconds.
+  import signal  # As a process started from a shell, whatever the test process ignores.
+  signal.signal(signal.SIGINT, signal.default_int_handler)
+  signal.signal(signal.SIGTERM, signal.SIG_DFL)
   paths = sorted(glob.glob('{root}/*/*.jpg'))
   source = folder.FolderSource(paths, np.zeros(len(paths), np.int64))
   fn = preprocess.make_preprocess('inception', 32, train=True, channels=3)
