@@ -61,7 +61,7 @@ class Served:
                        for i in range(self.metadata['num_weights'])]
     self._call = jax.jit(exported.call)
     # Image tasks take uint8 images of this shape; others their named inputs (metadata
-    # 'inputs', e.g. a GAN's latents and labels), given to __call__ in that order.
+    # 'inputs', e.g. latents and labels), given to __call__ in that order.
     self.input_shape = (tuple(self.metadata['input']['shape'][1:])
                         if 'input' in self.metadata else None)
     self.inputs = self.metadata.get('inputs', {})

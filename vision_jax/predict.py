@@ -135,6 +135,17 @@ class EvalPreprocess:
 
 def load_image(path: str, prepare: EvalPreprocess) -> np.ndarray:
   """An image file -> the eval preprocessing's HWC uint8 array, or ImageError."""
+  return prepare(open_image(path))
+
+
+def read_image(path: str, channels: int) -> np.ndarray:
+  """An image file -> HWC uint8 at its own size with `channels`, or ImageError (for tasks
+  that map their outputs back to the image: masks, boxes)."""
+  return _channels(open_image(path), channels)
+
+
+def open_image(path: str) -> Image.Image:
+  """An image file, loaded and EXIF-transposed, or ImageError."""
   try:
     with Image.open(path) as image:
       image = ImageOps.exif_transpose(image)  # Photos: pixels as the camera meant them.
@@ -145,7 +156,7 @@ def load_image(path: str, prepare: EvalPreprocess) -> np.ndarray:
   except Exception as e:  # pylint: disable=broad-except
     # PIL reports a damaged or oversized file as OSError, SyntaxError, ValueError, ...
     raise ImageError(f'cannot be read ({type(e).__name__}: {e}).') from e
-  return prepare(image)
+  return image
 
 
 def read_images(inputs: Sequence[str], loaded) -> list[Item]:

@@ -9,7 +9,7 @@ before anything is built, moved or written.
 
 What defines a run (`run_keys`) may not change on resume, because the checkpoint would then
 mean something other than the config says: the task, the model's architecture (every
-model.* option except the compute options `dtype`, `fast_cpu_ops` and `remat`), the
+model.* option except the compute options, train_state.COMPUTE_OPTIONS), the
 training data and its labels (dataset.name, classes, train_split, the folder split's seed
 and test fraction, image_size, channels, task.num_classes) and the optimiser whose state the
 checkpoint holds (optim.name, optim.freeze). Everything else may change on resume and
@@ -37,7 +37,6 @@ RUN_FILE = 'run.json'
 _FIXED = ('task.name', 'task.num_classes', 'dataset.name', 'dataset.classes',
           'dataset.train_split', 'dataset.folder_split_seed', 'dataset.folder_test_fraction',
           'dataset.image_size', 'dataset.channels', 'optim.name', 'optim.freeze')
-_MODEL_COMPUTE_OPTIONS = ('dtype', 'fast_cpu_ops', 'remat')
 
 
 class RunIdentityError(UserError):
@@ -57,9 +56,10 @@ def run_keys(config) -> dict:
     node = config.get(section) if hasattr(config, 'get') else None
     if node is not None and key in node:
       out[dotted] = _plain(node[key])
+  from vision_jax import train_state  # pylint: disable=g-import-not-at-top
   model = config.get('model') or {}
   for key in sorted(model.keys()):
-    if key not in _MODEL_COMPUTE_OPTIONS:
+    if key not in train_state.COMPUTE_OPTIONS:
       out[f'model.{key}'] = _plain(model[key])
   return out
 

@@ -126,6 +126,11 @@ def _kernels(config: ml_collections.ConfigDict, mesh, platform: str | None) -> o
     raise ConfigError(str(e)) from e
 
 
+# config.model keys that change how the model computes, not what it computes (a run may
+# change them on resume: run_identity.py).
+COMPUTE_OPTIONS = ('dtype', 'fast_cpu_ops', 'remat')
+
+
 def model_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """config.model minus name and fast_cpu_ops: the keyword arguments of its constructor."""
   return {k: v for k, v in config.model.items() if k not in ('name', 'fast_cpu_ops')}

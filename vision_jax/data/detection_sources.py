@@ -77,16 +77,8 @@ class TfdsDetectionSource:
 
 
 def _tfds_split(name: str, split: str, data_dir: str, download: bool):
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  builder = tfds.builder(name, data_dir=data_dir or None)
-  if not builder.is_prepared():
-    if not download:
-      from vision_jax.data.sources import DatasetNotFoundError  # pylint: disable=g-import-not-at-top
-      raise DatasetNotFoundError(
-          f'Dataset {name!r} is not prepared in {builder.data_dir}. Prepare it once with '
-          f'`tfds build {name} --file_format=array_record` (with --data_dir=DIR if not the '
-          'default), or rerun with --config.dataset.download=True.')
-    builder.download_and_prepare(file_format='array_record')
+  from vision_jax.data import sources  # pylint: disable=g-import-not-at-top
+  builder = sources.prepared_tfds_builder(name, data_dir, download)
   try:
     source = builder.as_data_source(split=split)
   except (ValueError, KeyError) as e:

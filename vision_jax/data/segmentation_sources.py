@@ -96,16 +96,8 @@ def _tfds_builder(name: str, data_dir: str, download: bool) -> tfds.core.Dataset
   if name == 'digits_segmentation':
     from vision_jax.data import digits_segmentation  # pylint: disable=g-import-not-at-top
     return digits_segmentation.prepare(data_dir or None)
-  builder = tfds.builder(name, data_dir=data_dir or None)
-  if not builder.is_prepared():
-    if not download:
-      from vision_jax.data.sources import DatasetNotFoundError  # pylint: disable=g-import-not-at-top
-      raise DatasetNotFoundError(
-          f'Dataset {name!r} is not prepared in {builder.data_dir}. Prepare it once with '
-          f'`tfds build {name} --file_format=array_record` (with --data_dir=DIR if not the '
-          'default), or rerun with --config.dataset.download=True.')
-    builder.download_and_prepare(file_format='array_record')
-  return builder
+  from vision_jax.data import sources  # pylint: disable=g-import-not-at-top
+  return sources.prepared_tfds_builder(name, data_dir, download)
 
 
 SEGMENTATION_TFDS = ('oxford_iiit_pet', 'digits_segmentation')

@@ -151,6 +151,21 @@ class EncodedSource:
 # ----------------------------------------------------------------------------- tfds
 
 
+def prepared_tfds_builder(name: str, data_dir: str, download: bool
+                          ) -> tfds.core.DatasetBuilder:
+  """The tfds builder `name`, prepared (downloaded if `download`), or DatasetNotFoundError
+  saying how to prepare it (the segmentation and detection sources)."""
+  builder = tfds.builder(name, data_dir=data_dir or None)
+  if not builder.is_prepared():
+    if not download:
+      raise DatasetNotFoundError(
+          f'Dataset {name!r} is not prepared in {builder.data_dir}. Prepare it once with '
+          f'`tfds build {name} --file_format=array_record` (with --data_dir=DIR if not the '
+          'default), or rerun with --config.dataset.download=True.')
+    builder.download_and_prepare(file_format='array_record')
+  return builder
+
+
 def _builder(ds_cfg: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
   data_dir = _data_dir(ds_cfg)
   if ds_cfg.name == 'digits':

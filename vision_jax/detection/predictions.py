@@ -23,23 +23,11 @@ import jax
 import numpy as np
 from PIL import Image
 from PIL import ImageDraw
-from PIL import ImageOps
 
 # A few well-separated colours, cycled by class.
 _COLOURS = ((230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
             (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (0, 128, 128))
 _MAX_BATCH = 16
-
-
-def _read(path: str, channels: int) -> np.ndarray:
-  from vision_jax import predict  # pylint: disable=g-import-not-at-top
-  try:
-    with Image.open(path) as image:
-      image = ImageOps.exif_transpose(image)
-      image.load()
-  except Exception as e:  # pylint: disable=broad-except  # PIL's many failure types.
-    raise predict.ImageError(f'cannot be read as an image ({type(e).__name__}: {e}).') from e
-  return predict._channels(image, channels)  # pylint: disable=protected-access
 
 
 def detect_images(loaded, images: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
@@ -98,7 +86,7 @@ def write_detections(loaded, inputs: Sequence[str], *, output: str | None = None
   for item in items:
     if item.error is None:
       try:
-        item.image = _read(item.path, loaded.image_shape[2])
+        item.image = predict.read_image(item.path, loaded.image_shape[2])
       except predict.ImageError as e:
         item.error = str(e)
   good = [item for item in items if item.error is None]

@@ -30,7 +30,6 @@ import ml_collections
 import numpy as np
 from flax import nnx
 from PIL import Image
-from PIL import ImageOps
 
 from vision_jax import losses
 from vision_jax import mask_images
@@ -174,16 +173,6 @@ class Segmentation(tasks.Task):
 # segmentation_preprocess.fit_and_pad); the prediction of its unpadded region is resized
 # back to the image with nearest neighbour.
 
-def _read_any_size(path: str, channels: int) -> np.ndarray:
-  try:
-    with Image.open(path) as image:
-      image = ImageOps.exif_transpose(image)
-      image.load()
-  except Exception as e:  # pylint: disable=broad-except  # PIL's many failure types.
-    raise predict.ImageError(f'cannot be read as an image ({type(e).__name__}: {e}).') from e
-  return predict._channels(image, channels)  # pylint: disable=protected-access
-
-
 def segmentation_masks(loaded, images: Sequence[np.ndarray]) -> list[np.ndarray]:
   """Predicted HW class maps, one per HWC uint8 image of any size, at its own size."""
   size = loaded.image_shape[0]
@@ -222,7 +211,7 @@ def write_masks(loaded, inputs: Sequence[str], *, output: str | None = None) -> 
   for item in items:
     if item.error is None:
       try:
-        item.image = _read_any_size(item.path, loaded.image_shape[2])
+        item.image = predict.read_image(item.path, loaded.image_shape[2])
       except predict.ImageError as e:
         item.error = str(e)
   good = [item for item in items if item.error is None]
