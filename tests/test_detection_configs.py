@@ -6,6 +6,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 import tensorflow_datasets as tfds
 
 from vision_jax import config as config_lib
@@ -14,6 +15,7 @@ from vision_jax import tasks
 from vision_jax import train
 from vision_jax.data import detection_sources
 from vision_jax.data.stream import HostShard
+from vision_jax.errors import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPECTED = {'coco_fcos_resnet50_fpn': '39.2', 'coco_retinanet_resnet50_fpn': '36.4'}
@@ -72,16 +74,45 @@ def _shrink(config):
 
 
 def test_retinanet_config_trains_two_steps_on_mock_coco(tmp_path):
+  """With class_index='category_id' (torchvision's COCO label space, that of a converted
+  COCO workdir) the model has 91 classes, ground truth class k is COCO_CATEGORY_IDS[label]
+  and detections keep their index as category id; evaluation scores the 80 categories."""
   config = _shrink(_config('coco_retinanet_resnet50_fpn'))
   config.task.score_thresh = 0.005  # Untrained: every class at its prior 0.01.
+  config.task.class_index = 'category_id'
   config_lib.validate(config, 1)
+  ids = np.asarray(detection_sources.COCO_CATEGORY_IDS)
   with tfds.testing.mock_data(as_data_source_fn=_mock_source('coco')):
+    by_label, info = detection_sources.open_split('coco/2017', 'validation', download=True)
+    by_id, id_info = detection_sources.open_split('coco/2017', 'validation', download=True,
+                                                  class_index='category_id')
+    for i in range(len(by_label)):
+      np.testing.assert_array_equal(by_id[i]['classes'], ids[by_label[i]['classes']])
     train.train_and_evaluate(config, str(tmp_path))
+  assert (info.num_classes, info.category_ids) == (80, tuple(ids))
+  assert id_info.num_classes == 91 and id_info.category_ids is None
+  assert [id_info.class_names[k] for k in ids] == info.class_names
+  assert {id_info.class_names[k] for k in set(range(91)) - set(ids)} == {'N/A'}
   results = json.loads((tmp_path / 'results.json').read_text())
-  assert results['step'] == 2 and results['eval']['validation']['num_examples'] == 6
+  split = results['eval']['validation']
+  assert results['step'] == 2 and split['num_examples'] == 6
+  assert {k for k in split if k.startswith('AP/')} <= {f'AP/{n}' for n in info.class_names}
+  dataset = json.loads((tmp_path / 'dataset.json').read_text())
+  assert dataset['num_classes'] == 91
   detections = json.loads((tmp_path / 'detections_validation.json').read_text())
   assert detections and {d['image_id'] for d in detections} <= set(range(500, 506))
-  assert {d['category_id'] for d in detections} <= set(detection_sources.COCO_CATEGORY_IDS)
+  assert {d['category_id'] for d in detections} <= set(range(91))
+
+
+def test_category_id_indexing_is_refused_for_data_without_category_ids():
+  config = _shrink(_config('coco_fcos_resnet50_fpn'))
+  config.dataset.name, config.task.class_index = 'digits_detection', 'category_id'
+  task = tasks.build(config)
+  with pytest.raises(detection_sources.DetectionDataError, match='category ids'):
+    task.build_data(HostShard())
+  config.task.class_index = 'id'
+  with pytest.raises(ConfigError, match="class_index='id'"):
+    config_lib.validate(config, 1)
 
 
 def test_fcos_config_reads_mock_voc_with_difficult_as_crowd():
@@ -99,3 +130,29 @@ def test_fcos_config_reads_mock_voc_with_difficult_as_crowd():
   assert first.any() and (batch['crowd'][first.any(1), 0] == 1).all()  # Box 0 difficult.
   assert train_batch['boxes'].shape == (4, 100, 4) and set(train_batch) == set(
       task.batch_spec(data))
+
+
+def test_voc_recipe_fine_tunes_a_coco_detector_keeping_all_but_its_class_layer(tmp_path):
+  """configs/voc_fcos_from_coco.py from a (mock) COCO FCOS workdir with COCO's 91-class
+  label space: 20 new classes, only head/cls_logits re-initialised (at the focal prior),
+  everything else loaded; two steps on mocked voc/2007."""
+  recipe = _config('voc_fcos_from_coco')
+  config_lib.validate(recipe, 8)
+  coco = _shrink(_config('coco_fcos_resnet50_fpn'))
+  coco.task.class_index, coco.train.steps = 'category_id', 1
+  coco.dataset.eval_splits, coco.checkpoint.every_steps = (), 1
+  config_lib.validate(coco, 1)
+  with tfds.testing.mock_data(as_data_source_fn=_mock_source('coco')):
+    train.train_and_evaluate(coco, str(tmp_path / 'coco'))
+  config = _shrink(recipe)
+  config.init_from.checkpoint = str(tmp_path / 'coco')
+  config.dataset.eval_splits = ()
+  config_lib.validate(config, 1)
+  with tfds.testing.mock_data(as_data_source_fn=_mock_source('voc')):
+    train.train_and_evaluate(config, str(tmp_path / 'voc'))
+  report = json.loads((tmp_path / 'voc' / 'init_report.json').read_text())
+  assert sorted(report['reinitialized']) == ['head/cls_logits/bias', 'head/cls_logits/kernel']
+  loaded = report['loaded']
+  assert any(p.startswith('fpn/') for p in loaded) and 'head/bbox_ctrness/kernel' in loaded
+  assert any(p.startswith('head/cls_convs/') for p in loaded)
+  assert json.loads((tmp_path / 'voc' / 'dataset.json').read_text())['num_classes'] == 20

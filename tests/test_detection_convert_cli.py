@@ -30,3 +30,11 @@ def test_converted_fcos_workdir_detects_as_torchvision(tmp_path, capsys):
   cd.assert_detections_equal(ARCH, detections)
   assert convert.main(['torchvision', '--arch', ARCH, '--weights', str(weights),
                        '--output', str(out)]) == 2  # Never over a workdir.
+
+
+
+def test_converted_workdir_reads_coco_by_category_id_when_it_has_coco_classes():
+  from vision_jax.detection import torchvision_workdir
+  assert torchvision_workdir.make_config(ARCH, 91).task.class_index == 'category_id'
+  assert torchvision_workdir.make_config(ARCH, cd.ref.MODEL_NUM_CLASSES).task.class_index == (
+      'label')

@@ -171,3 +171,28 @@ def test_class_id_above_the_classes_is_named():
   with pytest.raises(UserError, match='box 1 has class 12, outside the 10 classes'):
     detection_sources.check_boxes(np.array([[0, 0, 4, 4], [1, 1, 3, 3]]), [1, 12], 8, 8, 10,
                                   'example 3')
+
+
+@pytest.mark.parametrize('min_size,max_size', [(48, 60), (0, 0), (0, 40)])
+def test_recorded_eval_transform_is_the_one_evaluation_runs(min_size, max_size):
+  """What dataset.json records (and predict and export run from it) gives the same input
+  pixels as the detection task's eval transform, for images smaller and larger than the
+  canvas, upscaled by min_size or shrunk by max_size."""
+  import os
+  from vision_jax import config_files
+  from vision_jax import tasks
+  from vision_jax.data.eval_transform import EvalTransform
+  from vision_jax.data.stream import HostShard
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  config = config_files.load_config_file(os.path.join(repo, 'configs', 'digits_detection.py'))
+  config.task.min_size, config.task.max_size = min_size, max_size
+  task = tasks.build(config)
+  data = task.build_data(HostShard())
+  recorded = EvalTransform.from_json(json.loads(json.dumps(data.describe()['eval_transform'])))
+  assert recorded.name == 'resize_and_pad'
+  evaluated = task.transform(data.image_size, data.channels, data.mean, train=False)
+  rng = np.random.default_rng(0)
+  for h, w in [(20, 30), (64, 64), (130, 50), (37, 90), (7, 200)]:
+    image = rng.integers(0, 256, (h, w, data.channels), np.uint8)
+    want = evaluated({'image': image, 'boxes': np.zeros((0, 4)), 'classes': []}, None)
+    np.testing.assert_array_equal(recorded(image), want['image'])

@@ -135,7 +135,7 @@ def test_json_round_trip_and_older_dataset_json():
   seg = EvalTransform.from_dataset_json({'image_size': 8, 'eval_preprocess': 'fit_and_pad',
                                          'mean': [0.5, 0.2, 0.0], 'eval_transform': 'note'})
   assert seg.fill == (128, 51, 0) and seg(np.zeros((4, 12, 3), np.uint8)).shape == (8, 8, 3)
-  with pytest.raises(eval_transform.EvalTransformError, match='fit_and_pad moves a mask'):
+  with pytest.raises(eval_transform.EvalTransformError, match='fit_and_pad moves labels'):
     seg.example_fn()
 
 

@@ -184,6 +184,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.task.min_size = 0                # detection: shorter side resized to this (0: fit image_size) ...
   c.task.max_size = 0                # ... longer side at most this (0: image_size); padded to image_size.
   c.task.min_box_size = 2.0          # detection: boxes narrower / shorter than this after a crop (px) are dropped.
+  c.task.class_index = 'label'       # detection: 'label' (0..K-1) | 'category_id' (index = the dataset's category id: COCO's 91, as torchvision's weights).
   return c
 
 

@@ -8,6 +8,10 @@
   voc/2007           tfds; 20 classes; 'difficult' objects count as crowd (ignored by the
                      evaluation, left out of training), as VOC's own metric ignores them.
   coco_folder:/root  a COCO-format folder (coco_folder.py): what labelling tools export.
+With class_index='category_id' (config.task.class_index) a class index is the dataset's
+category id instead of its position in the dataset's class list: COCO's 80 classes become
+indices 1..90 of 91 (the unused ids 'N/A'), the label space of torchvision's COCO weights,
+so a converted COCO detector evaluates on coco/2017 or a COCO folder as it was trained.
 tfds boxes are normalised (ymin, xmin, ymax, xmax); they become pixels here. Boxes of zero
 width or height, which COCO holds a few of, are dropped there, as torchvision's reference
 does; in a COCO folder (the user's own labels) they are an error naming the annotation.
@@ -76,6 +80,44 @@ class TfdsDetectionSource:
     return out
 
 
+class CategoryIndexed:
+  """A detection source whose classes are the dataset's category ids (module docstring)."""
+
+  def __init__(self, source: Sequence, category_ids: Sequence[int]):
+    self.source = source
+    self.ids = np.asarray(category_ids, np.int32)
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def __getitem__(self, i: int) -> dict:
+    example = dict(self.source[i])
+    example['classes'] = self.ids[np.asarray(example['classes'], np.int64)]
+    return example
+
+
+def index_by_category_id(source: Sequence, info: DetectionInfo, name: str
+                         ) -> tuple[Sequence, DetectionInfo]:
+  """(source, info) with class index = category id: max id + 1 classes, the ids the
+  dataset does not use named 'N/A'."""
+  if info.category_ids is None:
+    raise DetectionDataError(
+        f'config.task.class_index=\'category_id\' needs a dataset with category ids '
+        f'(coco/2017 or a COCO-format folder); {name!r} has none. Use class_index=\'label\'.')
+  ids = [int(c) for c in info.category_ids]
+  if min(ids) < 0 or max(ids) > 65535:
+    raise DetectionDataError(
+        f'{name!r} has category ids from {min(ids)} to {max(ids)}; class_index='
+        '\'category_id\' needs ids in 0..65535 (they become class indices). Use '
+        'class_index=\'label\'.')
+  names = ['N/A'] * (max(ids) + 1)
+  for category, class_name in zip(ids, info.class_names):
+    names[category] = class_name
+  return (CategoryIndexed(source, ids),
+          dataclasses.replace(info, num_classes=len(names), class_names=names,
+                              category_ids=None))
+
+
 def _tfds_split(name: str, split: str, data_dir: str, download: bool):
   from vision_jax.data import sources  # pylint: disable=g-import-not-at-top
   builder = sources.prepared_tfds_builder(name, data_dir, download)
@@ -89,10 +131,21 @@ def _tfds_split(name: str, split: str, data_dir: str, download: bool):
 
 
 def open_split(name: str, split: str, *, data_dir: str = '', download: bool = False,
-               channels: int = 0) -> tuple[Sequence, DetectionInfo]:
+               channels: int = 0, class_index: str = 'label'
+               ) -> tuple[Sequence, DetectionInfo]:
   """(random-access source, DetectionInfo) of one split of dataset `name` (module
   docstring), e.g. 'validation' or 'train[:90%]'; a COCO folder's split names its
-  annotation file (coco_folder.py)."""
+  annotation file (coco_folder.py). class_index: 'label' (0..K-1 in the dataset's class
+  order) or 'category_id' (module docstring)."""
+  source, info = _open_split(name, split, data_dir=data_dir, download=download,
+                             channels=channels)
+  if class_index == 'category_id':
+    return index_by_category_id(source, info, name)
+  return source, info
+
+
+def _open_split(name: str, split: str, *, data_dir: str, download: bool, channels: int
+                ) -> tuple[Sequence, DetectionInfo]:
   if name.startswith(COCO_PREFIX):
     from vision_jax.data import coco_folder  # pylint: disable=g-import-not-at-top
     root = os.path.expanduser(name[len(COCO_PREFIX):])

@@ -57,11 +57,34 @@ def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def resize_factor(height: int, width: int, *, min_size: int, max_size: int) -> float:
   """f = min(min_size / shorter side, max_size / longer side); with min_size 0, f = min(1,
-  max_size / longer side): an image is only ever shrunk to fit (segmentation's
-  fit_and_pad, which the run records as its eval transform)."""
+  max_size / longer side): an image is only ever shrunk to fit."""
   if not min_size:
     return min(1.0, max_size / max(height, width))
   return min(max_size / max(height, width), min_size / min(height, width))
+
+
+def eval_size(height: int, width: int, *, image_size: int, min_size: int, max_size: int
+              ) -> tuple[int, int]:
+  """(height, width) an image of (height, width) is resized to for evaluation: by
+  resize_factor (max_size 0 = image_size), never past image_size on either side."""
+  factor = resize_factor(height, width, min_size=min_size, max_size=max_size or image_size)
+  factor = min(factor, image_size / height, image_size / width)
+  return (min(image_size, max(1, round(height * factor))),
+          min(image_size, max(1, round(width * factor))))
+
+
+def resize_and_pad(image: np.ndarray, *, image_size: int, min_size: int, max_size: int,
+                   fill: Sequence[int] | int) -> tuple[np.ndarray, tuple[int, int]]:
+  """The eval transform of an HWC uint8 image: resized to eval_size (PIL bilinear), padded
+  at the bottom and right with `fill` to image_size x image_size; also (height, width) of
+  the image inside. What evaluation, predict and export (eval_transform's
+  'resize_and_pad') all run."""
+  h, w = image.shape[:2]
+  nh, nw = eval_size(h, w, image_size=image_size, min_size=min_size, max_size=max_size)
+  canvas = np.empty((image_size, image_size, image.shape[-1]), np.uint8)
+  canvas[...] = np.asarray(fill, np.uint8)
+  canvas[:nh, :nw] = _resize(image, nh, nw)
+  return canvas, (nh, nw)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,20 +134,10 @@ class DetectionTransform:
     crowd = np.asarray(example.get('crowd', np.zeros(len(boxes), bool)), bool).reshape(-1)
     h, w = image.shape[:2]
     size = self.image_size
-    factor = resize_factor(h, w, min_size=self.min_size, max_size=self.max_size or size)
-    if self.train:
-      factor *= rng.uniform(*self.scale_range)
-    else:
-      factor = min(factor, size / h, size / w)
-    nh, nw = max(1, round(h * factor)), max(1, round(w * factor))
     if not self.train:
-      nh, nw = min(nh, size), min(nw, size)
-    image = _resize(image, nh, nw)
-    boxes = boxes * np.array([nw / w, nh / h, nw / w, nh / h], np.float32)
-    canvas = np.empty((size, size, image.shape[-1]), np.uint8)
-    canvas[...] = np.asarray(self.fill, np.uint8)
-    if not self.train:
-      canvas[:nh, :nw] = image
+      canvas, (nh, nw) = resize_and_pad(image, image_size=size, min_size=self.min_size,
+                                        max_size=self.max_size, fill=self.fill)
+      boxes = boxes * np.array([nw / w, nh / h, nw / w, nh / h], np.float32)
       area = np.asarray(example.get('area', (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[
           :, 1]) * (h * w) / (nh * nw)), np.float32).reshape(-1)
       where = f'Image {int(example.get("image_id", -1))}'
@@ -136,6 +149,13 @@ class DetectionTransform:
               'image_id': np.asarray(example.get('image_id', 0), np.int32),
               'scale': np.array([nh / h, nw / w], np.float32),
               'orig_size': np.array([h, w], np.int32)}
+    factor = resize_factor(h, w, min_size=self.min_size, max_size=self.max_size or size)
+    factor *= rng.uniform(*self.scale_range)
+    nh, nw = max(1, round(h * factor)), max(1, round(w * factor))
+    image = _resize(image, nh, nw)
+    boxes = boxes * np.array([nw / w, nh / h, nw / w, nh / h], np.float32)
+    canvas = np.empty((size, size, image.shape[-1]), np.uint8)
+    canvas[...] = np.asarray(self.fill, np.uint8)
     if self.flip and rng.random() < 0.5:
       image = image[:, ::-1]
       boxes = np.stack([nw - boxes[:, 2], boxes[:, 1], nw - boxes[:, 0], boxes[:, 3]], 1)

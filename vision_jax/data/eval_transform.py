@@ -17,6 +17,9 @@ Two kinds (config.dataset.eval_preprocess):
                     once; JPEGs are decoded at the scale the crop needs (DCT scaling).
     fit_and_pad     segmentation: shrink (aspect kept) until it fits, pad bottom/right
                     with `fill` (segmentation_preprocess.fit_and_pad).
+    resize_and_pad  detection: shorter side to `min_size` with the longer at most
+                    `max_size` (min_size 0: shrink to fit max_size), never past image_size,
+                    pad bottom/right with `fill` (detection_transforms.resize_and_pad).
 
   Reference pipelines, reproduced exactly (PIL, as the references run on PIL images; a
   still-encoded image decoded whole by PIL, as their loaders do):
@@ -52,7 +55,8 @@ from vision_jax.errors import ConfigError
 
 OURS = ('resize', 'center_crop')
 EXACT = ('torchvision_v1', 'torchvision_v2', 'timm')
-NAMES = OURS + ('fit_and_pad',) + EXACT
+PADDED = ('fit_and_pad', 'resize_and_pad')  # The dense tasks': an image with its labels.
+NAMES = OURS + PADDED + EXACT
 # The shorter side torchvision's weights are resized to before their 224 crop.
 _TORCHVISION_RESIZE = {'torchvision_v1': 256, 'torchvision_v2': 232}
 INTERPOLATIONS = {'nearest': Image.Resampling.NEAREST, 'bilinear': Image.Resampling.BILINEAR,
@@ -72,7 +76,8 @@ class EvalTransform:
   crop_fraction: center_crop's share of the shorter side; timm's crop_pct.
   interpolation: the PIL filter of the exact pipelines (torchvision's: bilinear); our
   recipes are bilinear (OpenCV). channels: 0 keeps the image's, 1 or 3 converts.
-  fill: fit_and_pad's padding colour (0..255 per channel).
+  fill: the padding colour of fit_and_pad / resize_and_pad (0..255 per channel).
+  min_size, max_size: resize_and_pad's shorter side and cap on the longer (0: none).
   """
   name: str
   image_size: int
@@ -80,6 +85,8 @@ class EvalTransform:
   interpolation: str = 'bilinear'
   channels: int = 0
   fill: tuple[int, ...] = ()
+  min_size: int = 0
+  max_size: int = 0
 
   def __post_init__(self):
     problems = []
@@ -93,6 +100,11 @@ class EvalTransform:
     if self.interpolation not in allowed:
       problems.append(f'interpolation={self.interpolation!r}: {self.name} resamples with '
                       f'{" | ".join(allowed)}.')
+    if (self.min_size or self.max_size) and self.name != 'resize_and_pad':
+      problems.append(f'min_size / max_size are resize_and_pad\'s, not {self.name}\'s.')
+    if not 0 <= self.min_size <= 16384 or not 0 <= self.max_size <= self.image_size:
+      problems.append(f'min_size={self.min_size}, max_size={self.max_size}: use 0..16384 '
+                      f'and 0..image_size ({self.image_size}).')
     if self.channels not in (0, 1, 3):
       problems.append(f'channels={self.channels!r}: use 0 (as given), 1 or 3.')
     if problems:
@@ -129,6 +141,14 @@ class EvalTransform:
               f'longer side is {s}; then it is padded at the bottom and right to {s}x{s} '
               f'with {list(self.fill)} (the per-pixel logits of the padding are not part of '
               'the image)')
+    elif self.name == 'resize_and_pad':
+      cap = self.max_size or s
+      first = (f'resize (aspect kept, PIL bilinear) by min({self.min_size} / shorter side, '
+               f'{cap} / longer side)' if self.min_size else
+               f'an image larger than {cap} on its longer side is shrunk (aspect kept, PIL '
+               f'bilinear) until it is {cap}')
+      text = (f'{first}, never past {s} on either side, sides rounded to whole pixels; then '
+              f'padded at the bottom and right to {s}x{s} with {list(self.fill)}')
     else:
       source = (f'torchvision {self.name[-2:].upper()} (IMAGENET1K_{self.name[-2:].upper()} '
                 'weights)' if self.name != 'timm' else
@@ -154,7 +174,8 @@ class EvalTransform:
     return cls(name=spec['name'], image_size=int(spec['image_size']),
                crop_fraction=float(spec['crop_fraction']),
                interpolation=spec['interpolation'], channels=int(spec['channels']),
-               fill=tuple(int(v) for v in spec.get('fill', ())))
+               fill=tuple(int(v) for v in spec.get('fill', ())),
+               min_size=int(spec.get('min_size', 0)), max_size=int(spec.get('max_size', 0)))
 
   # --------------------------------------------------------------------------- building it
 
@@ -205,6 +226,11 @@ class EvalTransform:
       return segmentation_preprocess.fit_and_pad(
           image, np.zeros(image.shape[:2], np.uint8), self.image_size,
           fill=self.fill or 0)[0]
+    if self.name == 'resize_and_pad':
+      from vision_jax.data import detection_transforms  # pylint: disable=g-import-not-at-top
+      return detection_transforms.resize_and_pad(
+          self._to_channels(image), image_size=self.image_size, min_size=self.min_size,
+          max_size=self.max_size, fill=self.fill or 0)[0]
     return self._to_channels(self._resize_center_crop(
         Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)))
 
@@ -242,10 +268,10 @@ class EvalTransform:
     references do, and run `self`."""
     if self.name in OURS:
       return self._recipe()
-    if self.name == 'fit_and_pad':
-      raise EvalTransformError('fit_and_pad moves a mask with the image: the segmentation '
-                               "task's joint transform (segmentation_preprocess) is its "
-                               'per-example function.')
+    if self.name in PADDED:
+      raise EvalTransformError(f'{self.name} moves labels (a mask, boxes) with the image: '
+                               "the dense task's joint transform is its per-example "
+                               'function.')
     return self._example
 
   def _example(self, example: dict, rng: np.random.Generator | None) -> dict:

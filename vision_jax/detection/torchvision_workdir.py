@@ -11,10 +11,10 @@ config is the detection task with torchvision's inference settings: ImageNet
 normalisation, images resized to shorter side 800 with the longer at most 1333 (padded to
 1344 x 1344), the detector's own score and NMS thresholds, 100 detections; the classes are
 the file's (91 for torchvision's COCO weights: index = COCO category id, the unused ids
-'N/A', as torchvision's weights.meta['categories']). The dataset it names is tfds
-coco/2017, whose 80 contiguous labels are not that index: evaluate such a workdir on data
-whose class index is the category id, or fine-tune it (init_from with
-`skip=('head/.*',)` re-initialises the heads for new classes, keeping backbone and FPN).
+'N/A', as torchvision's weights.meta['categories']), so the config reads its data with
+`task.class_index='category_id'`: `--mode=eval` on tfds coco/2017 or a COCO-format folder
+scores the weights as torchvision's reference does. configs/voc_fcos_from_coco.py
+fine-tunes such a workdir to new classes.
 """
 from __future__ import annotations
 
@@ -43,14 +43,17 @@ IMAGE_SIZE, MIN_SIZE, MAX_SIZE = 1344, 800, 1333
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-def make_config(arch: str):
-  """The detection run config of the converted weights (module docstring)."""
+def make_config(arch: str, classes: int):
+  """The detection run config of the converted weights with `classes` outputs (module
+  docstring)."""
   from vision_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   info = torchvision_weights.ARCHS[arch]
   config = config_lib.base_config()
   config.task.name = 'detection'
   config.task.min_size, config.task.max_size = MIN_SIZE, MAX_SIZE
   config.task.scale_range = (1.0, 1.0)
+  if classes == len(COCO_CATEGORY_NAMES):
+    config.task.class_index = 'category_id'
   config.model.name = info.model
   for key, value in info.options.items():
     config.model[key] = value
@@ -77,12 +80,13 @@ def prepare(arch: str, weights_path: str) -> tuple[dict, object, dict, dict]:
              'class_names': names, 'mean': list(IMAGENET_MEAN), 'std': list(IMAGENET_STD),
              'num_train': 0, 'eval_sizes': {}, 'train_image_size': IMAGE_SIZE,
              'eval_transform': eval_transform.EvalTransform(
-                 'fit_and_pad', IMAGE_SIZE, channels=3, fill=fill).to_json()}
+                 'resize_and_pad', IMAGE_SIZE, channels=3, fill=fill, min_size=MIN_SIZE,
+                 max_size=MAX_SIZE).to_json()}
   provenance = {'source': 'torchvision', 'weights': os.path.abspath(weights_path),
                 'arch': arch, 'tensors_read': len(weights), 'arrays_written': len(arrays),
                 'ignored': sorted(n for n in weights if n.endswith('.num_batches_tracked')),
                 'eval_transform_note': f'resize to shorter side {MIN_SIZE}, longer at most '
                 f'{MAX_SIZE}, pad to {IMAGE_SIZE}', 'class_names':
                 'torchvision COCO categories' if classes == 91 else 'indices'}
-  return ({k: np.asarray(v) for k, v in arrays.items()}, make_config(arch), dataset,
+  return ({k: np.asarray(v) for k, v in arrays.items()}, make_config(arch, classes), dataset,
           provenance)

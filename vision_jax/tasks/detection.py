@@ -59,6 +59,11 @@ class Detection(tasks.Task):
     models.check_model_task(self.config.model.name, 'detection')
     self.check_dataset_keys()
     t, size = self.config.task, self.config.dataset.image_size
+    if t.class_index not in ('label', 'category_id'):
+      raise ConfigError(
+          f'config.task.class_index={t.class_index!r}; use \'label\' (class index = the '
+          'position in the dataset\'s class list) or \'category_id\' (class index = the '
+          'dataset\'s category id, the label space of torchvision\'s COCO detectors).')
     low, high = tuple(t.scale_range) if len(t.scale_range) == 2 else (0, 0)
     if not 0 < low <= high:
       raise ConfigError(f'config.task.scale_range={tuple(t.scale_range)} must be (low, high) '
@@ -91,7 +96,8 @@ class Detection(tasks.Task):
 
     def open_split(split: str):
       source, info = detection_sources.open_split(ds.name, split, data_dir=ds.data_dir,
-                                                  download=ds.download, channels=ds.channels)
+                                                  download=ds.download, channels=ds.channels,
+                                                  class_index=self.config.task.class_index)
       if split == ds.train_split:
         self.category_ids = info.category_ids
       return source, info
@@ -102,8 +108,10 @@ class Detection(tasks.Task):
       return input_pipeline.Transforms(
           train=self.transform(layout.size, layout.channels, layout.mean, train=True),
           eval=eval_fn,
-          eval_transform=eval_transform.EvalTransform('fit_and_pad', layout.size,
-                                                      channels=layout.channels, fill=fill),
+          eval_transform=eval_transform.EvalTransform(
+              'resize_and_pad', layout.size, channels=layout.channels, fill=fill,
+              min_size=int(self.config.task.min_size),
+              max_size=int(self.config.task.max_size)),
           train_preprocess='detection_resize_flip_crop')
 
     return input_pipeline.assemble(self.config, shard, open_split=open_split,
