@@ -1,12 +1,34 @@
 """Shared test setup: CPU backend, a private tfds data dir, helpers to run the CLI."""
+import hashlib
 import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+
+
+def _cpu_flags_digest() -> str:
+  """A digest of this CPU's instruction-set flags: executables compiled for one machine's
+  CPU (AVX-512, say) must not be loaded on another's."""
+  try:
+    with open('/proc/cpuinfo') as f:
+      flags = next((line for line in f if line.startswith('flags')), '')
+  except OSError:
+    flags = ''
+  return hashlib.sha256(flags.encode()).hexdigest()[:12]
+
+
+# One XLA compilation cache for the whole suite: both xdist workers and every CLI process
+# they start (the environment is inherited) reuse a program another test compiled, e.g. the
+# digits step that many CLI tests train. JAX keys an entry by the program, its options and
+# the jax version; the directory adds the CPU's flags.
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(
+    tempfile.gettempdir(), f'vision_jax_tests_xla_cache_{_cpu_flags_digest()}'))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.3')
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
