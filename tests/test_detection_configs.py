@@ -133,19 +133,25 @@ def test_fcos_config_reads_mock_voc_with_difficult_as_crowd():
 
 
 def test_voc_recipe_fine_tunes_a_coco_detector_keeping_all_but_its_class_layer(tmp_path):
-  """configs/voc_fcos_from_coco.py from a (mock) COCO FCOS workdir with COCO's 91-class
-  label space: 20 new classes, only head/cls_logits re-initialised (at the focal prior),
-  everything else loaded; two steps on mocked voc/2007."""
+  """configs/voc_fcos_from_coco.py from a COCO FCOS workdir with COCO's 91-class label
+  space (as `convert torchvision` writes one; here its freshly initialised state): 20 new
+  classes, only head/cls_logits re-initialised, everything else loaded; two steps on mocked
+  voc/2007."""
+  from vision_jax import checkpoint, parallel, train_state  # pylint: disable=g-import-not-at-top
   recipe = _config('voc_fcos_from_coco')
   config_lib.validate(recipe, 8)
   coco = _shrink(_config('coco_fcos_resnet50_fpn'))
-  coco.task.class_index, coco.train.steps = 'category_id', 1
-  coco.dataset.eval_splits, coco.checkpoint.every_steps = (), 1
-  config_lib.validate(coco, 1)
-  with tfds.testing.mock_data(as_data_source_fn=_mock_source('coco')):
-    train.train_and_evaluate(coco, str(tmp_path / 'coco'))
+  coco.task.class_index = 'category_id'
+  source = tmp_path / 'coco'
+  _, state = train_state.create(tasks.build(coco), parallel.make_mesh(coco), num_classes=91,
+                                image_size=64, in_channels=3, steps_per_epoch=1)
+  ckpt = checkpoint.Checkpointer(str(source), keep=1, async_save=False)
+  ckpt.save(0, state, {'next_step': 0, 'seed': 0, 'global_batch': 4})
+  ckpt.wait()
+  ckpt.close()
+  (source / 'config.json').write_text(coco.to_json())
   config = _shrink(recipe)
-  config.init_from.checkpoint = str(tmp_path / 'coco')
+  config.init_from.checkpoint = str(source)
   config.dataset.eval_splits = ()
   config_lib.validate(config, 1)
   with tfds.testing.mock_data(as_data_source_fn=_mock_source('voc')):
