@@ -111,7 +111,8 @@ class ClassInput(nnx.Module):
     return projected + self.embed(labels).astype(projected.dtype)
 
 
-def class_input(num_classes: int, features: int, *, std: float, dtype, rngs: nnx.Rngs):
+def class_input(num_classes: int, features: int, *, std: float, dtype, rngs: nnx.Rngs
+                ) -> ClassInput | None:
   """`ClassInput` when num_classes > 0, else None (an unconditional generator)."""
   if not num_classes:
     return nnx.data(None)
