@@ -6,7 +6,8 @@ untrained, and real images against real images (the floor).
   python bench/gan_digits_fid.py /tmp/vision_jax/digits_dcgan
 
 All on the classifier's penultimate features (the run's config.task.fid_classifier), with
-the evaluation's own samples (latent i from (sample_seed, i), one per test image):
+the evaluation's own samples (latent i from (sample_seed, i), one per test image, and for a
+conditional run that image's label):
 - trained: the run's EMA generator (what results.json eval/test/fid_digits reports);
 - untrained: the generator as initialised by the same config and seed;
 - floor: the test split against the train split (all 1,437 images, and the first 360 of a
@@ -43,6 +44,7 @@ def main(workdir: str) -> dict:
   split = lambda name: sources.open_split(config.dataset, name)[0]
   test, train = split('test'), split('train')
   real_test = np.stack([test[i]['image'] for i in range(len(test))])
+  labels_test = jnp.asarray([int(test[i]['label']) for i in range(len(test))], jnp.int32)
   real_train = np.stack([train[i]['image'] for i in range(len(train))])
   f_test = np.asarray(features(jnp.asarray(real_test)))
   f_train = np.asarray(features(jnp.asarray(real_train)))
@@ -50,7 +52,8 @@ def main(workdir: str) -> dict:
 
   def samples_fid(generator) -> float:
     z = task.eval_latents(generator, jnp.arange(n))
-    fake = gan_task.to_uint8(generator(z, False))
+    labels = labels_test if generator.num_classes else None  # Conditional: the test labels.
+    fake = gan_task.to_uint8(generator(z, False, labels))
     return _fid(f_test, np.asarray(features(fake)))
 
   _, fresh = train_state.create(

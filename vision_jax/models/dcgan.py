@@ -13,7 +13,8 @@ at 64x64 are PyTorch's, 3,576,704 and 2,765,568); weights N(0, 0.02), BatchNorm 
 N(1, 0.02). Images are NHWC in [-1, 1].
 
 Options beyond the paper: `num_classes` > 0 conditions both networks on the class
-(conditional BatchNorm in G, projection in D: models/gan_layers.py);
+(the class in G's first linear map and conditional BatchNorm, projection in D:
+models/gan_layers.py);
 `spectral_norm=True` normalises every weight of D (models/spectral_norm.py), usually with
 `batch_norm=False`.
 """
@@ -70,6 +71,8 @@ class DCGANGenerator(nnx.Module):
     self.bottom = widths[0]
     self.project = nnx.Linear(latent_dim, 16 * widths[0], use_bias=False, kernel_init=INIT,
                               dtype=dtype, rngs=rngs)
+    self.class_input = gan_layers.class_input(num_classes, 16 * widths[0], std=0.02,
+                                              dtype=dtype, rngs=rngs)
     norm = lambda c: gan_layers.GeneratorNorm(c, num_classes, dtype=dtype, kernels=kernels,
                                               scale_init=_bn_scale_init, rngs=rngs)
     self.project_bn = norm(widths[0])
@@ -81,7 +84,10 @@ class DCGANGenerator(nnx.Module):
   def __call__(self, z: jax.Array, train: bool, labels: jax.Array | None = None
                ) -> jax.Array:
     gan_layers.check_labels(labels, self.num_classes, z.shape[0])
-    x = self.project(z).reshape(z.shape[0], 4, 4, self.bottom)
+    x = self.project(z)
+    if self.class_input is not None:
+      x = self.class_input(x, labels)
+    x = x.reshape(z.shape[0], 4, 4, self.bottom)
     x = nnx.relu(self.project_bn(x, labels, train))
     for up, bn in zip(self.ups, self.up_bns):
       x = nnx.relu(bn(up(x), labels, train))

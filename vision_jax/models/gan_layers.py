@@ -4,7 +4,13 @@ discriminator's output with an optional class projection, and optional spectral 
 Class conditioning follows Miyato & Koyama 2018 ("cGANs with projection discriminator"):
 the generator's BatchNorms take their scale and bias from the class (conditional
 BatchNorm, one row of each per class; statistics are shared), and the discriminator adds
-<embed(y), h> to its linear output on features h.
+<embed(y), h> to its linear output on features h. The class also enters the generator's
+first linear map (`ClassInput`: z concatenated with one-hot(y), as Mirza & Osindero's
+cGAN): a conditional BatchNorm's per-class scale and bias are the same at every position of
+a feature map, so at the bottom map, whose features are a linear function of z, they cannot
+give a class its own spatial layout; with a single conditional BatchNorm (DCGAN at 8x8) the
+generator then cannot draw a class-specific image, the projection discriminator rejects
+every sample on its class, and training collapses.
 """
 from __future__ import annotations
 
@@ -88,6 +94,29 @@ class GeneratorNorm(nnx.Module):
     if self.conditional:
       return self.bn(x, labels, use_running_average=not train)
     return self.bn(x, use_running_average=not train)
+
+
+class ClassInput(nnx.Module):
+  """A learned [num_classes, features] row added to the generator's first linear map of z:
+  W [z; one-hot(y)] = W_z z + W_y[y], the class's own bottom feature map (init N(0, std),
+  as the rest of that map's weights)."""
+
+  def __init__(self, num_classes: int, features: int, *, std: float, dtype,
+               rngs: nnx.Rngs):
+    self.embed = nnx.Embed(num_classes, features, dtype=dtype,
+                           embedding_init=nnx.initializers.normal(std), rngs=rngs)
+
+  def __call__(self, projected: jax.Array, labels: jax.Array) -> jax.Array:
+    """projected [B, features] (W_z z) + the labels' rows."""
+    return projected + self.embed(labels).astype(projected.dtype)
+
+
+def class_input(num_classes: int, features: int, *, std: float, dtype, rngs: nnx.Rngs
+                ) -> ClassInput | None:
+  """`ClassInput` when num_classes > 0, else None (an unconditional generator)."""
+  if not num_classes:
+    return nnx.data(None)
+  return ClassInput(num_classes, features, std=std, dtype=dtype, rngs=rngs)
 
 
 def maybe_spectral_norm(layer: nnx.Module, spectral_norm: bool, rngs: nnx.Rngs, *,

@@ -11,8 +11,9 @@ for any image size divisible by 8.
 Widths scale with `base_features` (64: the paper's). Weights N(0, 0.02) as the authors'
 Chainer code (sngan_projection). Images are NHWC in [-1, 1].
 
-`num_classes` > 0 conditions both on the class: conditional BatchNorm in G, the projection
-discriminator in D (Miyato & Koyama 2018; models/gan_layers.py).
+`num_classes` > 0 conditions both on the class: the class in G's first linear map and
+conditional BatchNorm, the projection discriminator in D (Miyato & Koyama 2018;
+models/gan_layers.py).
 """
 from __future__ import annotations
 
@@ -54,6 +55,8 @@ class SNGANGenerator(nnx.Module):
     self.width = widths[0]
     self.project = nnx.Linear(latent_dim, self.bottom ** 2 * widths[0], kernel_init=INIT,
                               dtype=dtype, rngs=rngs)
+    self.class_input = gan_layers.class_input(num_classes, self.bottom ** 2 * widths[0],
+                                              std=0.02, dtype=dtype, rngs=rngs)
     norm = lambda c: gan_layers.GeneratorNorm(c, num_classes, dtype=dtype, kernels=kernels,
                                               rngs=rngs)
     self.project_bn = norm(widths[0])
@@ -69,7 +72,10 @@ class SNGANGenerator(nnx.Module):
   def __call__(self, z: jax.Array, train: bool, labels: jax.Array | None = None
                ) -> jax.Array:
     gan_layers.check_labels(labels, self.num_classes, z.shape[0])
-    x = self.project(z).reshape(z.shape[0], self.bottom, self.bottom, self.width)
+    x = self.project(z)
+    if self.class_input is not None:
+      x = self.class_input(x, labels)
+    x = x.reshape(z.shape[0], self.bottom, self.bottom, self.width)
     x = nnx.relu(self.project_bn(x, labels, train))
     for up, bn in zip(self.ups, self.up_bns):
       x = nnx.relu(bn(up(x), labels, train))
