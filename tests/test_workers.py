@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO
+from conftest import REPO, signal_dispositions
 from vision_jax.config import base_config
 from vision_jax.data import decode, input_pipeline as ip, preprocess, sources
 from vision_jax.data import spawn_watch, workers as workers_lib
@@ -243,3 +243,22 @@ def _cmdline(pid: int) -> str:
       return f.read().replace(b'\0', b' ').decode()
   except OSError:
     return ''
+
+
+def _ignores(pid: int, sig: int) -> bool:
+  with open(f'/proc/{pid}/status') as f:
+    ignored = int(next(line for line in f if line.startswith('SigIgn:')).split()[1], 16)
+  return bool(ignored & (1 << (sig - 1)))
+
+
+def test_workers_ignore_sigint_and_sigterm_and_the_reader_does_not(photos):
+  """Ctrl-C and SIGTERM are the training process's to handle: its workers ignore them,
+  and reading through workers leaves the reader's own handling as it was (a process it
+  starts later must not inherit an ignored signal)."""
+  before = signal_dispositions()
+  with ip.iterate(_train(photos), 0, num_workers=1) as batches:
+    next(batches)
+    (worker,) = _workers()
+    assert _ignores(worker, signal.SIGINT) and _ignores(worker, signal.SIGTERM)
+    assert signal_dispositions() == before
+  assert signal_dispositions() == before
