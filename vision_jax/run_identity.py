@@ -19,6 +19,9 @@ seed, augmentation, evaluation, checkpointing, the device mesh and the input wor
 Checkpoints written before checkpoints recorded their run (no run id) are adopted by the
 workdir that holds them, with a warning, and their fixed keys are compared with the
 workdir's config.json instead.
+
+--mode=eval, predict and export load by the same rules (`check_load`): only the workdir's
+own checkpoints, with the values of the keys that define the run that they were saved with.
 """
 from __future__ import annotations
 
