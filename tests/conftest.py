@@ -11,6 +11,13 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# A suite started as a background job of a non-interactive shell (`pytest ... &` in a
+# script) starts with SIGINT ignored, and every process it starts would inherit that (a
+# test's Ctrl-C to a CLI run would go unheard): handle it as a process started from a
+# terminal does.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+  signal.signal(signal.SIGINT, signal.default_int_handler)
+
 
 @pytest.fixture(scope='session')
 def data_dir(tmp_path_factory) -> str:
