@@ -33,6 +33,10 @@ def run_main(args: list[str]) -> tuple[int, str]:
     flags.FLAGS.unparse_flags()
     for name in [n for n in flags.FLAGS if n.startswith('config.')]:
       delattr(flags.FLAGS, name)  # The override flags ml_collections defined for this run.
+    # ml_collections loads --config as module 'config_config' and would run the next
+    # file into it: a file without get_config() (a JSON or YAML file is Python too) would
+    # then find this one's.
+    sys.modules.pop('config_config', None)
   return code, err.getvalue()
 
 

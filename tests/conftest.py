@@ -1,6 +1,7 @@
 """Shared test setup: CPU backend, a private tfds data dir, helpers to run the CLI."""
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -32,6 +33,13 @@ os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.3')
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# A suite started as a background job of a non-interactive shell (`pytest ... &` in a
+# script) starts with SIGINT ignored, and every process it starts would inherit that (a
+# test's Ctrl-C to a CLI run would go unheard): handle it as a process started from a
+# terminal does.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+  signal.signal(signal.SIGINT, signal.default_int_handler)
+
 
 @pytest.fixture(scope='session')
 def data_dir(tmp_path_factory) -> str:
@@ -41,6 +49,30 @@ def data_dir(tmp_path_factory) -> str:
   from vision_jax.data import digits
   digits.prepare(path)
   return path
+
+
+def signal_dispositions() -> tuple:
+  """How this process handles SIGINT and SIGTERM: Python's handlers, and (Linux) whether
+  the OS ignores them, which is what a child process inherits."""
+  ignored = 0
+  try:
+    with open('/proc/self/status') as f:
+      ignored = int(next(l for l in f if l.startswith('SigIgn:')).split()[1], 16)
+  except (OSError, StopIteration):
+    pass
+  return tuple((signal.getsignal(s), bool(ignored & (1 << (s - 1))))
+               for s in (signal.SIGINT, signal.SIGTERM))
+
+
+@pytest.fixture(autouse=True)
+def _signals_left_as_found():
+  """Fails (at its teardown) a test that leaves SIGINT or SIGTERM handled otherwise than
+  it found them: a later test's subprocess would inherit an ignored signal and never stop
+  (code that sets a handler restores the previous one)."""
+  before = signal_dispositions()
+  yield
+  after = signal_dispositions()
+  assert after == before, f'SIGINT, SIGTERM handling left changed: {before} -> {after}'
 
 
 def run_cli(args: list[str], data_dir: str, *, env: dict | None = None,

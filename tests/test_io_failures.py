@@ -117,30 +117,50 @@ def _children(pid: int) -> list[tuple[int, str]]:
   return out
 
 
-def test_a_killed_input_worker_stops_the_run_and_the_rerun_resumes(tmp_path, data_dir,
-                                                                  tiny_run):
-  workdir = _copy(tiny_run, tmp_path / 'W')
-  longer = TINY_RUN + ['--workdir', str(workdir), '--config.train.steps=150']
-  with open(tmp_path / 'log', 'w') as log:
-    proc = subprocess.Popen([sys.executable, '-m', 'vision_jax.main', *longer,
+def _kill_a_worker(args: list[str], data_dir: str, log_path: pathlib.Path,
+                   when: str | None) -> int:
+  """Runs the CLI with two input workers and SIGKILLs one: as soon as it appears (when
+  None: before it has read its dataset) or once `when` is in the log. Returns the exit
+  code (the run must end within 60 s of the kill)."""
+  with open(log_path, 'w') as log:
+    proc = subprocess.Popen([sys.executable, '-m', 'vision_jax.main', *args,
                              '--config.dataset.num_workers=2'], cwd=REPO, env=_env(data_dir),
                             stdout=log, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 120
-    while True:  # Once the resumed run is reading batches from its workers.
-      workers = [pid for pid, cmd in _children(proc.pid) if 'spawn_main' in cmd]
-      if workers and '] [25] train/' in (tmp_path / 'log').read_text():
-        break
-      assert proc.poll() is None and time.time() < deadline, (tmp_path / 'log').read_text()
-      time.sleep(0.05)
-    os.kill(workers[0], signal.SIGKILL)
-    code = proc.wait(timeout=120)
-  stderr = (tmp_path / 'log').read_text()
-  if code == 0:  # It had every batch it needed already: nothing to test on this machine.
-    return
-  one_paragraph(code, stderr, 'input worker process', 'SIGKILL', 'resumes')
-  again = run_cli(longer, data_dir)
-  assert again.returncode == 0, again.stderr[-3000:]
-  assert 'Resumed from checkpoint at step' in again.stderr
+    try:
+      deadline = time.time() + 120
+      while True:
+        workers = [pid for pid, cmd in _children(proc.pid) if 'spawn_main' in cmd]
+        if workers and (when is None or when in log_path.read_text()):
+          break
+        assert proc.poll() is None and time.time() < deadline, log_path.read_text()
+        time.sleep(0.002 if when is None else 0.05)
+      os.kill(workers[0], signal.SIGKILL)
+      return proc.wait(timeout=60)
+    finally:
+      proc.kill()
+
+
+def test_a_killed_input_worker_stops_the_run_and_the_rerun_resumes(tmp_path, data_dir,
+                                                                  tiny_run):
+  """Killed while starting (before it has read its dataset: without spawn_watch.py the
+  start blocked for ever) or while reading batches, one paragraph and exit 2 in seconds,
+  the checkpoints as they were; the rerun resumes exactly."""
+  workdir = _copy(tiny_run, tmp_path / 'W')
+  checkpoints = _hashes(workdir / 'checkpoints')
+  longer = TINY_RUN + ['--workdir', str(workdir), '--config.train.steps=150']
+  code = _kill_a_worker(longer, data_dir, tmp_path / 'starting.log', when=None)
+  one_paragraph(code, (tmp_path / 'starting.log').read_text(), 'input worker process',
+                'SIGKILL', 'resumes')
+  assert _hashes(workdir / 'checkpoints') == checkpoints
+  # Once the rerun has resumed and is reading batches from its workers.
+  code = _kill_a_worker(longer, data_dir, tmp_path / 'reading.log', when='] [25] train/')
+  stderr = (tmp_path / 'reading.log').read_text()
+  assert 'Resumed from checkpoint at step 20' in stderr
+  if code != 0:  # (0: it had every batch it needed already, nothing more to test here.)
+    one_paragraph(code, stderr, 'input worker process', 'SIGKILL', 'resumes')
+    again = run_cli(longer, data_dir)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert 'Resumed from checkpoint at step' in again.stderr
   assert json.loads((workdir / 'results.json').read_text())['step'] == 150
 
 

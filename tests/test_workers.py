@@ -1,21 +1,23 @@
 """Worker processes: the same batches as in-process reading, resume at any step, errors
 that name the file, and no process or /dev/shm segment left behind however the run ends."""
 import gc
+import multiprocessing
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO
+from conftest import REPO, signal_dispositions
 from vision_jax.config import base_config
 from vision_jax.data import decode, input_pipeline as ip, preprocess, sources
-from vision_jax.data import workers as workers_lib
+from vision_jax.data import spawn_watch, workers as workers_lib
 
 
 def _photo_folder(root, n=24, broken=False):
@@ -198,3 +200,65 @@ def _alive(pid: int) -> bool:
       return f.read().rsplit(')', 1)[1].split()[0] != 'Z'
   except OSError:
     return False
+
+
+def test_a_worker_killed_before_reading_its_dataset_does_not_block_its_start(tmp_path):
+  """The child of a spawn start, killed before it has read its payload (here it never
+  reads: it sleeps), leaves Process.start() blocked writing to it; the watch completes the
+  start, and the process is then seen dead by its exit code, as grain looks for it."""
+  from multiprocessing import resource_tracker, spawn  # pylint: disable=g-import-not-at-top
+  resource_tracker.ensure_running()  # Started with the real interpreter, not the sleeper.
+  sleeper = tmp_path / 'python'
+  sleeper.write_text('#!/bin/sh\nexec sleep 120\n')
+  sleeper.chmod(0o755)
+  context, executable = multiprocessing.get_context('spawn'), spawn.get_executable()
+  context.set_executable(str(sleeper))
+  watch = None
+  try:  # 4 MB of dataset, as a worker's start carries it: far more than a pipe holds.
+    proc = context.Process(target=print, args=(b'x' * (4 << 20),), daemon=True)
+    starter = threading.Thread(target=proc.start, daemon=True)
+    starter.start()
+    deadline = time.time() + 10
+    while not (child := [pid for pid in _descendants(os.getpid())
+                         if str(sleeper) in _cmdline(pid) or _cmdline(pid) == 'sleep 120 ']):
+      assert time.time() < deadline
+      time.sleep(0.01)
+    os.kill(child[0], signal.SIGKILL)
+    starter.join(2 * spawn_watch.POLL_S)
+    assert starter.is_alive()  # Blocked for ever without the watch,
+    watch = spawn_watch.SpawnWatch()
+    starter.join(10)
+    assert not starter.is_alive()  # and done with it,
+    proc.join(10)
+    assert proc.exitcode == -signal.SIGKILL  # the worker seen dead.
+  finally:
+    context.set_executable(executable)
+    if watch is not None:
+      watch.stop()
+
+
+def _cmdline(pid: int) -> str:
+  try:
+    with open(f'/proc/{pid}/cmdline', 'rb') as f:
+      return f.read().replace(b'\0', b' ').decode()
+  except OSError:
+    return ''
+
+
+def _ignores(pid: int, sig: int) -> bool:
+  with open(f'/proc/{pid}/status') as f:
+    ignored = int(next(line for line in f if line.startswith('SigIgn:')).split()[1], 16)
+  return bool(ignored & (1 << (sig - 1)))
+
+
+def test_workers_ignore_sigint_and_sigterm_and_the_reader_does_not(photos):
+  """Ctrl-C and SIGTERM are the training process's to handle: its workers ignore them,
+  and reading through workers leaves the reader's own handling as it was (a process it
+  starts later must not inherit an ignored signal)."""
+  before = signal_dispositions()
+  with ip.iterate(_train(photos), 0, num_workers=1) as batches:
+    next(batches)
+    (worker,) = _workers()
+    assert _ignores(worker, signal.SIGINT) and _ignores(worker, signal.SIGTERM)
+    assert signal_dispositions() == before
+  assert signal_dispositions() == before

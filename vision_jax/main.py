@@ -191,6 +191,10 @@ def run(argv: list[str]) -> None:
     config = _load_config(workdir)
     # The run's task, built once by validation and passed to every mode.
     task = config_lib.validate(config, num_devices=jax.device_count())
+    if not training:  # The checkpoint it will load: this run's, saved with these keys.
+      from vision_jax import inference, run_identity  # pylint: disable=g-import-not-at-top
+      ckpt_workdir, step = inference.resolve_step(workdir, config.eval.checkpoint)
+      run_identity.check_load(ckpt_workdir, config, _MODE.value, step)
     from vision_jax import environment  # pylint: disable=g-import-not-at-top
     environment.check(config)  # The data directory and the open-file limit.
     if training and config.init_from.checkpoint and not _has_checkpoints(workdir):

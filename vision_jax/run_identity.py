@@ -19,6 +19,9 @@ seed, augmentation, evaluation, checkpointing, the device mesh and the input wor
 Checkpoints written before checkpoints recorded their run (no run id) are adopted by the
 workdir that holds them, with a warning, and their fixed keys are compared with the
 workdir's config.json instead.
+
+--mode=eval, predict and export load by the same rules (`check_load`): only the workdir's
+own checkpoints, with the values of the keys that define the run that they were saved with.
 """
 from __future__ import annotations
 
@@ -112,15 +115,30 @@ def read_run(workdir: str) -> dict | None:
   return run if isinstance(run, dict) and isinstance(run.get('run'), str) else None
 
 
-def _foreign(workdir: str, run: dict | None, step: int, record: dict) -> RunIdentityError:
+def _first_foreign(run: dict | None, records: dict[int, dict | None]
+                   ) -> tuple[int, dict] | None:
+  """(step, record) of the first checkpoint written by another run than `run`."""
+  for step, record in records.items():
+    if record is not None and 'run' in record and (run is None or
+                                                   record['run'] != run['run']):
+      return step, record
+  return None
+
+
+def _whose(workdir: str, run: dict | None, step: int, record: dict) -> str:
+  """'Checkpoint S in DIR (a symlink to ...) was written by run R (...), and ours is ...'"""
   directory = os.path.join(workdir, 'checkpoints')
   link = (f' ({directory} is a symlink to {os.path.realpath(directory)})'
           if os.path.islink(directory) else '')
   ours = (f"this workdir's run is {run['run']}" if run else
           f'this workdir has no run of its own yet (no {RUN_FILE})')
+  return (f'Checkpoint {step} in {directory}{link} was written by run {record["run"]} '
+          f'(saved from {record.get("workdir", "another workdir")}), and {ours}')
+
+
+def _foreign(workdir: str, run: dict | None, step: int, record: dict) -> RunIdentityError:
   return RunIdentityError(
-      f'Checkpoint {step} in {directory}{link} was written by run {record["run"]} (saved '
-      f'from {record.get("workdir", "another workdir")}), and {ours}: resuming would continue '
+      f'{_whose(workdir, run, step, record)}: resuming would continue '
       'another run and write this one\'s steps into its checkpoints. Nothing was changed. '
       'Give this workdir its own checkpoints directory (remove the link, or pass a new '
       '--workdir), or resume that run from its own workdir; to continue from its weights in '
@@ -128,9 +146,28 @@ def _foreign(workdir: str, run: dict | None, step: int, record: dict) -> RunIden
       f'checkpoints here on purpose, copy that workdir\'s {RUN_FILE} with them.')
 
 
+def _model_defaults(name) -> dict:
+  """{'model.<option>': default} of model `name`'s constructor options that define the
+  run: what a config that does not list an option builds ({} for an unknown model)."""
+  import inspect  # pylint: disable=g-import-not-at-top
+  from vision_jax import models, train_state  # pylint: disable=g-import-not-at-top
+  try:
+    parameters = inspect.signature(models.model_class(name).__init__).parameters
+  except (ValueError, TypeError):
+    return {}
+  return {f'model.{p.name}': _plain(p.default) for p in parameters.values()
+          if p.default is not inspect.Parameter.empty and p.name not in
+          ('self', 'num_classes', 'rngs', 'kernels', *train_state.COMPUTE_OPTIONS)}
+
+
 def _changed(then: dict, now: dict) -> list[str]:
-  """'key: old -> new' for the keys both know (a key only one side has is from another
-  version of the code, not a change)."""
+  """'key: old -> new' for the keys both know. A model option only one side lists is
+  compared with the model's default (--config.model.width=32 where training used the
+  default is a change); any other key only one side has is from another version of the
+  code, not a change."""
+  if then.get('model.name') == now.get('model.name'):
+    defaults = _model_defaults(now.get('model.name'))
+    then, now = {**defaults, **then}, {**defaults, **now}
   return [f'{k}: {json.dumps(then[k])} -> {json.dumps(now[k])}'
           for k in sorted(set(then) & set(now)) if then[k] != now[k]]
 
@@ -150,10 +187,9 @@ def check_resume(workdir: str, config) -> dict | None:
   workdir without one). Reads only small JSON files: call it before building anything."""
   run, records = read_run(workdir), checkpoint_records(workdir)
   legacy = [s for s, r in records.items() if r is not None and 'run' not in r]
-  for step, record in records.items():
-    if record is not None and 'run' in record and (run is None or
-                                                   record['run'] != run['run']):
-      raise _foreign(workdir, run, step, record)
+  foreign = _first_foreign(run, records)
+  if foreign is not None:
+    raise _foreign(workdir, run, *foreign)
   known = [r for r in records.values() if r is not None]
   if not known:
     return run
@@ -207,3 +243,46 @@ def claim(workdir: str, config) -> dict:
   keys = run_keys(config)
   return {'run': run['run'], 'workdir': workdir, 'run_keys': keys,
           'config_fingerprint': fingerprint(keys)}
+
+
+def check_load(workdir: str, config, mode: str, step: int) -> None:
+  """For --mode=eval|predict|export (`mode`), about to load checkpoint `step` of the
+  checkpoints in `workdir` with `config`: raises RunIdentityError if any of them was
+  written by another run than the workdir's run.json (a symlinked or copied-in
+  checkpoints/), or if that checkpoint was saved with other values of the keys that
+  define the run than `config` has (the model, task or data would not be the ones its
+  weights were trained for). The same rules as a resume (`check_resume`): a copied
+  workdir is its run, checkpoints without a run id are compared with config.json. Reads
+  only small JSON files: call it before building anything."""
+  run, records = read_run(workdir), checkpoint_records(workdir)
+  foreign = _first_foreign(run, records)
+  if foreign is not None:
+    step_, record = foreign
+    directory = os.path.join(workdir, 'checkpoints')
+    where = (os.path.dirname(os.path.realpath(directory)) if os.path.islink(directory) else
+             record.get('workdir') or "<that run's workdir>")
+    raise RunIdentityError(
+        f'{_whose(workdir, run, step_, record)}: --mode={mode} would present another '
+        'run\'s checkpoint as this one\'s. Nothing was changed. Pass that run\'s own '
+        f'workdir (--workdir={where}), or give this workdir its own checkpoints directory '
+        '(remove the link); if you copied these checkpoints here on purpose, copy that '
+        f'workdir\'s {RUN_FILE} with them.')
+  record = records.get(step)
+  if record is None:  # Unreadable: compare with the latest readable one, as a resume does.
+    known = [s for s, r in records.items() if r is not None]
+    if not known:
+      return
+    step = known[-1]
+    record = records[step]
+  then = record.get('run_keys') or _legacy_keys(workdir)
+  changes = _changed(then, run_keys(config)) if then is not None else []
+  if changes:
+    raise RunIdentityError(
+        f'Checkpoint {step} in {os.path.join(workdir, "checkpoints")} was saved by a run '
+        f'with other values of keys that define it than --mode={mode} would load it with: '
+        f'{"; ".join(changes)}. That would build another model, task or dataset than its '
+        'weights were trained for (a failed restore, or results that mean something '
+        'else). Nothing was changed. Omit those overrides (the workdir\'s config.json '
+        'holds the values it was trained with) or pass the --config it was trained with; '
+        'for these weights with other values, train a new run from them with '
+        f'--config.init_from.checkpoint={workdir}.')

@@ -14,6 +14,8 @@ Worker processes (spawned, not forked: safe with JAX's and TF's threads) end wit
     process, which decides (save, then close), instead of killing the reader mid-save;
   - each one watches its parent and exits when the parent is gone (killed, crashed), so
     none is ever left behind;
+  - one killed while it starts ends the run as one killed later does (spawn_watch.py:
+    otherwise the start blocks for ever writing the worker's dataset to it);
   - batches travel through /dev/shm (grain's hand-over: a third of the training process's
     CPU per batch that a pipe costs) when it has room (`SHM_MIN_FREE`), else through a
     pipe: a small /dev/shm (Docker's default is 64 MB) would crash the run (SIGBUS) with
@@ -34,6 +36,7 @@ import time
 import grain
 from absl import flags
 
+from vision_jax.data import spawn_watch
 from vision_jax.errors import UserError
 
 SHM_MIN_FREE = 1 << 30  # Bytes /dev/shm must have free for batches to go through it.
@@ -91,7 +94,7 @@ class Batches:
                num_workers: int = 0):
     if num_workers < 0 or num_threads < 0:
       raise ValueError(f'num_workers={num_workers}, num_threads={num_threads}: use >= 0.')
-    self.num_workers, self._closed = num_workers, False
+    self.num_workers, self._closed, self._watch = num_workers, False, None
     if num_workers:
       if not flags.FLAGS.is_parsed():  # grain reads its absl flags when it starts workers.
         flags.FLAGS.mark_as_parsed()
@@ -104,6 +107,7 @@ class Batches:
                                                        per_worker_buffer_size=2),
                           worker_init_fn=_InitWorker(os.getpid()))
       self._it = iter(ds)
+      self._watch = spawn_watch.SpawnWatch()  # A worker killed while starting: no hang.
     elif num_threads:
       options = grain.ReadOptions(num_threads=num_threads,
                                   prefetch_buffer_size=2 * num_threads)
@@ -133,6 +137,8 @@ class Batches:
       close = getattr(it, 'close', None)
       if close is not None:
         close()  # Batches it had read ahead are freed with it (/dev/shm included).
+      if self._watch is not None:
+        self._watch.stop()  # After: closing waits for starts it may have to unblock.
 
   def __enter__(self) -> 'Batches':
     return self
