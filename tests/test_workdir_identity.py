@@ -193,20 +193,30 @@ def test_eval_predict_export_refuse_another_runs_checkpoints(tmp_path, data_dir,
 
 @pytest.mark.parametrize('override, shown', [
     ('--config.model.width=32', 'model.width: 64 -> 32'),  # An option config.json omits.
-    ('--config.dataset.image_size=12', 'dataset.image_size: 0 -> 12'),
-    ('--config.optim.name=sgd', 'optim.name: "adamw" -> "sgd"'),
+    ('--config.model.hidden=8', 'model.hidden: 1024 -> 8'),
+    ('--config.optim.name=sgd', 'optim.name: "adamw" -> "sgd"'),  # Its state is restored.
 ])
-def test_eval_predict_export_refuse_overrides_of_keys_that_define_the_run(
+def test_eval_predict_export_refuse_overrides_of_keys_that_define_the_model(
     override, shown, tmp_path, data_dir, tiny_run):
   workdir = _copy(tiny_run, tmp_path / 'W')
   before = _hashes(workdir)
   for mode, args in MODES.items():
     for config in ([], ['--config', 'configs/default.py']):  # config.json, or the file.
       code, err = run_main(args + config + ['--workdir', str(workdir), override])
-      message = one_paragraph(code, err, 'Checkpoint 20', f'--mode={mode} would load it with',
+      message = one_paragraph(code, err, 'Checkpoint 20', f'--mode={mode} would',
                               shown, 'Omit those overrides', 'Nothing was changed')
       assert 'Config:' not in err, message
   assert _hashes(workdir) == before
+
+
+def test_eval_may_change_the_data(tmp_path, data_dir, tiny_run):
+  """Keys that define a training run's data but not what its checkpoint holds (the
+  training split, the image size) may differ in --mode=eval: it scores the same model."""
+  workdir = _copy(tiny_run, tmp_path / 'W')
+  code, err = run_main(['--mode=eval', '--workdir', str(workdir),
+                        '--config.dataset.train_split=train[:50%]'])
+  assert code == 0, err[-3000:]
+  assert json.loads((workdir / 'results.json').read_text())['step'] == 20
 
 
 def test_a_copy_and_old_checkpoints_without_a_run_still_load(tmp_path, data_dir, tiny_run):

@@ -42,6 +42,9 @@ _FIXED = ('task.name', 'task.num_classes', 'dataset.name', 'dataset.classes',
           'dataset.image_size', 'dataset.channels', 'optim.name', 'optim.freeze')
 
 
+_MODEL_TASK_KEYS = ('task.name', 'task.num_classes', 'optim.name', 'optim.freeze')
+
+
 class RunIdentityError(UserError):
   """Checkpoints that are not this workdir's run's; the message says whose and what to do."""
 
@@ -172,6 +175,14 @@ def _changed(then: dict, now: dict) -> list[str]:
           for k in sorted(set(then) & set(now)) if then[k] != now[k]]
 
 
+def _model_keys(keys: dict) -> dict:
+  """The run keys that say what a checkpoint holds (the task, the model's architecture, and
+  the optimiser whose state is restored with the weights): what eval, predict and export
+  must load it with. The data may differ there: evaluating a model on other data, at
+  another image size, is what --mode=eval is for."""
+  return {k: v for k, v in keys.items() if k.startswith('model.') or k in _MODEL_TASK_KEYS}
+
+
 def _legacy_keys(workdir: str) -> dict | None:
   """The run keys of the workdir's config.json (for checkpoints without their own)."""
   try:
@@ -250,8 +261,8 @@ def check_load(workdir: str, config, mode: str, step: int) -> None:
   checkpoints in `workdir` with `config`: raises RunIdentityError if any of them was
   written by another run than the workdir's run.json (a symlinked or copied-in
   checkpoints/), or if that checkpoint was saved with other values of the keys that
-  define the run than `config` has (the model, task or data would not be the ones its
-  weights were trained for). The same rules as a resume (`check_resume`): a copied
+  define what it holds than `config` has (`_model_keys`: the task, the architecture, the
+  optimiser; the data may differ). The same rules as a resume (`check_resume`): a copied
   workdir is its run, checkpoints without a run id are compared with config.json. Reads
   only small JSON files: call it before building anything."""
   run, records = read_run(workdir), checkpoint_records(workdir)
@@ -275,14 +286,14 @@ def check_load(workdir: str, config, mode: str, step: int) -> None:
     step = known[-1]
     record = records[step]
   then = record.get('run_keys') or _legacy_keys(workdir)
-  changes = _changed(then, run_keys(config)) if then is not None else []
+  changes = _changed(_model_keys(then), _model_keys(run_keys(config))) if then else []
   if changes:
     raise RunIdentityError(
         f'Checkpoint {step} in {os.path.join(workdir, "checkpoints")} was saved by a run '
-        f'with other values of keys that define it than --mode={mode} would load it with: '
-        f'{"; ".join(changes)}. That would build another model, task or dataset than its '
-        'weights were trained for (a failed restore, or results that mean something '
-        'else). Nothing was changed. Omit those overrides (the workdir\'s config.json '
+        f'with other values of keys that define what it holds than --mode={mode} would '
+        f'load it with: {"; ".join(changes)}. That would build another model, task or '
+        'optimiser than its weights were saved with (a failed restore, or results that '
+        'mean something else). Nothing was changed. Omit those overrides (the workdir\'s config.json '
         'holds the values it was trained with) or pass the --config it was trained with; '
         'for these weights with other values, train a new run from them with '
         f'--config.init_from.checkpoint={workdir}.')
