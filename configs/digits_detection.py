@@ -9,10 +9,10 @@ training crops are rescaled by 0.8..1.25 and never flipped (digits are not
 mirror-symmetric). Evaluation: COCO mAP by pycocotools on the 500 test canvases
 (results.json eval/test; detections_test.json).
 
-Measured (2026-12-06, the 2-core CPU shared with other sessions, load average ~8):
-AP 0.713, AP50 0.884, AP75 0.853, AR100 0.824 after the 1000 steps, 7:25 wall for the
-command (1000 steps 412 s at a median 337 ms per step, compiling 37 s, the canvases made
-in ~11 s); on a less loaded moment the same step ran at 4.4 steps/s. Started from a digits
+Measured (2026-12-06, the 2-core CPU, AVX-512, otherwise idle, load 0.9-2.6): AP 0.713,
+AP50 0.884, AP75 0.853, AR100 0.824 after the 1000 steps, 2:47 wall for the command (1000
+steps 125 s at a median 125 ms per step, compiling 11 s); the same figures (to 3 decimals)
+as a run at load ~8 that took 7:25. Started from a digits
 classifier (resnet18, width 16, 24 px digits, 300 steps, test accuracy 0.981; init_from
 with skip=('head/.*', 'fpn/.*')): AP50 0.658 with this config's frozen BatchNorm (the
 classifier's statistics, from single centred digits, do not fit the canvases); with
