@@ -15,9 +15,9 @@ import os
 
 import numpy as np
 import pytest
-from tensorboard.backend.event_processing import event_file_loader
 
 from conftest import REPO
+from test_writers import read_scalars
 import torch_reference
 from vision_jax import config as config_lib
 from vision_jax import config_files
@@ -38,15 +38,6 @@ def _converted_weights(tmp_path) -> str:
   out = str(tmp_path / 'fid_inception')
   with contextlib.redirect_stdout(io.StringIO()):
     assert convert.main(['inception', '--weights', path, '--output', out]) == 0
-  return out
-
-
-def _scalars(workdir: str) -> dict:
-  (name,) = [f for f in os.listdir(workdir) if f.startswith('events.out.tfevents')]
-  out = {}
-  for event in event_file_loader.LegacyEventFileLoader(os.path.join(workdir, name)).Load():
-    for value in event.summary.value:
-      out[(event.step, value.tag)] = value.simple_value
   return out
 
 
@@ -73,6 +64,6 @@ def test_inception_fid_and_kid_in_results_and_tensorboard(tmp_path, data_dir):
   assert not [k for k in metrics if 'digits' in k or 'classifier' in k]
   assert math.isfinite(metrics['fid']) and metrics['fid'] > 0
   assert math.isfinite(metrics['kid'])
-  scalars = _scalars(workdir)
+  scalars = read_scalars(workdir)
   for name in ('fid', 'kid'):
     assert scalars[(2, f'eval/{SPLIT}/{name}')] == pytest.approx(metrics[name], rel=1e-6)

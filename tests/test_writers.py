@@ -10,7 +10,7 @@ from conftest import REPO
 from vision_jax import writers
 
 
-def _read_scalars(logdir) -> dict:
+def read_scalars(logdir) -> dict:
   (name,) = [f for f in os.listdir(logdir) if f.startswith('events.out.tfevents')]
   out = {}
   for event in event_file_loader.LegacyEventFileLoader(os.path.join(logdir, name)).Load():
@@ -24,7 +24,7 @@ def test_scalars_land_in_an_event_file(tmp_path):
   writer.write_scalars(10, {'train/loss': 0.5, 'train/accuracy': 0.75})
   writer.write_scalars(20, {'train/loss': 0.25})
   # Readable before close: every write is flushed, so a crash loses nothing logged.
-  assert _read_scalars(tmp_path) == {(10, 'train/loss'): 0.5, (10, 'train/accuracy'): 0.75,
+  assert read_scalars(tmp_path) == {(10, 'train/loss'): 0.5, (10, 'train/accuracy'): 0.75,
                                      (20, 'train/loss'): 0.25}
   writer.close()
 
@@ -42,7 +42,7 @@ def test_progress_reports_rate_at_the_last_step(tmp_path):
   for step in range(1, 6):
     progress(step)
   writer.close()
-  scalars = _read_scalars(tmp_path)
+  scalars = read_scalars(tmp_path)
   assert list(scalars) == [(5, 'steps_per_sec')]  # Nothing in between (every_s), then 5.
   assert scalars[(5, 'steps_per_sec')] > 0
 

@@ -26,8 +26,8 @@ input size: no resizing happens inside it, in JAX or in TF. Getting them there i
 client's part, on the host, and metadata.json's input.preprocessing states it exactly: the
 run's eval transform (`eval_transform.EvalTransform.to_json()`: our fast `resize` /
 `center_crop`, the dense tasks' `fit_and_pad` / `resize_and_pad`, or torchvision's /
-timm's pipelines reproduced exactly with PIL), which `Served.prepare` runs, the same Python code evaluation and
---mode=predict ran, on one HWC uint8 image of any size. A TF Serving client applies it
+timm's pipelines reproduced exactly with PIL), which `Served.prepare` runs, the same Python
+code evaluation and --mode=predict ran, on one HWC uint8 image of any size. A TF Serving client applies it
 before the request: `EvalTransform.from_json(metadata['input']['preprocessing'])(image)`.
 """
 from __future__ import annotations

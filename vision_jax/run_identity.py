@@ -20,8 +20,10 @@ Checkpoints written before checkpoints recorded their run (no run id) are adopte
 workdir that holds them, with a warning, and their fixed keys are compared with the
 workdir's config.json instead.
 
---mode=eval, predict and export load by the same rules (`check_load`): only the workdir's
-own checkpoints, with the values of the keys that define the run that they were saved with.
+--mode=eval, predict and export (`check_load`) load only the workdir's own checkpoints, with
+the values they were saved with of the keys that say what a checkpoint holds: the task, the
+model's architecture and the optimiser. The data keys may differ there (other data, another
+image size).
 """
 from __future__ import annotations
 
@@ -40,9 +42,8 @@ RUN_FILE = 'run.json'
 _FIXED = ('task.name', 'task.num_classes', 'dataset.name', 'dataset.classes',
           'dataset.train_split', 'dataset.folder_split_seed', 'dataset.folder_test_fraction',
           'dataset.image_size', 'dataset.channels', 'optim.name', 'optim.freeze')
-
-
-_MODEL_TASK_KEYS = ('task.name', 'task.num_classes', 'optim.name', 'optim.freeze')
+# The run keys besides model.* that eval, predict and export compare (`_load_keys`).
+_LOAD_KEYS = ('task.name', 'task.num_classes', 'optim.name', 'optim.freeze')
 
 
 class RunIdentityError(UserError):
@@ -175,12 +176,12 @@ def _changed(then: dict, now: dict) -> list[str]:
           for k in sorted(set(then) & set(now)) if then[k] != now[k]]
 
 
-def _model_keys(keys: dict) -> dict:
+def _load_keys(keys: dict) -> dict:
   """The run keys that say what a checkpoint holds (the task, the model's architecture, and
   the optimiser whose state is restored with the weights): what eval, predict and export
   must load it with. The data may differ there: evaluating a model on other data, at
   another image size, is what --mode=eval is for."""
-  return {k: v for k, v in keys.items() if k.startswith('model.') or k in _MODEL_TASK_KEYS}
+  return {k: v for k, v in keys.items() if k.startswith('model.') or k in _LOAD_KEYS}
 
 
 def _legacy_keys(workdir: str) -> dict | None:
@@ -261,7 +262,7 @@ def check_load(workdir: str, config, mode: str, step: int) -> None:
   checkpoints in `workdir` with `config`: raises RunIdentityError if any of them was
   written by another run than the workdir's run.json (a symlinked or copied-in
   checkpoints/), or if that checkpoint was saved with other values of the keys that
-  define what it holds than `config` has (`_model_keys`: the task, the architecture, the
+  define what it holds than `config` has (`_load_keys`: the task, the architecture, the
   optimiser; the data may differ). The same rules as a resume (`check_resume`): a copied
   workdir is its run, checkpoints without a run id are compared with config.json. Reads
   only small JSON files: call it before building anything."""
@@ -286,14 +287,15 @@ def check_load(workdir: str, config, mode: str, step: int) -> None:
     step = known[-1]
     record = records[step]
   then = record.get('run_keys') or _legacy_keys(workdir)
-  changes = _changed(_model_keys(then), _model_keys(run_keys(config))) if then else []
+  changes = _changed(_load_keys(then), _load_keys(run_keys(config))) if then else []
   if changes:
     raise RunIdentityError(
         f'Checkpoint {step} in {os.path.join(workdir, "checkpoints")} was saved by a run '
         f'with other values of keys that define what it holds than --mode={mode} would '
         f'load it with: {"; ".join(changes)}. That would build another model, task or '
         'optimiser than its weights were saved with (a failed restore, or results that '
-        'mean something else). Nothing was changed. Omit those overrides (the workdir\'s config.json '
-        'holds the values it was trained with) or pass the --config it was trained with; '
+        'mean something else). Nothing was changed. Omit those overrides (the workdir\'s '
+        'config.json holds the values it was trained with) or pass the --config it was '
+        'trained with; '
         'for these weights with other values, train a new run from them with '
         f'--config.init_from.checkpoint={workdir}.')
